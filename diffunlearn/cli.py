@@ -1,0 +1,83 @@
+"""Command line: `diffunlearn unlearn CONFIG --output DIR [key=value ...]` and friends.
+
+Every user error prints one line `diffunlearn: error: ...` and exits with code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UserError
+
+USAGE_EXIT = 2
+
+
+def _fail(message: str) -> None:
+    print(f"diffunlearn: error: {message}", file=sys.stderr)
+    sys.exit(USAGE_EXIT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffunlearn", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    unlearn = commands.add_parser("unlearn", help="unlearn, evaluate base and unlearned, write report and gallery")
+    unlearn.add_argument("config", help="YAML run config, e.g. configs/digits/ddpm_sfron.yaml")
+    unlearn.add_argument("--output", required=True, help="output folder (must not hold a run, unless --overwrite)")
+    unlearn.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    unlearn.add_argument("--no-eval", action="store_true", help="skip evaluation and gallery (unlearn only)")
+    unlearn.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a model folder against a run config's protocol")
+    evaluate.add_argument("config", help="YAML run config giving the forget target and the protocol")
+    evaluate.add_argument("--model", required=True, help="diffusers folder (or embedded:NAME) to evaluate")
+    evaluate.add_argument("--output", required=True, help="JSON file for the metrics")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv):
+    """Parse options anywhere on the line; the remaining `key=value` words are config overrides."""
+    args, extra = parser.parse_known_args(argv)
+    bad = [word for word in extra if word.startswith("-") or "=" not in word]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides are key=value)")
+    args.overrides = list(getattr(args, "overrides", [])) + extra
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(build_parser(), argv)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars; our own tqdm bars stay
+    try:
+        if args.command == "unlearn":
+            from .run import unlearn_run
+
+            unlearn_run(args.config, args.output, args.overrides, overwrite=args.overwrite,
+                        evaluate=not args.no_eval)
+        elif args.command == "evaluate":
+            from .run import evaluate_model_command
+
+            evaluate_model_command(args.config, args.model, args.output, args.overrides)
+    except UserError as exc:
+        _fail(str(exc))
+
+
+def recipe_main(kind: str, argv=None) -> None:
+    """Entry point of the `pipelines/train_digits_*.py` recipes."""
+    parser = argparse.ArgumentParser(description=f"train the embedded digits {kind} from a recipe")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--embed", default=None, help="also ship it as embedded:NAME inside the package")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parse_args(parser, argv)
+    try:
+        from .recipes import run_recipe
+
+        entry = run_recipe(kind, args.config, args.output, args.overrides, embed_as=args.embed)
+    except UserError as exc:
+        _fail(str(exc))
+    print({k: v for k, v in entry.items() if k != "recipe"})

@@ -1,0 +1,55 @@
+"""Image galleries: base vs unlearned, forgotten vs retained classes, same seeds side by side."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.utils import make_image_grid
+from PIL import Image
+
+
+def to_pil(images: torch.Tensor, size: int = 64) -> list:
+    """(N, C, H, W) in [0, 1] -> PIL images upscaled (nearest) to `size` pixels for viewing."""
+    arr = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    out = []
+    for a in arr:
+        img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+        out.append(img.resize((size, size), Image.NEAREST) if img.width < size else img)
+    return out
+
+
+def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict) -> None:
+    """Write `grid.png` (one row per class: base | unlearned) and `index.html`.
+
+    Args:
+        folder: output folder (created).
+        rows: (class id, class name, forgotten?) in display order.
+        base, unlearned: {class id: images (k, C, H, W) in [0, 1]}, the same seeds in both.
+        seeds: {class id: list of the k seeds}.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    k = len(next(iter(base.values())))
+    cells, table = [], []
+    for cls, name, forgotten in rows:
+        b, u = to_pil(base[cls]), to_pil(unlearned[cls])
+        blank = Image.new(b[0].mode, b[0].size, 255 if b[0].mode == "L" else (255, 255, 255))
+        cells += b + [blank] + u
+        make_image_grid(b, 1, k).save(folder / f"base_{cls}.png")
+        make_image_grid(u, 1, k).save(folder / f"unlearned_{cls}.png")
+        tag = "FORGOTTEN" if forgotten else "retained"
+        table.append(f"<tr class='{tag.lower()}'><td>{cls}: {html.escape(name)}</td><td>{tag}</td>"
+                     f"<td><img src='base_{cls}.png'></td><td><img src='unlearned_{cls}.png'></td>"
+                     f"<td>{seeds[cls][0]}..{seeds[cls][-1]}</td></tr>")
+    make_image_grid(cells, len(rows), 2 * k + 1).save(folder / "grid.png")
+    (folder / "index.html").write_text(
+        "<!doctype html><meta charset='utf-8'><title>diffunlearn gallery</title>"
+        "<style>body{font-family:sans-serif} img{image-rendering:pixelated} .forgotten{background:#fdd}"
+        "td{padding:4px}</style><h1>Base vs unlearned, same seeds</h1>"
+        "<p>Each row: one class; left the base model, right the unlearned model, from identical initial noise."
+        " <code>grid.png</code> has all rows (base | gap | unlearned).</p>"
+        "<table><tr><th>class</th><th>status</th><th>base</th><th>unlearned</th><th>seeds</th></tr>"
+        + "".join(table) + "</table>\n")

@@ -1,0 +1,116 @@
+"""Generation metrics: forget accuracy (FA), retained accuracy and FID of the retained classes.
+
+Sampling is seeded per image: image j of class c always starts from the noise of seed `eval.seed + c * 100_000 + j`,
+so the base and the unlearned model are compared on identical noise, and results do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+SEED_STRIDE = 100_000
+
+
+def sample_seeds(eval_seed: int, label: int, count: int) -> list:
+    return [eval_seed + label * SEED_STRIDE + j for j in range(count)]
+
+
+@torch.inference_mode()
+def generate(model, labels: torch.Tensor, seeds: list, eval_cfg) -> torch.Tensor:
+    """Images (N, C, H, W) in [0, 1], on the CPU, one per (label, seed)."""
+    out, device = [], model.device
+    for start in range(0, len(labels), eval_cfg.batch_size):
+        chunk = labels[start:start + eval_cfg.batch_size]
+        gens = [torch.Generator(device).manual_seed(s) for s in seeds[start:start + eval_cfg.batch_size]]
+        images = model.sample(chunk.to(device), generator=gens, num_inference_steps=eval_cfg.num_inference_steps,
+                              guidance_scale=eval_cfg.guidance_scale, sampler=eval_cfg.sampler)
+        out.append(images.float().cpu())
+    return torch.cat(out)
+
+
+def labels_and_seeds(classes, per_class: int, eval_seed: int):
+    labels = torch.tensor([c for c in classes for _ in range(per_class)], dtype=torch.long)
+    seeds = [s for c in classes for s in sample_seeds(eval_seed, c, per_class)]
+    return labels, seeds
+
+
+@torch.inference_mode()
+def classify(classifier, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Predicted class ids (N,) of images (N, C, H, W) in [0, 1]."""
+    device = next(classifier.parameters()).device
+    return torch.cat([classifier(images[i:i + batch_size].to(device)).argmax(-1).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> dict:
+    """{class: share of samples conditioned on it that the classifier assigns to it}."""
+    return {int(c): (preds[labels == c] == c).float().mean().item() for c in torch.unique(labels)}
+
+
+def forget_accuracy(preds, labels, forget_classes) -> float:
+    """FA: share of samples conditioned on a forgotten class that the classifier still recognises as it."""
+    chosen = torch.isin(labels, torch.as_tensor(list(forget_classes)))
+    return (preds[chosen] == labels[chosen]).float().mean().item()
+
+
+def retained_accuracy(preds, labels, retained_classes) -> float:
+    """Mean over retained classes of the per-class recognition rate."""
+    accs = per_class_accuracy(preds, labels)
+    return sum(accs[c] for c in retained_classes) / len(retained_classes)
+
+
+class FID:
+    """FID of generated images against fixed real images (real statistics computed once, kept across resets).
+
+    Args:
+        extractor: `nn.Module` mapping images (N, C, H, W) in [0, 1] to features (N, d), with `num_features`.
+        real_images: (N, C, H, W) in [0, 1].
+    """
+
+    def __init__(self, extractor, real_images: torch.Tensor, batch_size: int = 1024):
+        self.batch_size = batch_size
+        self.metric = FrechetInceptionDistance(feature=extractor, reset_real_features=False, normalize=True)
+        self.metric.to(next(extractor.parameters()).device)
+        self.num_real = len(real_images)
+        self._update(real_images, real=True)
+
+    def _update(self, images, real: bool):
+        device = self.metric.device
+        for i in range(0, len(images), self.batch_size):
+            self.metric.update(images[i:i + self.batch_size].to(device), real=real)
+
+    def __call__(self, fake_images: torch.Tensor) -> float:
+        self.metric.reset()
+        self._update(fake_images, real=False)
+        return float(self.metric.compute())
+
+
+def inception_extractor(weights_path: str):
+    """torchmetrics' Inception v3 (FID 2048-d pool features) from a local weights file (needs torch-fidelity)."""
+    from pathlib import Path
+
+    from ..errors import UserError
+
+    if not Path(weights_path).is_file():
+        raise UserError(f"eval.inception_weights {weights_path!r} is not a file; give the local FID Inception "
+                        "weights (pt_inception-2015-12-05-6726825d.pth)")
+    from torchmetrics.image.fid import NoTrainInceptionV3
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    if not _TORCH_FIDELITY_AVAILABLE:
+        raise UserError("eval.fid_features=inception needs torch-fidelity: pip install 'diffunlearn[inception]'")
+
+    class Inception(torch.nn.Module):
+        num_features = 2048
+
+        def __init__(self):
+            super().__init__()
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                          feature_extractor_weights_path=weights_path)
+
+        def forward(self, images):
+            images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+            return self.net((images * 255).byte()).double()
+
+    return Inception()

@@ -1,0 +1,38 @@
+"""Base class of unlearning methods.
+
+A method is a short class in one file: it declares its config dataclass, optionally precomputes something in
+`setup` (a saliency mask), and in `training_step` computes losses and asks the trainer for optimizer updates.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Optional
+
+import torch
+
+
+class UnlearningMethod:
+    """Subclass, set `name` and `config_cls`, register with `@register_method`."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+
+    def __init__(self, cfg, trainer):
+        self.cfg, self.trainer, self.model = cfg, trainer, trainer.model
+
+    def setup(self) -> Optional[dict]:
+        """Work done once before the first step (timed separately); may return info for the report."""
+        return None
+
+    def training_step(self, step: int) -> dict:
+        """One unlearning iteration; returns scalar tensors to log (no host sync needed)."""
+        raise NotImplementedError
+
+
+def adaptive_weights(losses: torch.Tensor, lam: float, eps: float = 1e-8) -> torch.Tensor:
+    """SFR-on's forget weights w_i = l_i^-lam / sum_j l_j^-lam, detached: (B,) -> (B,).
+
+    Samples with a low loss (still remembered) get the largest weight; lam = 0 gives uniform 1/B (plain ascent).
+    Computed as a softmax of -lam * log(l) for numerical stability.
+    """
+    return torch.softmax(-lam * torch.log(losses.detach().float().clamp_min(eps)), dim=0)

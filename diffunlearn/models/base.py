@@ -1,0 +1,141 @@
+"""What every model family provides to the methods, the trainer and the evaluation.
+
+A family wraps one diffusers pipeline. It knows how to turn a batch into per-sample training losses (honouring the
+scheduler's `prediction_type`), how to condition (class label or prompt, and the null condition used for
+classifier-free guidance and condition dropout), how to sample, and how to save and load itself as a standard
+diffusers folder. Methods only see `training_losses`, `trainable_parameters` and `denoiser`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Optional
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from ..errors import choice_error
+
+
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance, diffusers convention: scale 0 is unconditional, 1 is conditional."""
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def sampling_scheduler(config, sampler: str):
+    """A DDIM or DDPM scheduler with the noise schedule of `config` (the model's training scheduler)."""
+    classes = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+    if sampler not in classes:
+        raise choice_error("sampler", sampler, classes)
+    return classes[sampler].from_config(config)
+
+
+class DiffusionModel:
+    """Base of the model-family wrappers.
+
+    Subclasses set `family`, `pipeline_class`, implement `denoiser`, `predict`, `null_condition`, `condition` and
+    `sample`, and override `encode` when they work in a latent space.
+    """
+
+    family: ClassVar[str]
+    pipeline_class: ClassVar[type]
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        self.forward_module = None  # set by the trainer to the accelerate-prepared denoiser
+
+    # --- loading and saving -------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs) -> "DiffusionModel":
+        return cls(cls.pipeline_class.from_pretrained(path, use_safetensors=True, **kwargs))
+
+    def save_pretrained(self, path) -> None:
+        self.pipeline.save_pretrained(path, safe_serialization=True)
+
+    def to(self, device) -> "DiffusionModel":
+        self.pipeline.to(device)
+        return self
+
+    # --- what the methods use -----------------------------------------------------------------------------------
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def trainable_parameters(self):
+        """(name, parameter) pairs that unlearning may change."""
+        return [(n, p) for n, p in self.denoiser.named_parameters() if p.requires_grad]
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Map images in [-1, 1] to the space the denoiser works in (identity for pixel-space models)."""
+        return pixel_values
+
+    def condition(self, batch: dict):
+        """The conditioning of a batch (class labels, prompt embeddings...)."""
+        raise NotImplementedError
+
+    def null_condition(self, cond):
+        """The unconditional counterpart of `cond` (null class, empty prompt), same batch size."""
+        raise NotImplementedError
+
+    def drop_condition(self, cond, keep: torch.Tensor):
+        """Replace the condition of samples where `keep` (B,) is False by the null condition."""
+        raise NotImplementedError
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """Denoiser output of the training target's shape, x_t: (B, C, H, W), t: (B,)."""
+        raise NotImplementedError
+
+    def sample_timesteps(self, batch_size: int, generator, antithetic: bool = False) -> torch.Tensor:
+        n = self.noise_scheduler.config.num_train_timesteps
+        if not antithetic:
+            return torch.randint(0, n, (batch_size,), generator=generator, device=self.device)
+        half = torch.randint(0, n, ((batch_size + 1) // 2,), generator=generator, device=self.device)
+        return torch.cat([half, n - 1 - half])[:batch_size]
+
+    def training_target(self, x0, noise, t):
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.noise_scheduler.get_velocity(x0, noise, t)
+        if kind == "sample":
+            return x0
+        raise choice_error("prediction_type", kind, ("epsilon", "v_prediction", "sample"))
+
+    def training_losses(self, batch: dict, generator: Optional[torch.Generator] = None, cond_drop: float = 0.0,
+                        guidance_scale: Optional[float] = None, antithetic: bool = False,
+                        cond=None) -> torch.Tensor:
+        """Per-sample denoising losses, (B,): squared error summed over (C, H, W).
+
+        Args:
+            batch: a batch with "pixel_values" (B, C, H, W) in [-1, 1] and the family's condition keys.
+            generator: source of timesteps, noise and condition dropout.
+            cond_drop: probability of replacing a sample's condition by the null condition.
+            guidance_scale: if given, the prediction is the classifier-free-guided one (two passes).
+            antithetic: pair timesteps t and T-1-t.
+            cond: a condition to use instead of the batch's (e.g. an anchor prompt's).
+        """
+        x0 = self.encode(batch["pixel_values"].to(self.device))
+        cond = self.condition(batch) if cond is None else cond
+        if cond_drop > 0:
+            keep = torch.rand(x0.shape[0], generator=generator, device=self.device) >= cond_drop
+            cond = self.drop_condition(cond, keep)
+        t = self.sample_timesteps(x0.shape[0], generator, antithetic)
+        noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+        x_t = self.noise_scheduler.add_noise(x0, noise, t)
+        if guidance_scale is None:
+            pred = self.predict(x_t, t, cond)
+        else:
+            pred = cfg_combine(self.predict(x_t, t, cond), self.predict(x_t, t, self.null_condition(cond)),
+                               guidance_scale)
+        target = self.training_target(x0, noise, t)
+        return (pred.float() - target.float()).pow(2).flatten(1).sum(1)
+
+    def sample(self, labels: torch.Tensor, generator, num_inference_steps: int, guidance_scale: float,
+               sampler: str = "ddim") -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] for the given conditions."""
+        raise NotImplementedError

@@ -1,0 +1,175 @@
+"""Recipes that train the embedded base models from scratch (seeded, on accelerate).
+
+They also serve as the retrain-from-scratch reference (RT): the same recipe on the remain set D_r.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from .classifier import DigitsClassifier
+from .config import check_positive
+from .data import StepSampler, load_digits_splits
+from .models.ddpm import ClassConditionalDDPM, ClassConditionalDDPMPipeline, tiny_unet_config
+
+
+@dataclass
+class DDPMRecipe:
+    steps: int = 6000
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    cond_drop: float = 0.1
+    channels: List[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    exclude_classes: List[int] = field(default_factory=list)  # RT: leave these classes out of the training data
+    split_seed: int = 0
+    seed: int = 0
+    mixed_precision: str = "no"
+
+    def __post_init__(self):
+        check_positive("recipe", steps=self.steps, batch_size=self.batch_size, lr=self.lr)
+
+
+@dataclass
+class ClassifierRecipe:
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    channels: List[int] = field(default_factory=lambda: [32, 64, 128])
+    max_shift: int = 1  # random translation augmentation, pixels
+    split_seed: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        check_positive("recipe", epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+
+
+def train_ddpm(recipe: DDPMRecipe, train_set=None, progress: bool = True) -> ClassConditionalDDPM:
+    """Train a class-conditional DDPM from scratch on the digits train split (minus `exclude_classes`)."""
+    accelerator = Accelerator(mixed_precision=recipe.mixed_precision)
+    set_seed(recipe.seed)
+    if train_set is None:
+        train_set, _ = load_digits_splits(recipe.split_seed)
+    if recipe.exclude_classes:
+        train_set = train_set.select_classes(recipe.exclude_classes, keep=False)
+    unet = UNet2DModel(**tiny_unet_config(channels=recipe.channels, layers_per_block=recipe.layers_per_block))
+    scheduler = DDPMScheduler(num_train_timesteps=recipe.num_train_timesteps, beta_schedule=recipe.beta_schedule,
+                              prediction_type=recipe.prediction_type)
+    model = ClassConditionalDDPM(ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler))
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=0.0)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / recipe.warmup_steps))
+    model.forward_module, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
+    ema = EMAModel(unet.parameters(), decay=recipe.ema_decay)
+    sampler = StepSampler(train_set, recipe.batch_size, recipe.seed, accelerator.process_index,
+                          accelerator.num_processes)
+    bar = tqdm(range(recipe.steps), disable=not (progress and accelerator.is_main_process), desc="train ddpm")
+    for step in bar:
+        gen = torch.Generator(accelerator.device).manual_seed(recipe.seed * 7919 + step)
+        loss = model.training_losses(sampler.batch(step, accelerator.device), generator=gen,
+                                     cond_drop=recipe.cond_drop, antithetic=True).mean()
+        accelerator.backward(loss)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(unet.parameters())
+        if step % 100 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    ema.copy_to(unet.parameters())
+    model.forward_module = None
+    return model
+
+
+def _shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Random translation by up to `max_shift` pixels (zero fill), per image: (B, C, H, W)."""
+    if max_shift == 0:
+        return images
+    h, w = images.shape[-2:]
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2), generator=generator)
+    return torch.stack([p[:, dy:dy + h, dx:dx + w] for p, (dy, dx) in zip(padded, offsets.tolist())])
+
+
+def classifier_accuracy(classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
+    classifier.eval()
+    with torch.inference_mode():
+        preds = torch.cat([classifier(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    return (preds.cpu() == labels.cpu()).float().mean().item()
+
+
+def train_classifier(recipe: ClassifierRecipe, train_set=None, progress: bool = True,
+                     num_classes: Optional[int] = 10) -> DigitsClassifier:
+    """Train the digits CNN with shift augmentation; returns it in eval mode."""
+    accelerator = Accelerator()
+    set_seed(recipe.seed)
+    if train_set is None:
+        train_set, _ = load_digits_splits(recipe.split_seed)
+    model = DigitsClassifier(num_classes=num_classes, channels=tuple(recipe.channels))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps_per_epoch = -(-len(train_set) // recipe.batch_size)
+    total = recipe.epochs * steps_per_epoch
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total)
+    model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
+    sampler = StepSampler(train_set, recipe.batch_size, recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    model.train()
+    for step in tqdm(range(total), disable=not (progress and accelerator.is_main_process), desc="train classifier"):
+        idx = sampler.indices(step)
+        images = _shift(train_set.images[idx], recipe.max_shift, gen).to(accelerator.device)
+        loss = torch.nn.functional.cross_entropy(model(images), train_set.labels[idx].to(accelerator.device))
+        accelerator.backward(loss)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    model = accelerator.unwrap_model(model)
+    return model.eval()
+
+
+RECIPES = {"ddpm": (DDPMRecipe, train_ddpm), "classifier": (ClassifierRecipe, train_classifier)}
+
+
+def run_recipe(kind: str, config_path: str, output: str, overrides=(), embed_as: Optional[str] = None) -> dict:
+    """Train one base model from a recipe YAML, save it to `output` and optionally ship it as an embedded model.
+
+    Returns the manifest entry (recipe, seed, metrics).
+    """
+    import dataclasses
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from .assets import ASSETS, record_in_manifest
+    from .config import parse_overrides, read_yaml, validate
+    from omegaconf import OmegaConf
+
+    recipe_cls, train = RECIPES[kind]
+    given = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_yaml(config_path)),
+                                                   parse_overrides(list(overrides))))
+    recipe = validate(recipe_cls(), given)
+    model = train(recipe)
+    model.save_pretrained(output)
+    entry = {"recipe": {"command": " ".join(["python"] + sys.argv), "config": config_path,
+                        **dataclasses.asdict(recipe)}, "seed": recipe.seed,
+             "torch": torch.__version__}
+    if kind == "classifier":
+        _, test = load_digits_splits(recipe.split_seed)
+        entry["test_accuracy"] = classifier_accuracy(model, test.images, test.labels)
+    if embed_as:
+        target = ASSETS / embed_as
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(output, target)
+        record_in_manifest(embed_as, entry)
+    return entry

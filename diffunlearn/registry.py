@@ -1,0 +1,44 @@
+"""Name -> class registries for unlearning methods and model families.
+
+A method or a family registers itself with a decorator in its own file; the packages `diffunlearn.methods` and
+`diffunlearn.models` import every module they contain, so adding a method is adding one file.
+"""
+
+import importlib
+import pkgutil
+
+from .errors import choice_error
+
+METHODS: dict = {}
+FAMILIES: dict = {}
+
+
+def register_method(cls):
+    METHODS[cls.name] = cls
+    return cls
+
+
+def register_family(cls):
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+def import_submodules(package_name: str) -> None:
+    """Import every module of a package so that their registration decorators run."""
+    package = importlib.import_module(package_name)
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package_name}.{info.name}")
+
+
+def get_method(name: str):
+    import_submodules("diffunlearn.methods")
+    if name not in METHODS:
+        raise choice_error("method", name, METHODS)
+    return METHODS[name]
+
+
+def get_family(name: str):
+    import_submodules("diffunlearn.models")
+    if name not in FAMILIES:
+        raise choice_error("model family", name, FAMILIES)
+    return FAMILIES[name]

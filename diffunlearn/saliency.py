@@ -1,0 +1,101 @@
+"""Weight-saliency masks: which parameter elements a forget step may change.
+
+SFR-on's mask compares the diagonal Fisher information of the forget set with that of the remain set,
+S = (F_f + eps) / (F_r + eps) >= gamma, computed once on the original weights and cached on disk (it is a function
+of the weights, the batches used and the settings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from accelerate.utils import broadcast_object_list
+from safetensors.torch import load_file, save_file
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DIFFUNLEARN_CACHE", Path.home() / ".cache" / "diffunlearn"))
+
+
+@dataclass
+class SaliencyMask:
+    """Boolean mask per parameter, True where a forget step may change the element."""
+
+    tensors: dict
+
+    @cached_property
+    def partially_frozen(self) -> frozenset:
+        """Names of parameters with at least one masked-out element."""
+        return frozenset(name for name, m in self.tensors.items() if not bool(m.all()))
+
+    def density(self) -> float:
+        kept = sum(int(m.sum()) for m in self.tensors.values())
+        return kept / max(1, sum(m.numel() for m in self.tensors.values()))
+
+    def save(self, path) -> None:
+        save_file({k: v.to(torch.uint8).cpu().contiguous() for k, v in self.tensors.items()}, str(path))
+
+    @classmethod
+    def load(cls, path, device=None) -> "SaliencyMask":
+        return cls({k: v.bool().to(device) for k, v in load_file(str(path)).items()})
+
+
+def _digest(update, tensor: torch.Tensor) -> None:
+    update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+
+
+def fisher_diagonal(trainer, batches: list, stream: int, guidance_scale, clip) -> dict:
+    """Mean over batches of the squared (clipped) gradient of the batch-mean loss, per parameter element."""
+    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in trainer.params}
+    for i, batch in enumerate(batches):
+        losses = trainer.model.training_losses(batch, generator=trainer.generator(i, stream),
+                                               guidance_scale=guidance_scale, antithetic=trainer.train_cfg.antithetic)
+        trainer.accelerator.backward(losses.mean())
+        if clip:
+            trainer.accelerator.clip_grad_norm_([p for _, p in trainer.params], clip)
+        for name, p in trainer.params:
+            if p.grad is not None:
+                fisher[name] += p.grad.float().pow(2)
+        trainer.optimizer.zero_grad(set_to_none=True)
+    return {name: f / len(batches) for name, f in fisher.items()}
+
+
+def fisher_saliency_mask(trainer, num_batches: int, gamma: float, guidance_scale, clip, eps: float = 1e-15,
+                         use_cache: bool = True):
+    """SFR-on's saliency mask on the trainer's current (original) weights.
+
+    Returns:
+        (SaliencyMask, info) where info records the cache file, whether it was a hit, and the mask density.
+    """
+    forget = [trainer.forget_batch(i) for i in range(num_batches)]
+    remain = [trainer.remain_batch(i) for i in range(num_batches)]
+    digest = hashlib.sha256(json.dumps([trainer.cfg.seed, gamma, guidance_scale, clip, eps,
+                                        trainer.accelerator.num_processes]).encode())
+    for _, p in trainer.params:
+        _digest(digest.update, p)
+    for batch in forget + remain:
+        for value in batch.values():
+            if isinstance(value, torch.Tensor):
+                _digest(digest.update, value)
+    path = cache_dir() / "masks" / f"{digest.hexdigest()[:32]}.safetensors"
+    decision = [str(path), use_cache and path.is_file()]
+    broadcast_object_list(decision)  # every process must take the same branch (the Fisher pass is collective)
+    path, hit = Path(decision[0]), decision[1]
+    if hit:
+        mask = SaliencyMask.load(path, trainer.accelerator.device)
+    else:
+        f_forget = fisher_diagonal(trainer, forget, stream=1001, guidance_scale=guidance_scale, clip=clip)
+        f_remain = fisher_diagonal(trainer, remain, stream=1002, guidance_scale=guidance_scale, clip=clip)
+        mask = SaliencyMask({name: (f_forget[name] + eps) / (f_remain[name] + eps) >= gamma for name in f_forget})
+        if use_cache and trainer.accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            mask.save(tmp)
+            os.replace(tmp, path)
+    return mask, {"mask_cache": str(path), "mask_cache_hit": hit, "mask_density": mask.density()}

@@ -1,0 +1,191 @@
+"""The unlearning loop on accelerate: one optimizer, per-step deterministic batches and noise, checkpoints, resume.
+
+The trainer owns devices, mixed precision, the optimizer, checkpointing and logging. A method only computes losses
+and calls `update(loss, clip=..., mask=...)` for each optimizer step it wants (see `methods/base.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from .data import StepSampler
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def make_optimizer(params, train_cfg):
+    if train_cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum,
+                               weight_decay=train_cfg.weight_decay)
+    cls = torch.optim.AdamW if train_cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+
+
+def default_tracker():
+    """accelerate tracker to log to: tensorboard when it is installed (local files, no network), else none."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return None
+    return "tensorboard"
+
+
+class Trainer:
+    """Runs `method` for `cfg.train.steps` steps on `model` with the forget set D_f and the remain set D_r.
+
+    Args:
+        cfg: the validated `RunConfig`.
+        model: a `DiffusionModel` wrapper (its denoiser is trained in place).
+        method_cls: the registered `UnlearningMethod` class.
+        forget_set, remain_set: data sets yielding dicts of tensors.
+        work_dir: folder for checkpoints (`checkpoints/`) and the loss log (`losses.jsonl`).
+    """
+
+    def __init__(self, cfg, model, method_cls, forget_set, remain_set, work_dir, progress: bool = True):
+        self.cfg, self.train_cfg, self.model = cfg, cfg.train, model
+        self.work_dir = Path(work_dir)
+        tracker = default_tracker()
+        self.accelerator = Accelerator(mixed_precision=self.train_cfg.mixed_precision, log_with=tracker,
+                                       project_dir=str(self.work_dir))
+        set_seed(cfg.seed)
+        acc = self.accelerator
+        self.model.to(acc.device)
+        self.params = self.model.trainable_parameters()
+        self.optimizer = make_optimizer([p for _, p in self.params], self.train_cfg)
+        self.model.forward_module, self.optimizer = acc.prepare(self.model.denoiser, self.optimizer)
+        self.model.denoiser.train()
+        bs = self.train_cfg.batch_size
+        self.forget_sampler = StepSampler(forget_set, bs, cfg.seed + 1, acc.process_index, acc.num_processes)
+        self.remain_sampler = StepSampler(remain_set, bs, cfg.seed + 2, acc.process_index, acc.num_processes)
+        self.progress = progress and acc.is_main_process
+        self.method = method_cls(cfg.method, self)
+        if tracker and acc.is_main_process:
+            acc.init_trackers("diffunlearn")
+
+    # --- services for methods -----------------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.train_cfg.steps
+
+    def generator(self, step: int, stream: int) -> torch.Generator:
+        """A fresh generator for (step, stream), identical in a resumed run; distinct per process."""
+        seed = (self.cfg.seed * 1_000_003 + step * 101 + stream) * 65_537 + self.accelerator.process_index
+        return torch.Generator(self.accelerator.device).manual_seed(seed % (2 ** 63))
+
+    def forget_batch(self, step: int) -> dict:
+        return self.forget_sampler.batch(step, self.accelerator.device)
+
+    def remain_batch(self, step: int) -> dict:
+        return self.remain_sampler.batch(step, self.accelerator.device)
+
+    def losses(self, batch: dict, step: int, stream: int, **kwargs) -> torch.Tensor:
+        """Per-sample training losses (B,) with this run's condition dropout and timestep pairing."""
+        return self.model.training_losses(batch, generator=self.generator(step, stream),
+                                          cond_drop=self.train_cfg.cond_drop, antithetic=self.train_cfg.antithetic,
+                                          **kwargs)
+
+    def update(self, loss: torch.Tensor, clip=None, mask=None) -> None:
+        """One optimizer step on `loss`.
+
+        With a `SaliencyMask`, gradients are masked before clipping and masked-out elements are restored after the
+        step, so they do not move even when the optimizer carries momentum from earlier (unmasked) steps.
+        """
+        self.accelerator.backward(loss)
+        if mask is not None:
+            for name, p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(mask.tensors[name])
+        if clip:
+            self.accelerator.clip_grad_norm_([p for _, p in self.params], clip)
+        partial = mask.partially_frozen if mask is not None else ()
+        frozen = {name: p.detach().clone() for name, p in self.params if name in partial}
+        self.optimizer.step()
+        if frozen:
+            with torch.no_grad():
+                for name, p in self.params:
+                    if name in frozen:
+                        p.copy_(torch.where(mask.tensors[name], p, frozen[name]))
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+    def latest_checkpoint(self):
+        root = self.work_dir / CHECKPOINTS
+        done = [d for d in root.glob("step_*") if (d / STATE_FILE).is_file()] if root.is_dir() else []
+        return max(done, key=lambda d: int(d.name.split("_")[1]), default=None)
+
+    def save_checkpoint(self, step: int) -> None:
+        acc = self.accelerator
+        target = self.work_dir / CHECKPOINTS / f"step_{step}"
+        acc.save_state(str(target), safe_serialization=True)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (target / STATE_FILE).write_text(json.dumps({"step": step}))  # written last: marks it complete
+            for old in (self.work_dir / CHECKPOINTS).glob("step_*"):
+                if old != target:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self) -> int:
+        """Load the latest complete checkpoint; return the first step still to run."""
+        ckpt = self.latest_checkpoint()
+        if ckpt is None:
+            return 0
+        self.accelerator.load_state(str(ckpt))
+        return json.loads((ckpt / STATE_FILE).read_text())["step"] + 1
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+    def _flush_logs(self, pending: list, log_file) -> None:
+        if not pending:
+            return
+        flat = torch.stack([v.float() for _, logs in pending for v in logs.values()]).detach().cpu().tolist()
+        values = iter(flat)
+        for step, logs in pending:
+            row = [next(values) for _ in logs]
+            record = {"step": step, **dict(zip(logs, row))}
+            if not all(math.isfinite(v) for v in row):
+                raise NonFiniteLossError(f"non-finite loss at step {step}: {record}; last good checkpoint kept in "
+                                         f"{self.latest_checkpoint()}")
+            if self.accelerator.is_main_process:
+                log_file.write(json.dumps(record) + "\n")
+                self.accelerator.log(dict(zip(logs, row)), step=step)
+        log_file.flush()
+        pending.clear()
+
+    def train(self) -> dict:
+        """Run setup (e.g. the saliency mask) and the unlearning steps; returns timings in seconds."""
+        start = time.perf_counter()
+        setup_info = self.method.setup() or {}
+        setup_seconds = time.perf_counter() - start
+        first = self.resume()
+        start = time.perf_counter()
+        pending = []
+        with open(self.work_dir / "losses.jsonl", "a") as log_file:
+            bar = tqdm(range(first, self.total_steps), initial=first, total=self.total_steps,
+                       disable=not self.progress, desc=f"unlearn ({self.cfg.method.name})")
+            for step in bar:
+                pending.append((step, self.method.training_step(step)))
+                last = step == self.total_steps - 1
+                checkpoint = (step + 1) % self.train_cfg.checkpoint_every == 0 and not last
+                if checkpoint or last or (step + 1) % self.train_cfg.log_every == 0:
+                    self._flush_logs(pending, log_file)  # raises on a non-finite loss before any checkpoint
+                if checkpoint:
+                    self.save_checkpoint(step)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        self.model.forward_module = None
+        self.model.denoiser.eval()
+        return {"setup": setup_seconds, "unlearning": time.perf_counter() - start, "first_step": first,
+                **setup_info}

@@ -1,0 +1,21 @@
+"""Shared builders for tests."""
+
+from diffunlearn.config import build_config, read_yaml
+from diffunlearn.data import load_digits_splits
+from diffunlearn.registry import get_method
+from diffunlearn.trainer import Trainer
+
+MAIN_CONFIG = "configs/digits/ddpm_sfron.yaml"
+
+
+def make_trainer(model, tmp_path, overrides=(), forget_classes=(7,)):
+    """A Trainer on the digits forget/remain split with the main config plus `overrides`."""
+    cfg = build_config(read_yaml(MAIN_CONFIG), ["train.batch_size=16", "method.mask_batches=2",
+                                                f"forget.classes={list(forget_classes)}", *overrides])
+    train, _ = load_digits_splits()
+    forget_set, remain_set = train.forget_remain(cfg.forget.classes)
+    return Trainer(cfg, model, get_method(cfg.method.name), forget_set, remain_set, tmp_path, progress=False)
+
+
+def snapshot(trainer):
+    return {name: p.detach().clone() for name, p in trainer.params}

@@ -1,0 +1,90 @@
+"""The `diffunlearn unlearn` command end to end on tiny models, and its refusals of bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from diffusers import UNet2DModel
+
+from conftest import tiny_overrides
+from diffunlearn.assets import sha256_folder
+from diffunlearn.cli import main
+from diffunlearn.models.ddpm import ClassConditionalDDPMPipeline
+
+MAIN = "configs/digits/ddpm_sfron.yaml"
+
+
+def test_end_to_end_run_writes_pipeline_report_gallery_and_card(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
+    base_hashes = sha256_folder(tiny_ddpm_dir)
+    out = tmp_path / "run"
+    main(["unlearn", MAIN, "--output", str(out), *tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir),
+          "forget.classes=[3]", "seed=1"])
+    assert sha256_folder(tiny_ddpm_dir) == base_hashes, "the base model must never be written"
+    report = json.loads((out / "report.json").read_text())
+    for side in ("base", "unlearned"):
+        for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
+            assert isinstance(report[side][key], float)
+    proto = report["protocol"]
+    for key in ("classifier_sha256", "feature_dim", "fid_real_images", "fid_generated_images", "sampler",
+                "num_inference_steps", "guidance_scale", "eval_seed", "seed_rule"):
+        assert key in proto
+    assert proto["forget_classes"] == [3] and proto["fid_generated_images"] == 9 * 4
+    assert set(report["timing"]) == {"mask", "unlearning", "evaluation"}
+    assert report["config"]["forget"]["classes"] == [3] and report["config"]["seed"] == 1
+    assert yaml.safe_load((out / "config.yaml").read_text()) == report["config"]
+    assert len((out / "losses.jsonl").read_text().splitlines()) == 4
+    for name in ("grid.png", "index.html", "base_3.png", "unlearned_3.png"):
+        assert (out / "gallery" / name).is_file()
+    assert "FORGOTTEN" in (out / "gallery" / "index.html").read_text()
+    card = (out / "pipeline" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers") and "forget_accuracy" in card
+    UNet2DModel.from_pretrained(out / "pipeline", subfolder="unet")
+    pipe = ClassConditionalDDPMPipeline.from_pretrained(out / "pipeline")
+    assert len(pipe([3], num_inference_steps=2).images) == 1
+    assert not list(tmp_path.glob(".run.partial")), "the partial folder is moved into place"
+
+
+def _refused(capsys, argv, out_dir, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out_dir.exists() or not any(out_dir.iterdir()), "nothing may be written"
+    assert not list(out_dir.parent.glob(f".{out_dir.name}.partial"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["forget.classes=[12]"], "forget.classes [12] out of range; valid: 0..9"),
+    (["train.stepz=3"], "unknown config key 'train.stepz'; valid keys here: train.steps"),
+    (["method.name=forgetit"], "unknown method 'forgetit'; valid: sfr_on"),
+    (["model.path=/no/such/model"], "model path '/no/such/model' does not exist"),
+    (["model.family=gan"], "unknown model family 'gan'; valid: ddpm"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tmp_path, tiny_ddpm_dir, tiny_classifier_dir,
+                                                            extra, message):
+    out = tmp_path / "run"
+    argv = ["unlearn", MAIN, "--output", str(out), *tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir), *extra]
+    _refused(capsys, argv, out, message)
+
+
+def test_existing_run_is_not_overwritten_without_flag(capsys, tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    argv = ["unlearn", MAIN, "--output", str(out), *tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir)]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and "already holds a run; pass --overwrite" in capsys.readouterr().err
+    assert (out / "report.json").read_text() == "{}"
+    main(argv + ["--overwrite", "--no-eval"])
+    assert (out / "pipeline" / "model_index.json").is_file() and not (out / "report.json").read_text() == "{}"
+
+
+def test_console_entry_point_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "diffunlearn", "unlearn", MAIN, "--output", str(tmp_path / "x"),
+                           "method.name=nope"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "diffunlearn: error: unknown method 'nope'; valid: sfr_on"

@@ -1,0 +1,43 @@
+"""A run interrupted after a checkpoint and resumed with the same command ends with identical weights."""
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from conftest import tiny_overrides
+from diffunlearn.methods.sfr_on import SFROn
+from diffunlearn.run import unlearn_run
+
+MAIN = "configs/digits/ddpm_sfron.yaml"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch, tiny_ddpm_dir,
+                                                             tiny_classifier_dir):
+    overrides = tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir, steps=6)
+    unlearn_run(MAIN, tmp_path / "straight", overrides, evaluate=False, progress=False)
+
+    real_step = SFROn.training_step
+
+    def failing_step(self, step):
+        if step == 3:
+            raise Interrupted()
+        return real_step(self, step)
+
+    monkeypatch.setattr(SFROn, "training_step", failing_step)
+    with pytest.raises(Interrupted):
+        unlearn_run(MAIN, tmp_path / "resumed", overrides, evaluate=False, progress=False)
+    partial = tmp_path / ".resumed.partial"
+    assert (partial / "checkpoints" / "step_1" / "trainer_state.json").is_file()
+    assert not (tmp_path / "resumed").exists(), "an unfinished run is never in the output folder"
+    monkeypatch.setattr(SFROn, "training_step", real_step)
+    report = unlearn_run(MAIN, tmp_path / "resumed", overrides, evaluate=False, progress=False)
+    assert report["resumed"] and report["method_setup"]["first_step"] == 2
+
+    a = UNet2DModel.from_pretrained(tmp_path / "straight" / "pipeline", subfolder="unet")
+    b = UNet2DModel.from_pretrained(tmp_path / "resumed" / "pipeline", subfolder="unet")
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), name
