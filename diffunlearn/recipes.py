@@ -34,6 +34,7 @@ class DDPMRecipe:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
+    clip_sample: bool = False  # x0 clipping in DDIM sampling breaks classifier-free guidance (eps is not re-derived)
     exclude_classes: List[int] = field(default_factory=list)  # RT: leave these classes out of the training data
     split_seed: int = 0
     seed: int = 0
@@ -68,7 +69,7 @@ def train_ddpm(recipe: DDPMRecipe, train_set=None, progress: bool = True) -> Cla
         train_set = train_set.select_classes(recipe.exclude_classes, keep=False)
     unet = UNet2DModel(**tiny_unet_config(channels=recipe.channels, layers_per_block=recipe.layers_per_block))
     scheduler = DDPMScheduler(num_train_timesteps=recipe.num_train_timesteps, beta_schedule=recipe.beta_schedule,
-                              prediction_type=recipe.prediction_type)
+                              prediction_type=recipe.prediction_type, clip_sample=recipe.clip_sample)
     model = ClassConditionalDDPM(ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler))
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=0.0)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / recipe.warmup_steps))

@@ -129,7 +129,7 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     report["timing"] = {"mask": timing.pop("setup"), "unlearning": timing.pop("unlearning"),
                         "evaluation": timing.pop("evaluation", None)}
     report["method_setup"] = timing
-    write_model_card(work / "pipeline" / "README.md", cfg, base_path, report)
+    write_model_card(work / "pipeline" / "README.md", cfg, base_path, report, model.load_hint)
     write_json(work / "report.json", report)
     finalize(work, out)
     return report

@@ -59,7 +59,7 @@ def _refused(capsys, argv, out_dir, message):
 @pytest.mark.parametrize("extra, message", [
     (["forget.classes=[12]"], "forget.classes [12] out of range; valid: 0..9"),
     (["train.stepz=3"], "unknown config key 'train.stepz'; valid keys here: train.steps"),
-    (["method.name=forgetit"], "unknown method 'forgetit'; valid: sfr_on"),
+    (["method.name=forgetit"], "unknown method 'forgetit'; valid: "),
     (["model.path=/no/such/model"], "model path '/no/such/model' does not exist"),
     (["model.family=gan"], "unknown model family 'gan'; valid: ddpm"),
 ])
@@ -87,4 +87,5 @@ def test_console_entry_point_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "diffunlearn", "unlearn", MAIN, "--output", str(tmp_path / "x"),
                            "method.name=nope"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "diffunlearn: error: unknown method 'nope'; valid: sfr_on"
+    assert proc.stderr.strip().startswith("diffunlearn: error: unknown method 'nope'; valid: ")
+    assert "sfr_on" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -91,3 +91,14 @@ def test_plain_ga_ablation_only_ascends(tmp_path):
     trainer.method.training_step(0)
     after = trainer.losses(batch, 0, stream=1).mean().item()
     assert after > before, "gradient ascent must raise the forget loss on the same batch and noise"
+
+
+def test_bf16_mixed_precision_switch_runs_and_keeps_fp32_weights(tmp_path):
+    trainer = make_trainer(tiny_ddpm(), tmp_path, ["train.mixed_precision=bf16", "method.saliency_mask=false",
+                                                   "train.steps=2", "train.log_every=1"])
+    before = snapshot(trainer)
+    trainer.train()
+    assert all(p.dtype == torch.float32 for _, p in trainer.params)
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.params)
+    rows = (tmp_path / "losses.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and all(math.isfinite(v) for v in __import__("json").loads(rows[-1]).values())

@@ -80,7 +80,7 @@ class Evaluator:
                       {c: unlearned_images[c][:k] for c in order}, seeds)
 
 
-def write_model_card(path, cfg, base_path: str, report: dict) -> None:
+def write_model_card(path, cfg, base_path: str, report: dict, load_hint: str) -> None:
     """A Hugging Face model card (`README.md` with YAML front matter) for the unlearned pipeline."""
     base, unl = report.get("base"), report.get("unlearned")
     forgotten = ", ".join(str(c) for c in cfg.forget.classes)
@@ -100,6 +100,5 @@ def write_model_card(path, cfg, base_path: str, report: dict) -> None:
                       f"{proto['guidance_scale']}, FID on {proto['fid_features']} features "
                       f"(dim {proto['feature_dim']}), {proto['fid_real_images']} real vs "
                       f"{proto['fid_generated_images']} generated images; full protocol in `report.json`.", ""]
-    lines += ["Load it with `ClassConditionalDDPMPipeline.from_pretrained(folder)` from `diffunlearn`, or the UNet "
-              "alone with `UNet2DModel.from_pretrained(folder, subfolder=\"unet\")`.", ""]
+    lines += [f"Load it with {load_hint}.", ""]
     Path(path).write_text("\n".join(lines))

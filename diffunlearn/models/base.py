@@ -38,6 +38,7 @@ class DiffusionModel:
 
     family: ClassVar[str]
     pipeline_class: ClassVar[type]
+    load_hint: ClassVar[str] = ""  # how a user loads the saved folder, for the model card
 
     def __init__(self, pipeline):
         self.pipeline = pipeline

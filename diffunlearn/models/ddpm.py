@@ -99,6 +99,9 @@ class ClassConditionalDDPM(DiffusionModel):
 
     family = "ddpm"
     pipeline_class = ClassConditionalDDPMPipeline
+    load_hint = ("`from diffunlearn.models.ddpm import ClassConditionalDDPMPipeline; "
+                 "ClassConditionalDDPMPipeline.from_pretrained(folder)`, or the UNet alone with stock diffusers: "
+                 "`UNet2DModel.from_pretrained(folder, subfolder=\"unet\")`")
 
     @property
     def denoiser(self) -> torch.nn.Module:
