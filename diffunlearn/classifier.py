@@ -16,10 +16,13 @@ class DigitsClassifier(ModelMixin, ConfigMixin):
     """Conv-BN-ReLU x3 with one 2x pooling, global average pooling, linear `head`.
 
     Input: images (B, C, H, W) in [0, 1]. `features` gives the penultimate (B, channels[-1]) activations.
+    With `reject_class`, the head has one more output, index `num_classes`, meaning "not a digit": a judge of
+    generated images must be able to say that noise is no digit, or forget accuracy measures its bias on noise.
     """
 
     @register_to_config
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, channels: tuple = (32, 64, 128)):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, channels: tuple = (32, 64, 128),
+                 reject_class: bool = False):
         super().__init__()
         layers, prev = [], in_channels
         for i, width in enumerate(channels):
@@ -28,7 +31,7 @@ class DigitsClassifier(ModelMixin, ConfigMixin):
                 layers.append(nn.MaxPool2d(2))
             prev = width
         self.backbone = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(prev, num_classes)
+        self.head = nn.Linear(prev, num_classes + int(reject_class))
         self.num_features = prev
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

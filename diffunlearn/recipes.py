@@ -52,6 +52,8 @@ class ClassifierRecipe:
     weight_decay: float = 5e-4
     channels: List[int] = field(default_factory=lambda: [32, 64, 128])
     max_shift: int = 1  # random translation augmentation, pixels
+    reject_class: bool = True  # add a "not a digit" output trained on synthetic outliers (outlier exposure)
+    outlier_fraction: float = 0.25  # outliers added to each batch, as a share of the batch size
     split_seed: int = 0
     seed: int = 0
 
@@ -104,6 +106,20 @@ def _shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> 
     return torch.stack([p[:, dy:dy + h, dx:dx + w] for p, (dy, dx) in zip(padded, offsets.tolist())])
 
 
+def synthetic_outliers(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Images that are not digits, one of four kinds each: uniform noise, binary noise, smoothed binary blobs and
+    real digits with their pixels shuffled (digit-like intensities, no shape). images: (B, C, H, W) in [0, 1]."""
+    b, c, h, w = images.shape
+    uniform = torch.rand(images.shape, generator=generator)
+    binary = (torch.rand(images.shape, generator=generator) < torch.rand(b, 1, 1, 1, generator=generator)).float()
+    coarse = torch.rand(b, c, h // 2, w // 2, generator=generator)
+    blobs = (torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear") > 0.5).float()
+    perm = torch.argsort(torch.rand(b, c * h * w, generator=generator), dim=1)
+    shuffled = torch.gather(images.reshape(b, -1), 1, perm).reshape(images.shape)
+    kind = torch.randint(0, 4, (b, 1, 1, 1), generator=generator)
+    return torch.where(kind == 0, uniform, torch.where(kind == 1, binary, torch.where(kind == 2, blobs, shuffled)))
+
+
 def classifier_accuracy(classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
     classifier.eval()
     with torch.inference_mode():
@@ -118,7 +134,8 @@ def train_classifier(recipe: ClassifierRecipe, train_set=None, progress: bool = 
     set_seed(recipe.seed)
     if train_set is None:
         train_set, _ = load_digits_splits(recipe.split_seed)
-    model = DigitsClassifier(num_classes=num_classes, channels=tuple(recipe.channels))
+    model = DigitsClassifier(num_classes=num_classes, channels=tuple(recipe.channels),
+                             reject_class=recipe.reject_class)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = -(-len(train_set) // recipe.batch_size)
     total = recipe.epochs * steps_per_epoch
@@ -129,14 +146,32 @@ def train_classifier(recipe: ClassifierRecipe, train_set=None, progress: bool = 
     model.train()
     for step in tqdm(range(total), disable=not (progress and accelerator.is_main_process), desc="train classifier"):
         idx = sampler.indices(step)
-        images = _shift(train_set.images[idx], recipe.max_shift, gen).to(accelerator.device)
-        loss = torch.nn.functional.cross_entropy(model(images), train_set.labels[idx].to(accelerator.device))
+        images, labels = _shift(train_set.images[idx], recipe.max_shift, gen), train_set.labels[idx]
+        if recipe.reject_class:
+            outliers = synthetic_outliers(train_set.images[idx[:round(recipe.outlier_fraction * len(idx))]], gen)
+            images = torch.cat([images, outliers])
+            labels = torch.cat([labels, torch.full((len(outliers),), num_classes, dtype=labels.dtype)])
+        loss = torch.nn.functional.cross_entropy(model(images.to(accelerator.device)), labels.to(accelerator.device))
         accelerator.backward(loss)
         optimizer.step()
         lr_schedule.step()
         optimizer.zero_grad(set_to_none=True)
     model = accelerator.unwrap_model(model)
     return model.eval()
+
+
+def sample_accuracy(model, classifier: str = "embedded:digits/classifier", per_class: int = 50) -> dict:
+    """Share of samples per class (DDIM 25 steps, guidance 2) that the embedded classifier assigns to their class."""
+    from .assets import resolve_model_path
+    from .config import EvalConfig
+    from .evaluation.metrics import classify, generate, labels_and_seeds, per_class_accuracy
+
+    judge = DigitsClassifier.from_pretrained(resolve_model_path(classifier), use_safetensors=True).eval()
+    labels, seeds = labels_and_seeds(range(model.num_classes), per_class, eval_seed=0)
+    eval_cfg = EvalConfig(num_inference_steps=25, guidance_scale=2.0)
+    accs = per_class_accuracy(classify(judge, generate(model, labels, seeds, eval_cfg)), labels)
+    return {"protocol": f"{per_class} samples/class, ddim 25 steps, guidance 2.0, seeds 100000*c+j, judged by "
+                        f"{classifier}", "mean": sum(accs.values()) / len(accs), "per_class": accs}
 
 
 RECIPES = {"ddpm": (DDPMRecipe, train_ddpm), "classifier": (ClassifierRecipe, train_classifier)}
@@ -168,6 +203,8 @@ def run_recipe(kind: str, config_path: str, output: str, overrides=(), embed_as:
     if kind == "classifier":
         _, test = load_digits_splits(recipe.split_seed)
         entry["test_accuracy"] = classifier_accuracy(model, test.images, test.labels)
+    else:
+        entry["sample_accuracy"] = sample_accuracy(model)
     if embed_as:
         target = ASSETS / embed_as
         shutil.rmtree(target, ignore_errors=True)

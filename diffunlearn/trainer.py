@@ -49,7 +49,7 @@ class Trainer:
 
     Args:
         cfg: the validated `RunConfig`.
-        model: a `DiffusionModel` wrapper (its denoiser is trained in place).
+        model: a `DiffusionModel` wrapper (its network is trained in place).
         method_cls: the registered `UnlearningMethod` class.
         forget_set, remain_set: data sets yielding dicts of tensors.
         work_dir: folder for checkpoints (`checkpoints/`) and the loss log (`losses.jsonl`).
@@ -66,8 +66,8 @@ class Trainer:
         self.model.to(acc.device)
         self.params = self.model.trainable_parameters()
         self.optimizer = make_optimizer([p for _, p in self.params], self.train_cfg)
-        self.model.forward_module, self.optimizer = acc.prepare(self.model.denoiser, self.optimizer)
-        self.model.denoiser.train()
+        self.model.forward_module, self.optimizer = acc.prepare(self.model.network, self.optimizer)
+        self.model.network.train()
         bs = self.train_cfg.batch_size
         self.forget_sampler = StepSampler(forget_set, bs, cfg.seed + 1, acc.process_index, acc.num_processes)
         self.remain_sampler = StepSampler(remain_set, bs, cfg.seed + 2, acc.process_index, acc.num_processes)
@@ -186,6 +186,6 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         self.model.forward_module = None
-        self.model.denoiser.eval()
+        self.model.network.eval()
         return {"setup": setup_seconds, "unlearning": time.perf_counter() - start, "first_step": first,
                 **setup_info}

@@ -16,6 +16,10 @@ from diffunlearn.models.ddpm import ClassConditionalDDPM, ClassConditionalDDPMPi
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DIFFUNLEARN_CACHE", str(tmp_path_factory.mktemp("cache")))
     torch.set_num_threads(2)
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # each test builds its own Accelerator (precision, processes)
 
 
 def tiny_ddpm(seed: int = 0, prediction_type: str = "epsilon") -> ClassConditionalDDPM:

@@ -8,10 +8,15 @@ from diffunlearn.trainer import Trainer
 MAIN_CONFIG = "configs/digits/ddpm_sfron.yaml"
 
 
-def make_trainer(model, tmp_path, overrides=(), forget_classes=(7,)):
-    """A Trainer on the digits forget/remain split with the main config plus `overrides`."""
-    cfg = build_config(read_yaml(MAIN_CONFIG), ["train.batch_size=16", "method.mask_batches=2",
-                                                f"forget.classes={list(forget_classes)}", *overrides])
+def make_trainer(model, tmp_path, overrides=(), forget_classes=(7,), method=None):
+    """A Trainer on the digits forget/remain split with the main config plus `overrides`; `method` replaces the
+    config's SFR-on section by that method's defaults."""
+    raw = read_yaml(MAIN_CONFIG)
+    if method:
+        raw["method"] = {"name": method}
+    else:
+        overrides = ["method.mask_batches=2", *overrides]
+    cfg = build_config(raw, ["train.batch_size=16", f"forget.classes={list(forget_classes)}", *overrides])
     train, _ = load_digits_splits()
     forget_set, remain_set = train.forget_remain(cfg.forget.classes)
     return Trainer(cfg, model, get_method(cfg.method.name), forget_set, remain_set, tmp_path, progress=False)

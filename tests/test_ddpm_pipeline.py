@@ -33,7 +33,7 @@ def test_guided_training_loss_scale_0_and_1_are_the_unconditional_and_conditiona
 @pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, DDPMScheduler])
 def test_pipeline_guided_sampling_matches_a_manual_loop(scheduler_cls):
     model = tiny_ddpm()
-    unet = model.denoiser
+    unet = model.network
     pipe = ClassConditionalDDPMPipeline(unet, scheduler_cls.from_config(model.pipeline.scheduler.config))
     labels = torch.tensor([1, 7])
     out = pipe(labels, guidance_scale=3.0, num_inference_steps=4, generator=_gen(5), output_type="pt").images
@@ -52,7 +52,7 @@ def test_pipeline_guided_sampling_matches_a_manual_loop(scheduler_cls):
 
 def test_pipeline_scale_0_ignores_the_label_and_scale_1_uses_it():
     model = tiny_ddpm()
-    pipe = ClassConditionalDDPMPipeline(model.denoiser, DDIMScheduler.from_config(model.pipeline.scheduler.config))
+    pipe = ClassConditionalDDPMPipeline(model.network, DDIMScheduler.from_config(model.pipeline.scheduler.config))
     run = lambda label, s: pipe([label], guidance_scale=s, num_inference_steps=3, generator=_gen(1),
                                 output_type="pt").images
     torch.testing.assert_close(run(2, 0.0), run(8, 0.0))
@@ -84,7 +84,7 @@ def test_save_load_round_trip_with_stock_unet_loader(tmp_path):
     b = loaded([4, 5], guidance_scale=2.0, num_inference_steps=3, generator=_gen(2), output_type="pt")
     torch.testing.assert_close(a.images, b.images)
     unet = UNet2DModel.from_pretrained(tmp_path, subfolder="unet")
-    for (n, p), (_, q) in zip(model.denoiser.named_parameters(), unet.named_parameters()):
+    for (n, p), (_, q) in zip(model.network.named_parameters(), unet.named_parameters()):
         assert torch.equal(p, q), n
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 

@@ -12,7 +12,7 @@ from diffunlearn.methods.sfr_on import alpha_at
 
 
 def test_masked_elements_do_not_move_in_a_forget_step(tmp_path):
-    trainer = make_trainer(tiny_ddpm(), tmp_path, ["method.remain=false", "train.optimizer=adam"])
+    trainer = make_trainer(tiny_ddpm(), tmp_path, ["method.remain=false", "method.forget_every=1", "train.optimizer=adam"])
     method = trainer.method
     method.setup()
     mask = method.mask

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers.utils import make_image_grid
-from PIL import Image
+from PIL import Image, ImageDraw
+
+PAD, LABEL_WIDTH, HEADER = 4, 120, 20
 
 
 def to_pil(images: torch.Tensor, size: int = 64) -> list:
@@ -33,18 +35,17 @@ def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict) 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     k = len(next(iter(base.values())))
-    cells, table = [], []
+    grid_rows, table = [], []
     for cls, name, forgotten in rows:
         b, u = to_pil(base[cls]), to_pil(unlearned[cls])
-        blank = Image.new(b[0].mode, b[0].size, 255 if b[0].mode == "L" else (255, 255, 255))
-        cells += b + [blank] + u
+        grid_rows.append((f"{cls} {name}" + (" (forgotten)" if forgotten else ""), b, u))
         make_image_grid(b, 1, k).save(folder / f"base_{cls}.png")
         make_image_grid(u, 1, k).save(folder / f"unlearned_{cls}.png")
         tag = "FORGOTTEN" if forgotten else "retained"
         table.append(f"<tr class='{tag.lower()}'><td>{cls}: {html.escape(name)}</td><td>{tag}</td>"
                      f"<td><img src='base_{cls}.png'></td><td><img src='unlearned_{cls}.png'></td>"
                      f"<td>{seeds[cls][0]}..{seeds[cls][-1]}</td></tr>")
-    make_image_grid(cells, len(rows), 2 * k + 1).save(folder / "grid.png")
+    labelled_grid(grid_rows).save(folder / "grid.png")
     (folder / "index.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>diffunlearn gallery</title>"
         "<style>body{font-family:sans-serif} img{image-rendering:pixelated} .forgotten{background:#fdd}"
@@ -53,3 +54,22 @@ def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict) 
         " <code>grid.png</code> has all rows (base | gap | unlearned).</p>"
         "<table><tr><th>class</th><th>status</th><th>base</th><th>unlearned</th><th>seeds</th></tr>"
         + "".join(table) + "</table>\n")
+
+
+def labelled_grid(rows: list) -> Image.Image:
+    """One row per (label, base images, unlearned images), padded, with a header and row labels."""
+    cell = rows[0][1][0].size[0]
+    k = len(rows[0][1])
+    block = k * (cell + PAD)
+    width = LABEL_WIDTH + 2 * block + 3 * PAD
+    grid = Image.new("RGB", (width, HEADER + len(rows) * (cell + PAD) + PAD), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    draw.text((LABEL_WIDTH + PAD, 4), "base", fill=(0, 0, 0))
+    draw.text((LABEL_WIDTH + block + 3 * PAD, 4), "unlearned (same seeds)", fill=(0, 0, 0))
+    for r, (label, base, unlearned) in enumerate(rows):
+        y = HEADER + r * (cell + PAD)
+        draw.text((4, y + cell // 2 - 6), label, fill=(200, 0, 0) if "forgotten" in label else (0, 0, 0))
+        for j, img in enumerate(base + unlearned):
+            x = LABEL_WIDTH + PAD + j * (cell + PAD) + (2 * PAD if j >= k else 0)
+            grid.paste(img.convert("RGB"), (x, y))
+    return grid

@@ -43,6 +43,8 @@ class Evaluator:
                                                        self.eval_cfg.seed)
         self.protocol = {
             "classifier": classifier_path, "classifier_sha256": weights_sha256(classifier_path),
+            "classifier_reject_output": bool(self.classifier.config.reject_class),
+            "recognised_means": "classifier argmax == the conditioning class (a 'not a digit' output never counts)",
             "fid_features": extractor_name, "fid_extractor_sha256": extractor_hash,
             "inception_weights": self.eval_cfg.inception_weights, "feature_dim": int(extractor.num_features),
             "fid_real_images": len(real_retained), "fid_real_source": "train split, retained classes",

@@ -3,7 +3,7 @@
 A family wraps one diffusers pipeline. It knows how to turn a batch into per-sample training losses (honouring the
 scheduler's `prediction_type`), how to condition (class label or prompt, and the null condition used for
 classifier-free guidance and condition dropout), how to sample, and how to save and load itself as a standard
-diffusers folder. Methods only see `training_losses`, `trainable_parameters` and `denoiser`.
+diffusers folder. Methods only see `training_losses`, `trainable_parameters` and `network`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def sampling_scheduler(config, sampler: str):
 class DiffusionModel:
     """Base of the model-family wrappers.
 
-    Subclasses set `family`, `pipeline_class`, implement `denoiser`, `predict`, `null_condition`, `condition` and
+    Subclasses set `family`, `pipeline_class`, implement `network`, `predict`, `null_condition`, `condition` and
     `sample`, and override `encode` when they work in a latent space.
     """
 
@@ -43,7 +43,7 @@ class DiffusionModel:
     def __init__(self, pipeline):
         self.pipeline = pipeline
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        self.forward_module = None  # set by the trainer to the accelerate-prepared denoiser
+        self.forward_module = None  # set by the trainer to the accelerate-prepared network
 
     # --- loading and saving -------------------------------------------------------------------------------------
     @classmethod
@@ -59,19 +59,19 @@ class DiffusionModel:
 
     # --- what the methods use -----------------------------------------------------------------------------------
     @property
-    def denoiser(self) -> torch.nn.Module:
+    def network(self) -> torch.nn.Module:
         raise NotImplementedError
 
     @property
     def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
+        return next(self.network.parameters()).device
 
     def trainable_parameters(self):
         """(name, parameter) pairs that unlearning may change."""
-        return [(n, p) for n, p in self.denoiser.named_parameters() if p.requires_grad]
+        return [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Map images in [-1, 1] to the space the denoiser works in (identity for pixel-space models)."""
+        """Map images in [-1, 1] to the space the network works in (identity for pixel-space models)."""
         return pixel_values
 
     def condition(self, batch: dict):

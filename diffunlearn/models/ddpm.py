@@ -104,7 +104,7 @@ class ClassConditionalDDPM(DiffusionModel):
                  "`UNet2DModel.from_pretrained(folder, subfolder=\"unet\")`")
 
     @property
-    def denoiser(self) -> torch.nn.Module:
+    def network(self) -> torch.nn.Module:
         return self.pipeline.unet
 
     @property
@@ -121,11 +121,11 @@ class ClassConditionalDDPM(DiffusionModel):
         return torch.where(keep, cond, self.null_condition(cond))
 
     def predict(self, x_t, t, cond):
-        module = self.forward_module or self.denoiser
+        module = self.forward_module or self.network
         return module(x_t, t, class_labels=cond).sample
 
     def sample(self, labels, generator, num_inference_steps, guidance_scale, sampler="ddim"):
-        pipe = ClassConditionalDDPMPipeline(self.denoiser, sampling_scheduler(self.pipeline.scheduler.config, sampler))
+        pipe = ClassConditionalDDPMPipeline(self.network, sampling_scheduler(self.pipeline.scheduler.config, sampler))
         pipe.set_progress_bar_config(disable=True)
         return pipe(labels, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                     generator=generator, output_type="pt").images
