@@ -34,16 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True, help="diffusers folder (or embedded:NAME) to evaluate")
     evaluate.add_argument("--output", required=True, help="JSON file for the metrics")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value")
+
+    from .ntk.command import add_fast_ntk_parser
+
+    add_fast_ntk_parser(commands)
     return parser
 
 
 def parse_args(parser: argparse.ArgumentParser, argv):
     """Parse options anywhere on the line; the remaining `key=value` words are config overrides."""
     args, extra = parser.parse_known_args(argv)
-    bad = [word for word in extra if word.startswith("-") or "=" not in word]
+    takes_overrides = hasattr(args, "overrides")
+    bad = [word for word in extra if word.startswith("-") or "=" not in word or not takes_overrides]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides are key=value)")
-    args.overrides = list(getattr(args, "overrides", [])) + extra
+    if takes_overrides:
+        args.overrides = list(args.overrides) + extra
     return args
 
 
@@ -62,6 +68,8 @@ def main(argv=None) -> None:
             from .run import evaluate_model_command
 
             evaluate_model_command(args.config, args.model, args.output, args.overrides)
+        elif hasattr(args, "handler"):
+            args.handler(args)
     except UserError as exc:
         _fail(str(exc))
 

@@ -1,0 +1,89 @@
+"""Statistics of the full set D = retain + forget, kept in memory and on disk, so later requests only downdate.
+
+The key covers everything the statistics depend on: all model weights and buffers, the subset, the loss, the
+linearisation point and the identity of D: the multiset of its samples (order-free, and independent of how D is
+split into forget and retain), or a name the caller gives D (skips hashing the data on every request).
+Files live under `diffunlearn.saliency.cache_dir()/fast_ntk` (env DIFFUNLEARN_CACHE).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..saliency import cache_dir
+from .rows import Statistics
+
+FORMAT_VERSION = 1
+MEMORY_ENTRIES = 4
+_MEMORY: "OrderedDict[str, Statistics]" = OrderedDict()
+
+
+def _update(digest, tensor: torch.Tensor) -> None:
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+
+
+def statistics_key(model, subset_names: list, init: Optional[dict], loss: str, data_digest: str) -> str:
+    """Hex key of the statistics of one (model, subset, loss, w0, D)."""
+    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, type(model).__name__, subset_names, loss, data_digest,
+                                        init is None]).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        _update(digest, tensor)
+    for name in sorted(init or {}):
+        digest.update(name.encode())
+        _update(digest, init[name])
+    return digest.hexdigest()[:32]
+
+
+def _path(key: str):
+    return cache_dir() / "fast_ntk" / f"{key}.safetensors"
+
+
+def load_statistics(key: str, device=None) -> tuple[Optional[Statistics], str]:
+    """(statistics or None, where they came from: 'memory', 'disk' or 'miss')."""
+    if key in _MEMORY:
+        _MEMORY.move_to_end(key)
+        stats = _MEMORY[key]
+        where = "memory"
+    elif _path(key).is_file():
+        tensors = load_file(str(_path(key)))
+        stats = Statistics(tensors["gram"], tensors["rhs"], tensors["fisher"], int(tensors["count"]))
+        _remember(key, stats)
+        where = "disk"
+    else:
+        return None, "miss"
+    return Statistics(stats.gram.to(device), stats.rhs.to(device), stats.fisher.to(device), stats.count,
+                      stats.solved), where
+
+
+def _remember(key: str, stats: Statistics) -> None:
+    _MEMORY[key] = stats
+    _MEMORY.move_to_end(key)
+    while len(_MEMORY) > MEMORY_ENTRIES:
+        _MEMORY.popitem(last=False)
+
+
+def store_statistics(key: str, stats: Statistics, disk: bool = True) -> None:
+    """Keep `stats` in memory and (atomically) on disk."""
+    cpu = Statistics(stats.gram.cpu(), stats.rhs.cpu(), stats.fisher.cpu(), stats.count, stats.solved)
+    _remember(key, cpu)
+    if disk:
+        path = _path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"gram": cpu.gram.contiguous(), "rhs": cpu.rhs.contiguous(), "fisher": cpu.fisher.contiguous(),
+                   "count": torch.tensor(cpu.count)}, str(tmp))
+        os.replace(tmp, path)
+
+
+def clear_memory_cache() -> None:
+    """Forget the in-memory statistics (files on disk stay)."""
+    _MEMORY.clear()

@@ -1,0 +1,125 @@
+"""Which parameters the NTK is taken over: the linear head, BatchNorm affine parameters, or a name pattern."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+HEAD_ATTRIBUTES = ("head", "fc", "classifier", "classification_head")
+SUBSET_HELP = "'head', 'bn', or a regex / glob over parameter names, joined with '+' (e.g. 'bn+head', 'lora_')"
+
+
+def find_head(model: nn.Module) -> nn.Linear:
+    """The final linear layer: `model.<attr>` for attr in `HEAD_ATTRIBUTES`, or the last nn.Linear inside it.
+
+    Raises:
+        UserError: the model has none of these.
+    """
+    for attr in HEAD_ATTRIBUTES:
+        module = getattr(model, attr, None)
+        if isinstance(module, nn.Linear):
+            return module
+        if isinstance(module, nn.Module):
+            linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+            if linears:
+                return linears[-1]
+    raise UserError(f"cannot find the classifier head of {type(model).__name__}: looked for an nn.Linear at "
+                    f"attribute {', '.join(HEAD_ATTRIBUTES)} or the last nn.Linear inside one; "
+                    f"choose another subset: {SUBSET_HELP}")
+
+
+@dataclass
+class Subset:
+    """The chosen parameters, in `named_parameters()` order (the fixed flattening order).
+
+    Attributes:
+        names: parameter names.
+        head: the head Linear when the subset is exactly the head (the exact, autograd-free path), else None.
+    """
+
+    spec: str
+    names: list
+    head: Optional[nn.Linear] = None
+
+
+def _matching(names, token: str) -> list:
+    if any(ch in token for ch in "*?["):
+        return [n for n in names if fnmatch.fnmatchcase(n, token)]
+    try:
+        pattern = re.compile(token)
+    except re.error as exc:
+        raise UserError(f"subset pattern {token!r} is not a valid regex ({exc}); give {SUBSET_HELP}") from None
+    return [n for n in names if pattern.search(n)]
+
+
+def select_subset(model: nn.Module, spec: str) -> Subset:
+    """Parse `spec` ('head', 'bn', a pattern, or several joined by '+') against the model's parameters.
+
+    Raises:
+        UserError: an empty spec, or a part of it that matches no parameter.
+    """
+    if not isinstance(spec, str) or not spec.strip() or any(not t.strip() for t in spec.split("+")):
+        raise UserError(f"subset {spec!r} is empty; give {SUBSET_HELP}")
+    params = dict(model.named_parameters())
+    by_id = {id(p): name for name, p in params.items()}
+    chosen = set()
+    for token in (t.strip() for t in spec.split("+")):
+        if token == "head":
+            found = [by_id[id(p)] for p in find_head(model).parameters()]
+        elif token == "bn":
+            found = [by_id[id(p)] for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                     for p in (m.weight, m.bias) if p is not None]
+            if not found:
+                raise UserError(f"subset 'bn' matches no parameter: {type(model).__name__} has no BatchNorm layer "
+                                f"with affine parameters; give {SUBSET_HELP}")
+        else:
+            found = _matching(params, token)
+            if not found:
+                sample = ", ".join(list(params)[:6]) + (", ..." if len(params) > 6 else "")
+                raise UserError(f"subset pattern {token!r} matches no parameter of {type(model).__name__} "
+                                f"(parameters: {sample}); give {SUBSET_HELP}")
+        chosen.update(found)
+    names = [n for n in params if n in chosen]
+    head = find_head(model) if spec.strip() == "head" else None
+    return Subset(spec, names, head)
+
+
+def resolve_init(init, model: nn.Module, subset: Subset) -> Optional[dict]:
+    """The linearisation point w0 of the subset: None (current weights), "zeros", or {name: tensor}.
+
+    Keys of `init` outside the subset that name other model weights are ignored (a full state dict is fine).
+
+    Raises:
+        UserError: an unknown string, missing subset names, unknown names or wrong shapes.
+    """
+    if init is None:
+        return None
+    params = dict(model.named_parameters())
+    if isinstance(init, str):
+        if init != "zeros":
+            raise UserError(f"unknown init {init!r}; valid: None (current weights), 'zeros', or a dict name->tensor")
+        return {n: torch.zeros_like(params[n]).detach() for n in subset.names}
+    if not isinstance(init, Mapping):
+        raise UserError(f"init of type {type(init).__name__} is not supported; valid: None, 'zeros', "
+                        "or a dict name->tensor")
+    known = set(model.state_dict())
+    missing = [n for n in subset.names if n not in init]
+    unknown = [k for k in init if k not in known]
+    if missing or unknown:
+        raise UserError(f"init does not fit the subset: missing {missing[:5]}, unknown names {unknown[:5]}; "
+                        f"the subset is {subset.names[:8]}")
+    out = {}
+    for n in subset.names:
+        value = torch.as_tensor(init[n]).detach()
+        if value.shape != params[n].shape:
+            raise UserError(f"init[{n!r}] has shape {tuple(value.shape)}; expected {tuple(params[n].shape)}")
+        out[n] = value.to(dtype=params[n].dtype, device=params[n].device).clone()
+    return out

@@ -1,0 +1,203 @@
+"""Fast-NTK speed and memory, measured in one run on the CPU.
+
+1. Head subset, 5,000 samples, 10 classes, 512 features (synthetic features through an identity backbone and a
+   Linear(512, 10) head): wall time of the unlearning call (first call: statistics of D computed; second call on
+   the same model and D, another forget class: cache hit and downdate), against retraining the head on the retain
+   features (100 epochs full-batch Adam, 100 epochs mini-batch SGD, scikit-learn LogisticRegression).
+2. Subset "bn+head" on the embedded digits CNN (forget class 7 of the 1,437 training digits): peak resident memory
+   of the call (sampled from /proc) and the sizes of the accumulated matrices, against the N*C*P floats a full-model
+   NTK Jacobian G would need for the same model and data.
+
+Usage: OMP_NUM_THREADS=1 python eval/fast_ntk_speed.py [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+
+import torch
+from torch import nn
+
+
+class FeatureClassifier(nn.Module):
+    """Identity backbone + linear head: the input already is the penultimate features."""
+
+    def __init__(self, features: int = 512, classes: int = 10):
+        super().__init__()
+        self.backbone = nn.Identity()
+        self.head = nn.Linear(features, classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def timed(fn, repeats: int = 1):
+    """(best wall seconds over `repeats`, last result)."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def synthetic(n=5000, features=512, classes=10, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    means = torch.randn(classes, features, generator=gen)
+    return means[labels] + 2.0 * torch.randn(n, features, generator=gen), labels
+
+
+def retrain_full_batch(x, y, epochs=100, wd=5e-4):
+    head = nn.Linear(x.shape[1], int(y.max()) + 1)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=wd)
+    for _ in range(epochs):
+        opt.zero_grad()
+        nn.functional.cross_entropy(head(x), y).backward()
+        opt.step()
+    return head
+
+
+def retrain_sgd(x, y, epochs=100, batch=128, wd=5e-4):
+    head = nn.Linear(x.shape[1], int(y.max()) + 1)
+    opt = torch.optim.SGD(head.parameters(), lr=0.05, momentum=0.9, weight_decay=wd)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=gen).split(batch):
+            opt.zero_grad()
+            nn.functional.cross_entropy(head(x[idx]), y[idx]).backward()
+            opt.step()
+    return head
+
+
+def retrain_sklearn(x, y):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=1000).fit(x.numpy(), y.numpy())
+
+
+class PeakRSS:
+    """Peak resident set size (bytes) above the level at entry, sampled from /proc/self/statm every 2 ms."""
+
+    def __enter__(self):
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self):
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self.page
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.delta = self.peak - self.base
+
+
+def mib(n_bytes):
+    return f"{n_bytes / 2 ** 20:,.1f} MiB"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="fast_ntk_speed_") as cache:
+        os.environ["DIFFUNLEARN_CACHE"] = cache  # a cold, private statistics cache
+        run()
+
+
+def run():
+    from diffunlearn.fast_ntk import fast_ntk_scrub
+
+    # 1. Head subset on 5,000 x 512 synthetic features.
+    x, y = synthetic()
+    model = FeatureClassifier().eval()
+    with torch.no_grad():  # a trained head: ridge on D (closed form), so the model is a sensible starting point
+        design = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+        coef = torch.linalg.solve(design.T @ design + len(x) * 5e-4 * torch.eye(513, dtype=torch.float64),
+                                  design.T @ nn.functional.one_hot(y, 10).double())
+        model.head.weight.copy_(coef[:-1].T)
+        model.head.bias.copy_(coef[-1])
+    fast_ntk_scrub(FeatureClassifier().eval(), (x[:64], y[:64]), (x[64:128], y[64:128]), cache=False)  # warm-up
+    split = lambda c: ((x[y == c], y[y == c]), (x[y != c], y[y != c]))  # noqa: E731
+    forget, retain = split(0)
+    t_cold, cold = timed(lambda: fast_ntk_scrub(model, forget, retain, cache=True))
+    fast_ntk_scrub(model, forget, retain, cache="synthetic-5000")  # computes and caches D under a name
+    requests = {}
+    for label, cache in (("digest", True), ("named", "synthetic-5000")):
+        for c in (1, 2, 3):  # new forget classes on the same model and D: cache hit, forget rows only, downdate
+            f, r = split(c)
+            requests[label, c] = timed(lambda: fast_ntk_scrub(model, f, r, cache=cache))
+    t_digest = min(t for (label, _), (t, _) in requests.items() if label == "digest")
+    t_named = min(t for (label, _), (t, _) in requests.items() if label == "named")
+    hit = requests["named", 1][1]
+    t_nocache, _ = timed(lambda: fast_ntk_scrub(model, forget, retain, cache=False), repeats=3)
+    rx, ry = retain
+    t_full, _ = timed(lambda: retrain_full_batch(rx, ry))
+    t_sgd, _ = timed(lambda: retrain_sgd(rx, ry))
+    t_skl, _ = timed(lambda: retrain_sklearn(rx, ry))
+    assert hit.info["cache"] == "memory" and cold.info["cache"] == "miss"
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
+    print("\n1. Fast-NTK, subset=head: N=5000, forget one class (~500), C=10, 512 features, P_S=513 per class")
+    calls = (("A first call: computes D, caches it", t_cold, cold.info["jacobian_samples"]),
+             ("B cache=False (best of 3)", t_nocache, 5000),
+             ("C cache hit, D identified by digest (best of 3)", t_digest, hit.info["jacobian_samples"]),
+             ("D cache hit, D named by caller (best of 3)", t_named, hit.info["jacobian_samples"]))
+    print(f"{'Fast-NTK call':<50}{'seconds':>10}  samples through the model")
+    for name, t, n in calls:
+        print(f"{name:<50}{t:>10.4f}  {n}")
+    print(f"\n{'retraining the head on D_r (4500 x 512)':<40}{'seconds':>9}" + "".join(f"{'/ ' + c[0][0]:>8}"
+                                                                             for c in calls))
+    for name, t in (("100 epochs full-batch Adam", t_full), ("100 epochs SGD, batch 128", t_sgd),
+                    ("sklearn LogisticRegression (lbfgs)", t_skl)):
+        print(f"{name:<40}{t:>9.3f}" + "".join(f"{t / c[1]:>7.0f}x" for c in calls))
+
+    # 2. bn+head on the digits CNN: memory.
+    from diffunlearn.assets import resolve_model_path
+    from diffunlearn.classifier import DigitsClassifier
+    from diffunlearn.data import load_digits_splits
+
+    cnn = DigitsClassifier.from_pretrained(resolve_model_path("embedded:digits/classifier")).eval()
+    train, _ = load_digits_splits()
+    f7, r7 = train.forget_remain([7])
+    n, c, p_all = len(train), 10, sum(p.numel() for p in cnn.parameters())
+    fast_ntk_scrub(cnn, (f7.images[:8], f7.labels[:8]), (r7.images[:8], r7.labels[:8]),
+                   subset="bn+head", cache=False)  # warm-up: loads torch.func code, so RSS counts only the call
+    measured = []
+    for batch_size, chunk_size in ((64, 16), (256, None)):  # smaller first: RSS peaks are not given back
+        with PeakRSS() as rss:
+            t_bn, res = timed(lambda: fast_ntk_scrub(cnn, f7, r7, subset="bn+head", batch_size=batch_size,
+                                                     chunk_size=chunk_size, cache=False))
+        measured.append((f"measured peak RSS increase, batch {batch_size}, vmap chunk {chunk_size}", rss.delta,
+                         t_bn))
+    p_s = res.info["num_params"]
+    full_g = n * c * p_all * 4
+    print(f"\n2. Fast-NTK, subset=bn+head, digits CNN: N={n}, C={c}, P_S={p_s} of P={p_all:,} parameters, "
+          f"form={res.info['form']}")
+    print(f"{'memory':<66}{'size':>12}{'seconds':>9}")
+    for name, size, t in measured:
+        print(f"{name:<66}{mib(size):>12}{t:>9.2f}")
+    for name, size in (("accumulated A, b, Fisher (D and D_r, float64)", (p_s * p_s + 2 * p_s) * 8 * 2),
+                       ("subset G if materialised (N*C*P_S float64; never, in primal)", n * c * p_s * 8),
+                       ("full-model NTK G (N*C*P float32)", full_g)):
+        print(f"{name:<66}{mib(size):>12}")
+    print(f"full-model G / measured peak: " + ", ".join(f"{full_g / max(m[1], 1):,.0f}x" for m in measured))
+
+
+if __name__ == "__main__":
+    main()
