@@ -99,3 +99,17 @@ def fisher_saliency_mask(trainer, num_batches: int, gamma: float, guidance_scale
             mask.save(tmp)
             os.replace(tmp, path)
     return mask, {"mask_cache": str(path), "mask_cache_hit": hit, "mask_density": mask.density()}
+
+
+def gradient_saliency_mask(trainer, num_batches: int, keep_fraction: float) -> SaliencyMask:
+    """SalUn's mask: the `keep_fraction` of elements with the largest |gradient of the mean forget loss|,
+    accumulated over `num_batches` forget batches on the current (original) weights, one global threshold."""
+    for i in range(num_batches):
+        losses = trainer.model.training_losses(trainer.forget_batch(i), generator=trainer.generator(i, 1003))
+        trainer.accelerator.backward(losses.mean() / num_batches)
+    grads = {name: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p) for name, p in trainer.params}
+    trainer.optimizer.zero_grad(set_to_none=True)
+    flat = torch.cat([g.flatten().float() for g in grads.values()])
+    k = max(1, int(round(keep_fraction * flat.numel())))
+    threshold = torch.topk(flat, k, sorted=False).values.min()
+    return SaliencyMask({name: g >= threshold for name, g in grads.items()})

@@ -1,0 +1,29 @@
+"""GA: plain gradient ascent on the forget set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import MethodConfig
+from ..registry import register_method
+from .base import UnlearningMethod
+
+
+@dataclass
+class GAConfig(MethodConfig):
+    name: str = "ga"
+    clip: Optional[float] = 1.0  # gradient-norm clip of the ascent step
+
+
+@register_method
+class GradientAscent(UnlearningMethod):
+    """Gradient ascent on D_f (the classic baseline, e.g. Thudi et al., 2022): maximise the mean forget loss."""
+
+    name = "ga"
+    config_cls = GAConfig
+
+    def training_step(self, step: int) -> dict:
+        loss_f = self.trainer.losses(self.trainer.forget_batch(step), step, stream=1).mean()
+        self.trainer.update(-loss_f, clip=self.cfg.clip)
+        return {"forget_loss": loss_f.detach()}

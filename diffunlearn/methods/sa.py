@@ -1,0 +1,90 @@
+"""SA, Selective Amnesia: EWC to the base weights + generative replay of retained classes + a surrogate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..config import MethodConfig, check_positive
+from ..data import StepSampler
+from ..registry import register_method
+from ..saliency import fisher_diagonal
+from .base import UnlearningMethod
+
+
+@dataclass
+class SAConfig(MethodConfig):
+    name: str = "sa"
+    ewc_lambda: float = 1000.0  # weight of sum_i F_i (theta_i - theta*_i)^2
+    replay_samples: int = 512  # images of retained classes generated once by the base model
+    replay_steps: int = 25  # DDIM steps for the replay images
+    replay_guidance: float = 2.0
+    fisher_batches: int = 8  # replay batches for the Fisher diagonal of the base model
+    replay_weight: float = 1.0
+    clip: Optional[float] = 1.0
+
+    def __post_init__(self):
+        check_positive("method", replay_samples=self.replay_samples, replay_steps=self.replay_steps,
+                       fisher_batches=self.fisher_batches)
+
+
+class _Tensors(torch.utils.data.Dataset):
+    def __init__(self, pixel_values, labels):
+        self.pixel_values, self.labels = pixel_values, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+
+
+@register_method
+class SelectiveAmnesia(UnlearningMethod):
+    """Selective Amnesia (Heng & Soh, "Selective Amnesia: A Continual Learning Approach to Forgetting in Deep
+    Generative Models", NeurIPS 2023), for class-conditional models.
+
+    Setup: generate a replay set of retained classes with the base model; Fisher diagonal F of the base model on
+    it; keep theta*. Step: surrogate loss (the forgotten class's condition learns uniform noise images, the
+    surrogate distribution) + replay loss on generated retained images + ewc_lambda * sum F (theta - theta*)^2.
+    """
+
+    name = "sa"
+    config_cls = SAConfig
+
+    def setup(self):
+        trainer, cfg = self.trainer, self.cfg
+        forget = list(trainer.cfg.forget.classes)
+        retained = [c for c in range(self.model.num_classes) if c not in forget]
+        labels = torch.tensor(retained, device=trainer.accelerator.device).repeat(
+            -(-cfg.replay_samples // len(retained)))[:cfg.replay_samples]
+        gens = [torch.Generator(trainer.accelerator.device).manual_seed(trainer.cfg.seed * 100_003 + i)
+                for i in range(len(labels))]
+        self.model.network.eval()
+        with torch.inference_mode():
+            images = self.model.sample(labels, generator=gens, num_inference_steps=cfg.replay_steps,
+                                       guidance_scale=cfg.replay_guidance)
+        self.model.network.train()
+        replay = _Tensors(images.clone() * 2 - 1, labels.clone())
+        self.replay = StepSampler(replay, trainer.train_cfg.batch_size, trainer.cfg.seed + 3,
+                                  trainer.accelerator.process_index, trainer.accelerator.num_processes)
+        batches = [self.replay.batch(i, trainer.accelerator.device) for i in range(cfg.fisher_batches)]
+        self.fisher = fisher_diagonal(trainer, batches, stream=1004, guidance_scale=None, clip=None)
+        self.anchor = {name: p.detach().clone() for name, p in trainer.params}
+        return {"replay_images": len(replay)}
+
+    def ewc_penalty(self) -> torch.Tensor:
+        return sum((self.fisher[n] * (p - self.anchor[n]).pow(2)).sum() for n, p in self.trainer.params)
+
+    def training_step(self, step: int) -> dict:
+        trainer, cfg = self.trainer, self.cfg
+        forget_batch = trainer.forget_batch(step)
+        noise_images = torch.rand(forget_batch["pixel_values"].shape, generator=trainer.generator(step, 4),
+                                  device=trainer.accelerator.device) * 2 - 1
+        surrogate = trainer.losses({**forget_batch, "pixel_values": noise_images}, step, stream=1).mean()
+        replay = trainer.losses(self.replay.batch(step, trainer.accelerator.device), step, stream=2).mean()
+        ewc = self.ewc_penalty()
+        trainer.update(surrogate + cfg.replay_weight * replay + cfg.ewc_lambda * ewc, clip=cfg.clip)
+        return {"surrogate_loss": surrogate.detach(), "replay_loss": replay.detach(), "ewc": ewc.detach()}

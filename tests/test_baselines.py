@@ -1,0 +1,67 @@
+"""Baselines (GA, RL, SalUn, SA): one step moves only what it should, and each loss moves the right way."""
+
+import torch
+
+from conftest import tiny_ddpm
+from helpers import make_trainer, snapshot
+from diffunlearn.methods.rl import relabel_to_forgotten
+
+SGD = ["train.optimizer=sgd", "train.momentum=0.0", "train.lr=0.002", "train.cond_drop=0.0"]
+
+
+def _loss(trainer, batch, stream=1):
+    with torch.no_grad():
+        return trainer.losses(batch, 0, stream=stream).mean().item()
+
+
+def test_ga_step_raises_the_forget_loss(tmp_path):
+    trainer = make_trainer(tiny_ddpm(), tmp_path, method="ga", overrides=["method.clip=null", *SGD])
+    batch = trainer.forget_batch(0)
+    before = _loss(trainer, batch)
+    trainer.method.training_step(0)
+    assert _loss(trainer, batch) > before
+
+
+def test_rl_step_teaches_the_forgotten_label_other_classes(tmp_path):
+    trainer = make_trainer(tiny_ddpm(), tmp_path, method="rl", overrides=["method.clip=null",
+                                                   "method.remain_weight=0.0", *SGD])
+    relabelled = relabel_to_forgotten(trainer.remain_batch(0), [7], trainer.generator(0, 3))
+    assert bool((relabelled["labels"] == 7).all()) and not bool((trainer.remain_batch(0)["labels"] == 7).any())
+    before = _loss(trainer, relabelled)
+    trainer.method.training_step(0)
+    assert _loss(trainer, relabelled) < before
+
+
+def test_salun_mask_keeps_the_requested_share_and_frozen_weights_stay(tmp_path):
+    trainer = make_trainer(tiny_ddpm(), tmp_path, method="salun", overrides=["method.keep_fraction=0.3",
+                                                   "method.mask_batches=2", *SGD])
+    trainer.method.setup()
+    mask = trainer.method.mask
+    assert abs(mask.density() - 0.3) < 0.01
+    before = snapshot(trainer)
+    relabelled = relabel_to_forgotten(trainer.remain_batch(0), [7], trainer.generator(0, 3))
+    loss_before = _loss(trainer, relabelled)
+    trainer.method.training_step(0)
+    for name, p in trainer.params:
+        frozen = ~mask.tensors[name]
+        assert torch.equal(p.detach()[frozen], before[name][frozen]), name
+    assert _loss(trainer, relabelled) < loss_before
+
+
+def test_sa_step_learns_the_surrogate_and_pays_an_ewc_penalty(tmp_path):
+    trainer = make_trainer(tiny_ddpm(), tmp_path, method="sa", overrides=["method.replay_samples=32",
+                                                   "method.replay_steps=2", "method.fisher_batches=2",
+                                                   "method.clip=null", *SGD])
+    info = trainer.method.setup()
+    assert info["replay_images"] == 32
+    replay_labels = trainer.method.replay.dataset.labels
+    assert not bool((replay_labels == 7).any()), "replay holds retained classes only"
+    assert trainer.method.ewc_penalty().item() == 0.0
+    forget = trainer.forget_batch(0)
+    noise = torch.rand(forget["pixel_values"].shape, generator=trainer.generator(0, 4)) * 2 - 1
+    surrogate = {**forget, "pixel_values": noise}
+    before, weights = _loss(trainer, surrogate), snapshot(trainer)
+    logs = trainer.method.training_step(0)
+    assert _loss(trainer, surrogate) < before
+    assert trainer.method.ewc_penalty().item() > 0.0 and logs["ewc"].item() == 0.0
+    assert all(torch.equal(trainer.method.anchor[n], weights[n]) for n in weights), "theta* is the base model"
