@@ -61,3 +61,16 @@ def test_sampling_uses_per_image_seeds_independent_of_batch_size():
     cfg.batch_size = 2
     torch.testing.assert_close(generate(model, labels, seeds, cfg), whole)
     assert whole.shape == (6, 1, 8, 8) and 0 <= whole.min() and whole.max() <= 1
+
+
+def test_inception_fid_needs_a_local_weights_file(tmp_path):
+    import pytest
+
+    from diffunlearn.config import load_config
+    from diffunlearn.errors import UserError
+    from diffunlearn.evaluation.metrics import inception_extractor
+
+    with pytest.raises(UserError, match="needs eval.inception_weights"):
+        load_config("configs/digits/ddpm_sfron.yaml", ["eval.fid_features=inception"])
+    with pytest.raises(UserError, match="is not a file"):
+        inception_extractor(str(tmp_path / "missing.pth"))
