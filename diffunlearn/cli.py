@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UserError
+from .errors import NonFiniteLossError, UserError
 
-USAGE_EXIT = 2
+USAGE_EXIT = 2  # bad input: nothing was written
+RUNTIME_EXIT = 3  # the run itself failed (e.g. a non-finite loss); the last good checkpoint is kept
 
 
 def _fail(message: str) -> None:
@@ -72,6 +73,9 @@ def main(argv=None) -> None:
             args.handler(args)
     except UserError as exc:
         _fail(str(exc))
+    except NonFiniteLossError as exc:
+        print(f"diffunlearn: error: {exc}", file=sys.stderr)
+        sys.exit(RUNTIME_EXIT)
 
 
 def recipe_main(kind: str, argv=None) -> None:

@@ -12,3 +12,7 @@ class UserError(ValueError):
 def choice_error(what: str, value, valid) -> UserError:
     """Build the standard 'unknown X' error listing the valid choices."""
     return UserError(f"unknown {what} {value!r}; valid: {', '.join(map(str, sorted(valid)))}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the run stops and its last good checkpoint is kept."""

@@ -24,16 +24,33 @@ from .registry import get_family, get_method
 CONFIG_FILE = "config.yaml"
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_only(path: str) -> None:
+    """Weights are only loaded from safetensors: a folder whose weights are all pickles is refused."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    pickles = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not any(folder.rglob("*.safetensors")):
+        raise UserError(f"refusing pickle checkpoint(s) {pickles} in {path!r}: only safetensors weights are "
+                        "loaded (convert them with safetensors.torch.save_file)")
+
+
 def load_model(cfg):
     """Load the base model wrapper named by `cfg.model` (never modified on disk)."""
+    from safetensors import SafetensorError
+
     family = get_family(cfg.model.family)
     path = resolve_model_path(cfg.model.path)
+    refuse_pickle_only(path)
     try:
         return family.from_pretrained(path), path
-    except (OSError, ValueError, KeyError, TypeError, EnvironmentError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load model.path {cfg.model.path!r} as a {cfg.model.family} diffusers folder: "
-                        f"{first}") from None
+        raise UserError(f"cannot load model.path {cfg.model.path!r} as a {cfg.model.family} diffusers folder "
+                        f"({type(exc).__name__}: {first})") from None
 
 
 def check_forget_target(cfg, model) -> None:

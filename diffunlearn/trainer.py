@@ -18,13 +18,10 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from .data import StepSampler
+from .errors import NonFiniteLossError
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def make_optimizer(params, train_cfg):
@@ -156,8 +153,9 @@ class Trainer:
             row = [next(values) for _ in logs]
             record = {"step": step, **dict(zip(logs, row))}
             if not all(math.isfinite(v) for v in row):
-                raise NonFiniteLossError(f"non-finite loss at step {step}: {record}; last good checkpoint kept in "
-                                         f"{self.latest_checkpoint()}")
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step} ({record}); the run stopped, its last good checkpoint is "
+                    f"{self.latest_checkpoint()}; lower train.lr or the method's scales and rerun with --overwrite")
             if self.accelerator.is_main_process:
                 log_file.write(json.dumps(record) + "\n")
                 self.accelerator.log(dict(zip(logs, row)), step=step)
