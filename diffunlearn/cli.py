@@ -19,6 +19,19 @@ def _fail(message: str) -> None:
     sys.exit(USAGE_EXIT)
 
 
+def summary(report: dict, output: str) -> str:
+    """A few lines for the terminal: what was forgotten, the metrics before and after, where the outputs are."""
+    lines = [f"{report.get('method')} forgot classes {report.get('forget_classes')} -> {output}/pipeline"]
+    if "unlearned" in report:
+        lines.append(f"{'':20s}{'base':>10s}{'unlearned':>12s}")
+        for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
+            lines.append(f"{key:20s}{report['base'][key]:10.4f}{report['unlearned'][key]:12.4f}")
+        lines.append(f"report: {output}/report.json   gallery: {output}/gallery/index.html")
+    timing = report.get("timing", {})
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timing.items() if v is not None))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffunlearn", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -63,8 +76,9 @@ def main(argv=None) -> None:
         if args.command == "unlearn":
             from .run import unlearn_run
 
-            unlearn_run(args.config, args.output, args.overrides, overwrite=args.overwrite,
-                        evaluate=not args.no_eval)
+            report = unlearn_run(args.config, args.output, args.overrides, overwrite=args.overwrite,
+                                 evaluate=not args.no_eval)
+            print(summary(report, args.output))
         elif args.command == "evaluate":
             from .run import evaluate_model_command
 
