@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import yaml
+from accelerate import PartialState
 
 from .assets import resolve_model_path
 from .config import config_to_dict, config_to_yaml, load_config
@@ -74,8 +75,8 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise UserError(f"--output {str(out)!r} is not writable (no write permission on {str(parent)!r})")
 
 
-def prepare_work_dir(work: Path, cfg, overwrite: bool) -> bool:
-    """Create the partial-run folder, or reuse it to resume; returns True when resuming."""
+def prepare_work_dir(work: Path, cfg, overwrite: bool, is_main: bool = True) -> bool:
+    """Create the partial-run folder (main process only), or reuse it to resume; returns True when resuming."""
     if work.is_dir():
         saved = yaml.safe_load((work / CONFIG_FILE).read_text()) if (work / CONFIG_FILE).is_file() else None
         if saved == config_to_dict(cfg):
@@ -83,9 +84,10 @@ def prepare_work_dir(work: Path, cfg, overwrite: bool) -> bool:
         if not overwrite:
             raise UserError(f"an unfinished run with a different config is in {str(work)!r}; rerun with its "
                             "config to resume, or pass --overwrite to discard it")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    (work / CONFIG_FILE).write_text(config_to_yaml(cfg))
+    if is_main:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        (work / CONFIG_FILE).write_text(config_to_yaml(cfg))
     return False
 
 
@@ -124,7 +126,9 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     forget_set, remain_set = train.forget_remain(cfg.forget.classes)
 
     work = out.parent / f".{out.name}.partial"
-    resumed = prepare_work_dir(work, cfg, overwrite)
+    state = PartialState()  # one process, or every process of an `accelerate launch`
+    resumed = prepare_work_dir(work, cfg, overwrite, is_main=state.is_main_process)
+    state.wait_for_everyone()
     trainer = Trainer(cfg, model, method_cls, forget_set, remain_set, work, progress=progress)
     timing = trainer.train()
     if not trainer.accelerator.is_main_process:

@@ -54,7 +54,7 @@ def fisher_diagonal(trainer, batches: list, stream: int, guidance_scale, clip) -
     """Mean over batches of the squared (clipped) gradient of the batch-mean loss, per parameter element."""
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in trainer.params}
     for i, batch in enumerate(batches):
-        losses = trainer.model.training_losses(batch, generator=trainer.generator(i, stream),
+        losses = trainer.model.training_losses(batch, generator=trainer.generator(i, stream), shard=trainer.shard,
                                                guidance_scale=guidance_scale, antithetic=trainer.train_cfg.antithetic)
         trainer.accelerator.backward(losses.mean())
         if clip:
@@ -105,7 +105,8 @@ def gradient_saliency_mask(trainer, num_batches: int, keep_fraction: float) -> S
     """SalUn's mask: the `keep_fraction` of elements with the largest |gradient of the mean forget loss|,
     accumulated over `num_batches` forget batches on the current (original) weights, one global threshold."""
     for i in range(num_batches):
-        losses = trainer.model.training_losses(trainer.forget_batch(i), generator=trainer.generator(i, 1003))
+        losses = trainer.model.training_losses(trainer.forget_batch(i), generator=trainer.generator(i, 1003),
+                                               shard=trainer.shard)
         trainer.accelerator.backward(losses.mean() / num_batches)
     grads = {name: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p) for name, p in trainer.params}
     trainer.optimizer.zero_grad(set_to_none=True)

@@ -6,6 +6,7 @@ and calls `update(loss, clip=..., mask=...)` for each optimizer step it wants (s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -18,7 +19,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from .data import StepSampler
-from .errors import NonFiniteLossError
+from .errors import NonFiniteLossError, UserError
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -66,6 +67,10 @@ class Trainer:
         self.model.forward_module, self.optimizer = acc.prepare(self.model.network, self.optimizer)
         self.model.network.train()
         bs = self.train_cfg.batch_size
+        if bs % acc.num_processes or acc.num_processes > min(len(forget_set), len(remain_set)):
+            raise UserError(f"{acc.num_processes} processes cannot split train.batch_size {bs} and the forget / "
+                            f"remain sets ({len(forget_set)} / {len(remain_set)} samples); valid: a process count "
+                            "that divides the batch size and is at most the smaller set's size")
         self.forget_sampler = StepSampler(forget_set, bs, cfg.seed + 1, acc.process_index, acc.num_processes)
         self.remain_sampler = StepSampler(remain_set, bs, cfg.seed + 2, acc.process_index, acc.num_processes)
         self.progress = progress and acc.is_main_process
@@ -79,9 +84,15 @@ class Trainer:
         return self.train_cfg.steps
 
     def generator(self, step: int, stream: int) -> torch.Generator:
-        """A fresh generator for (step, stream), identical in a resumed run; distinct per process."""
-        seed = (self.cfg.seed * 1_000_003 + step * 101 + stream) * 65_537 + self.accelerator.process_index
+        """A fresh generator for (step, stream), identical in a resumed run and on every process (draws are made
+        for the global batch and sliced, see `shard`)."""
+        seed = (self.cfg.seed * 1_000_003 + step * 101 + stream) * 65_537
         return torch.Generator(self.accelerator.device).manual_seed(seed % (2 ** 63))
+
+    @property
+    def shard(self) -> tuple:
+        """(process index, number of processes): this process holds rows index::count of each global batch."""
+        return self.accelerator.process_index, self.accelerator.num_processes
 
     def forget_batch(self, step: int) -> dict:
         return self.forget_sampler.batch(step, self.accelerator.device)
@@ -93,7 +104,7 @@ class Trainer:
         """Per-sample training losses (B,) with this run's condition dropout and timestep pairing."""
         return self.model.training_losses(batch, generator=self.generator(step, stream),
                                           cond_drop=self.train_cfg.cond_drop, antithetic=self.train_cfg.antithetic,
-                                          **kwargs)
+                                          shard=self.shard, **kwargs)
 
     def update(self, loss: torch.Tensor, clip=None, mask=None) -> None:
         """One optimizer step on `loss`.
@@ -147,7 +158,8 @@ class Trainer:
     def _flush_logs(self, pending: list, log_file) -> None:
         if not pending:
             return
-        flat = torch.stack([v.float() for _, logs in pending for v in logs.values()]).detach().cpu().tolist()
+        flat = torch.stack([v.float() for _, logs in pending for v in logs.values()]).detach()
+        flat = self.accelerator.reduce(flat, "mean").cpu().tolist()  # the same verdict on every process
         values = iter(flat)
         for step, logs in pending:
             row = [next(values) for _ in logs]
@@ -156,10 +168,11 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"non-finite loss at step {step} ({record}); the run stopped, its last good checkpoint is "
                     f"{self.latest_checkpoint()}; lower train.lr or the method's scales and rerun with --overwrite")
-            if self.accelerator.is_main_process:
+            if log_file is not None:
                 log_file.write(json.dumps(record) + "\n")
                 self.accelerator.log(dict(zip(logs, row)), step=step)
-        log_file.flush()
+        if log_file is not None:
+            log_file.flush()
         pending.clear()
 
     def train(self) -> dict:
@@ -170,7 +183,8 @@ class Trainer:
         first = self.resume()
         start = time.perf_counter()
         pending = []
-        with open(self.work_dir / "losses.jsonl", "a") as log_file:
+        main = self.accelerator.is_main_process
+        with open(self.work_dir / "losses.jsonl", "a") if main else contextlib.nullcontext() as log_file:
             bar = tqdm(range(first, self.total_steps), initial=first, total=self.total_steps,
                        disable=not self.progress, desc=f"unlearn ({self.cfg.method.name})")
             for step in bar:

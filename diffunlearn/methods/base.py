@@ -29,10 +29,15 @@ class UnlearningMethod:
         raise NotImplementedError
 
 
-def adaptive_weights(losses: torch.Tensor, lam: float, eps: float = 1e-8) -> torch.Tensor:
+def adaptive_weights(losses: torch.Tensor, lam: float, eps: float = 1e-8, accelerator=None) -> torch.Tensor:
     """SFR-on's forget weights w_i = l_i^-lam / sum_j l_j^-lam, detached: (B,) -> (B,).
 
     Samples with a low loss (still remembered) get the largest weight; lam = 0 gives uniform 1/B (plain ascent).
-    Computed as a softmax of -lam * log(l) for numerical stability.
+    Computed as a softmax of -lam * log(l) for numerical stability. With several processes the sum runs over the
+    global batch (losses are gathered) and this process's slice of the weights is returned.
     """
-    return torch.softmax(-lam * torch.log(losses.detach().float().clamp_min(eps)), dim=0)
+    logits = -lam * torch.log(losses.detach().float().clamp_min(eps))
+    if accelerator is None or accelerator.num_processes == 1:
+        return torch.softmax(logits, dim=0)
+    weights = torch.softmax(accelerator.gather(logits), dim=0)
+    return weights.view(accelerator.num_processes, -1)[accelerator.process_index]

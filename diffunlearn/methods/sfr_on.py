@@ -79,9 +79,12 @@ class SFROn(UnlearningMethod):
         return info
 
     def forget_loss(self, step: int) -> torch.Tensor:
-        losses = self.trainer.losses(self.trainer.forget_batch(step), step, stream=1)
+        trainer = self.trainer
+        losses = trainer.losses(trainer.forget_batch(step), step, stream=1)
         lam = self.cfg.lam if self.cfg.adaptive_weights else 0.0
-        return -(adaptive_weights(losses, lam) * losses).sum()
+        weights = adaptive_weights(losses, lam, accelerator=trainer.accelerator)
+        # DDP averages gradients over processes; scale so the sum over the global batch is what is ascended
+        return -(weights * losses).sum() * trainer.accelerator.num_processes
 
     def training_step(self, step: int) -> dict:
         cfg, trainer, logs = self.cfg, self.trainer, {}

@@ -109,7 +109,7 @@ class DiffusionModel:
 
     def training_losses(self, batch: dict, generator: Optional[torch.Generator] = None, cond_drop: float = 0.0,
                         guidance_scale: Optional[float] = None, antithetic: bool = False,
-                        cond=None) -> torch.Tensor:
+                        cond=None, shard: tuple = (0, 1)) -> torch.Tensor:
         """Per-sample denoising losses, (B,): squared error summed over (C, H, W).
 
         Args:
@@ -119,14 +119,20 @@ class DiffusionModel:
             guidance_scale: if given, the prediction is the classifier-free-guided one (two passes).
             antithetic: pair timesteps t and T-1-t.
             cond: a condition to use instead of the batch's (e.g. an anchor prompt's).
+            shard: (index, count) when the batch is rows index::count of a global batch split over processes:
+                random draws are made for the global batch and sliced, so every sample gets the same timestep
+                and noise whatever the number of processes.
         """
         x0 = self.encode(batch["pixel_values"].to(self.device))
+        index, count = shard
+        size = x0.shape[0] * count
         cond = self.condition(batch) if cond is None else cond
         if cond_drop > 0:
-            keep = torch.rand(x0.shape[0], generator=generator, device=self.device) >= cond_drop
+            keep = torch.rand(size, generator=generator, device=self.device)[index::count] >= cond_drop
             cond = self.drop_condition(cond, keep)
-        t = self.sample_timesteps(x0.shape[0], generator, antithetic)
-        noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+        t = self.sample_timesteps(size, generator, antithetic)[index::count]
+        noise = torch.randn((size, *x0.shape[1:]), generator=generator, device=self.device,
+                            dtype=x0.dtype)[index::count]
         x_t = self.noise_scheduler.add_noise(x0, noise, t)
         if guidance_scale is None:
             pred = self.predict(x_t, t, cond)
