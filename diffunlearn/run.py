@@ -103,6 +103,15 @@ def finalize(work: Path, out: Path) -> None:
         os.replace(work, out)
 
 
+def make_evaluator(cfg, model, train, device="cpu"):
+    """The evaluator of a run: judge classifier, FID against the real train images of the retained classes."""
+    from .evaluation.report import Evaluator
+
+    return Evaluator(cfg, resolve_model_path(cfg.eval.classifier),
+                     train.select_classes(cfg.forget.classes, keep=False).images, DIGIT_NAMES[:model.num_classes],
+                     device=device)
+
+
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -112,7 +121,7 @@ def write_json(path: Path, data: dict) -> None:
 def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, evaluate: bool = True,
                 progress: bool = True) -> dict:
     """Run `diffunlearn unlearn`; returns the report written to OUTPUT/report.json."""
-    from .evaluation.report import Evaluator, write_model_card
+    from .evaluation.report import write_model_card
     from .trainer import Trainer
 
     cfg = load_config(config_path, overrides)
@@ -121,7 +130,8 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     method_cls = get_method(cfg.method.name)
     model, base_path = load_model(cfg)
     check_forget_target(cfg, model)
-    classifier_path = resolve_model_path(cfg.eval.classifier) if evaluate else None
+    if evaluate:
+        resolve_model_path(cfg.eval.classifier)  # a bad judge path is refused before anything is written
     train, _ = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)
     forget_set, remain_set = train.forget_remain(cfg.forget.classes)
 
@@ -139,8 +149,7 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
               "resumed": resumed, "config": config_to_dict(cfg)}
     if evaluate:
         start = time.perf_counter()
-        evaluator = Evaluator(cfg, classifier_path, train.select_classes(cfg.forget.classes, keep=False).images,
-                              DIGIT_NAMES[:model.num_classes], device=trainer.accelerator.device)
+        evaluator = make_evaluator(cfg, model, train, device=trainer.accelerator.device)
         base_model, _ = load_model(cfg)
         base_metrics, base_images = evaluator(base_model.to(trainer.accelerator.device))
         unl_metrics, unl_images = evaluator(model)
@@ -158,15 +167,11 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
 
 def evaluate_model_command(config_path, model_path, output, overrides=()) -> dict:
     """`diffunlearn evaluate`: score one model folder under a config's forget target and protocol."""
-    from .evaluation.report import Evaluator
-
     cfg = load_config(config_path, list(overrides) + [f"model.path={model_path}"])
     model, path = load_model(cfg)
     check_forget_target(cfg, model)
     train, _ = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)
-    evaluator = Evaluator(cfg, resolve_model_path(cfg.eval.classifier),
-                          train.select_classes(cfg.forget.classes, keep=False).images,
-                          DIGIT_NAMES[:model.num_classes])
+    evaluator = make_evaluator(cfg, model, train)
     metrics, _ = evaluator(model)
     result = {"model": path, "metrics": metrics, "protocol": evaluator.protocol}
     Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from ..config import MethodConfig, check_positive
-from ..data import StepSampler
+from ..data import LabeledImages, StepSampler
 from ..registry import register_method
 from ..saliency import fisher_diagonal
 from .base import UnlearningMethod
@@ -28,17 +28,6 @@ class SAConfig(MethodConfig):
     def __post_init__(self):
         check_positive("method", replay_samples=self.replay_samples, replay_steps=self.replay_steps,
                        fisher_batches=self.fisher_batches)
-
-
-class _Tensors(torch.utils.data.Dataset):
-    def __init__(self, pixel_values, labels):
-        self.pixel_values, self.labels = pixel_values, labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
 
 
 @register_method
@@ -67,7 +56,7 @@ class SelectiveAmnesia(UnlearningMethod):
             images = self.model.sample(labels, generator=gens, num_inference_steps=cfg.replay_steps,
                                        guidance_scale=cfg.replay_guidance)
         self.model.network.train()
-        replay = _Tensors(images.clone() * 2 - 1, labels.clone())
+        replay = LabeledImages(images.clone().cpu(), labels.clone().cpu())
         self.replay = StepSampler(replay, trainer.train_cfg.batch_size, trainer.cfg.seed + 3,
                                   trainer.accelerator.process_index, trainer.accelerator.num_processes)
         batches = [self.replay.batch(i, trainer.accelerator.device) for i in range(cfg.fisher_batches)]
