@@ -122,7 +122,7 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
                 progress: bool = True) -> dict:
     """Run `diffunlearn unlearn`; returns the report written to OUTPUT/report.json."""
     from .evaluation.report import write_model_card
-    from .trainer import Trainer
+    from .trainer import Trainer, check_process_split
 
     cfg = load_config(config_path, overrides)
     out = Path(output)
@@ -137,6 +137,7 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
 
     work = out.parent / f".{out.name}.partial"
     state = PartialState()  # one process, or every process of an `accelerate launch`
+    check_process_split(state.num_processes, cfg.train.batch_size, forget_set, remain_set)  # before any write
     resumed = prepare_work_dir(work, cfg, overwrite, is_main=state.is_main_process)
     state.wait_for_everyone()
     trainer = Trainer(cfg, model, method_cls, forget_set, remain_set, work, progress=progress)

@@ -33,6 +33,14 @@ def make_optimizer(params, train_cfg):
     return cls(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
 
+def check_process_split(num_processes: int, batch_size: int, forget_set, remain_set) -> None:
+    """Every process must hold an equal slice of each global batch, and of each set."""
+    if batch_size % num_processes or num_processes > min(len(forget_set), len(remain_set)):
+        raise UserError(f"{num_processes} processes cannot split train.batch_size {batch_size} and the forget / "
+                        f"remain sets ({len(forget_set)} / {len(remain_set)} samples); valid: a process count "
+                        "that divides the batch size and is at most the smaller set's size")
+
+
 def default_tracker():
     """accelerate tracker to log to: tensorboard when it is installed (local files, no network), else none."""
     try:
@@ -67,10 +75,7 @@ class Trainer:
         self.model.forward_module, self.optimizer = acc.prepare(self.model.network, self.optimizer)
         self.model.network.train()
         bs = self.train_cfg.batch_size
-        if bs % acc.num_processes or acc.num_processes > min(len(forget_set), len(remain_set)):
-            raise UserError(f"{acc.num_processes} processes cannot split train.batch_size {bs} and the forget / "
-                            f"remain sets ({len(forget_set)} / {len(remain_set)} samples); valid: a process count "
-                            "that divides the batch size and is at most the smaller set's size")
+        check_process_split(acc.num_processes, bs, forget_set, remain_set)
         self.forget_sampler = StepSampler(forget_set, bs, cfg.seed + 1, acc.process_index, acc.num_processes)
         self.remain_sampler = StepSampler(remain_set, bs, cfg.seed + 2, acc.process_index, acc.num_processes)
         self.progress = progress and acc.is_main_process
