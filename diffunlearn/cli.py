@@ -21,7 +21,11 @@ def _fail(message: str) -> None:
 
 def summary(report: dict, output: str) -> str:
     """A few lines for the terminal: what was forgotten, the metrics before and after, where the outputs are."""
-    lines = [f"{report.get('method')} forgot classes {report.get('forget_classes')} -> {output}/pipeline"]
+    if "forget_prompts" in report:
+        what = f"prompts {report['forget_prompts']} (mapped onto {report['anchors']})"
+    else:
+        what = f"classes {report.get('forget_classes')}"
+    lines = [f"{report.get('method')} forgot {what} -> {output}/pipeline"]
     if "unlearned" in report:
         lines.append(f"{'':20s}{'base':>10s}{'unlearned':>12s}")
         for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
@@ -71,7 +75,10 @@ def main(argv=None) -> None:
     args = parse_args(build_parser(), argv)
     from diffusers.utils import logging as diffusers_logging
 
+    from transformers.utils import logging as transformers_logging
+
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars; our own tqdm bars stay
+    transformers_logging.disable_progress_bar()  # "Loading weights" of text encoders and judges
     try:
         if args.command == "unlearn":
             from .run import unlearn_run

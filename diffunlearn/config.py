@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -46,29 +46,82 @@ class MethodConfig:
 class ModelConfig:
     family: str = "ddpm"
     path: str = "embedded:digits/ddpm"  # embedded:NAME, a local diffusers folder, or a Hub id
+    subset: str = "all"  # weights unlearning may change: all; sd also cross_attention, lora
+    lora_rank: int = 4  # subset=lora only
+
+    def __post_init__(self):
+        check_positive("model", lora_rank=self.lora_rank)
+
+
+DATA_SOURCES = ("digits", "generated")
 
 
 @dataclass
 class DataConfig:
+    """Where D_f and D_r come from.
+
+    digits: the real handwritten digits (class targets). generated: images the base model generates for the
+    forget target and for the remain targets (`remain_classes`, or the anchor and `forget.remain_prompts`), made
+    once from fixed seeds and cached.
+    """
+
     name: str = "digits"
-    split_seed: int = 0  # fixed stratified train/test split
+    split_seed: int = 0  # fixed stratified train/test split of the digits
     test_fraction: float = 0.2
+    samples_per_target: int = 128  # generated: images per class or prompt
+    remain_classes: Optional[List[int]] = None  # generated class runs: the remain classes (default: all others)
+    generation_seed: int = 20241  # generated: image j of target i uses seed generation_seed + 100000 * i + j
 
     def __post_init__(self):
-        check_choice("data", "name", self.name, ("digits",))
+        check_choice("data", "name", self.name, DATA_SOURCES)
+        check_positive("data", samples_per_target=self.samples_per_target)
         if not 0.0 < self.test_fraction < 1.0:
             raise UserError(f"data.test_fraction must be in (0, 1), got {self.test_fraction!r}")
 
 
 @dataclass
 class ForgetConfig:
-    classes: List[int] = field(default_factory=lambda: [7])
+    """The forget target: class ids (class forgetting) or prompts mapped onto anchor prompts (concepts)."""
+
+    classes: List[int] = field(default_factory=list)
+    prompts: List[str] = field(default_factory=list)  # concept forgetting: the prompts to forget
+    anchors: List[str] = field(default_factory=list)  # one anchor prompt per forget prompt, or one for all
+    remain_prompts: List[str] = field(default_factory=list)  # extra prompts whose images join D_r
+    concept: Optional[str] = None  # the judge's label for the forgotten concept (default: eval.prompts[prompt])
+
+    @property
+    def is_concept(self) -> bool:
+        return bool(self.prompts)
+
+    def anchor_for(self, i: int) -> str:
+        return self.anchors[0] if len(self.anchors) == 1 else self.anchors[i]
 
     def __post_init__(self):
-        if not self.classes:
-            raise UserError("forget.classes is empty; give at least one class id, e.g. forget.classes=[7]")
-        if len(set(self.classes)) != len(self.classes) or min(self.classes) < 0:
+        if self.classes and self.prompts:
+            raise UserError(f"give forget.classes {list(self.classes)} or forget.prompts {list(self.prompts)}, "
+                            "not both")
+        if self.prompts:
+            self._check_prompts()
+        elif self.classes and (len(set(self.classes)) != len(self.classes) or min(self.classes) < 0):
             raise UserError(f"forget.classes must be distinct non-negative class ids, got {list(self.classes)}")
+
+    def check_given(self) -> None:
+        """A run needs a target (checked on the merged config, not on the schema's empty default)."""
+        if not self.classes and not self.prompts:
+            raise UserError("forget.classes and forget.prompts are both empty; give class ids "
+                            "(forget.classes=[7]) or prompts (forget.prompts=['a handwritten digit seven'])")
+
+    def _check_prompts(self) -> None:
+        prompts, anchors = list(self.prompts), list(self.anchors)
+        if any(not str(p).strip() for p in prompts + anchors + list(self.remain_prompts)):
+            raise UserError(f"forget prompts and anchors must not be blank, got prompts {prompts}, anchors {anchors}")
+        if len(anchors) not in (1, len(prompts)):
+            raise UserError(f"forget.anchors needs 1 or {len(prompts)} prompts (one per forget prompt), "
+                            f"got {len(anchors)}: {anchors}")
+        same = sorted(set(prompts) & (set(anchors) | set(self.remain_prompts)))
+        if same:
+            raise UserError(f"forget and remain prompts are identical: {same} is both forgotten and kept; "
+                            "give anchors / remain_prompts that differ from forget.prompts")
 
 
 @dataclass
@@ -82,6 +135,7 @@ class TrainConfig:
     cond_drop: float = 0.1  # probability of replacing the class label by the null class
     antithetic: bool = True  # pair timesteps t and T-1-t within a batch
     mixed_precision: str = "no"
+    gradient_checkpointing: bool = False  # recompute activations in backward (large UNets / transformers)
     checkpoint_every: int = 50
     log_every: int = 10
 
@@ -96,23 +150,32 @@ class TrainConfig:
             raise UserError(f"train.weight_decay must be >= 0, got {self.weight_decay!r}")
 
 
+JUDGES = ("digits", "image-classification", "clip")
+
+
 @dataclass
 class EvalConfig:
-    classifier: str = "embedded:digits/classifier"
+    classifier: str = "embedded:digits/classifier"  # the judge's weights: a folder, embedded:NAME or a Hub id
+    judge: str = "digits"  # digits: DigitsClassifier; image-classification: transformers; clip: CLIP zero-shot
+    labels: List[str] = field(default_factory=list)  # clip: the zero-shot label texts
+    prompts: Dict[str, str] = field(default_factory=dict)  # concept runs: prompt -> the judge label it asks for
     sampler: str = "ddim"
     num_inference_steps: int = 25
     guidance_scale: float = 2.0
-    forget_samples: int = 200  # samples conditioned on each forgotten class
-    retained_samples_per_class: int = 60
-    fid_features: str = "classifier"  # penultimate features of eval.classifier, or "inception"
+    forget_samples: int = 200  # samples conditioned on each forgotten class or prompt
+    retained_samples_per_class: int = 60  # ... on each retained class or prompt
+    fid_features: str = "classifier"  # penultimate features of the judge, or "inception"
     inception_weights: Optional[str] = None  # local weights file for fid_features=inception
+    fid_reference: str = "real"  # real: the digits train images of the retained targets; base: base-model samples
     batch_size: int = 512
     seed: int = 1234  # sampling seeds; identical for the base and the unlearned model
     gallery_per_class: int = 8
 
     def __post_init__(self):
         check_choice("eval", "sampler", self.sampler, SAMPLERS)
+        check_choice("eval", "judge", self.judge, JUDGES)
         check_choice("eval", "fid_features", self.fid_features, ("classifier", "inception"))
+        check_choice("eval", "fid_reference", self.fid_reference, ("real", "base"))
         check_positive("eval", num_inference_steps=self.num_inference_steps, forget_samples=self.forget_samples,
                        retained_samples_per_class=self.retained_samples_per_class, batch_size=self.batch_size,
                        gallery_per_class=self.gallery_per_class)
@@ -120,6 +183,8 @@ class EvalConfig:
             raise UserError(f"eval.guidance_scale must be >= 0, got {self.guidance_scale!r}")
         if self.fid_features == "inception" and not self.inception_weights:
             raise UserError("eval.fid_features=inception needs eval.inception_weights=PATH (a local weights file)")
+        if self.judge == "clip" and not self.labels:
+            raise UserError("eval.judge=clip needs eval.labels, the zero-shot label texts (e.g. [nudity, clothed])")
 
 
 @dataclass
@@ -140,7 +205,8 @@ def _check_known_keys(schema: DictConfig, given: dict, prefix: str = "") -> None
             valid = ", ".join(f"{prefix}{k}" for k in schema.keys())
             raise UserError(f"unknown config key {full!r}; valid keys here: {valid}")
         child = schema[key]
-        if isinstance(child, DictConfig) and isinstance(value, dict):
+        structured = isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child))
+        if structured and isinstance(value, dict):  # a section (not a free-form mapping such as eval.prompts)
             _check_known_keys(child, value, prefix=f"{full}.")
 
 
@@ -180,7 +246,9 @@ def build_config(raw: dict, overrides: List[str] = ()) -> RunConfig:
     if not isinstance(method, dict):
         raise UserError(f"config key 'method' must be a mapping with a 'name', got {method!r}")
     method_cls = get_method(method.get("name", MethodConfig.name))
-    return validate(RunConfig(method=method_cls.config_cls()), given)
+    cfg = validate(RunConfig(method=method_cls.config_cls()), given)
+    cfg.forget.check_given()
+    return cfg
 
 
 def validate(defaults, given: dict):

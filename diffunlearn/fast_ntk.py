@@ -9,7 +9,8 @@ With D = retain + forget (so N_D = N_r + N_f) and ridge lambda = N * weight_deca
 The statistics A = G_D^T G_D and b = G_D^T r_D of the full set are cached (memory and disk); a later request on
 the same model and the same D, however it is split, computes only the forget rows and downdates
 A_r = A_D - G_f^T G_f, b_r = b_D - G_f^T r_f. For a linear head with squared loss and init="zeros" the scrub is
-exact: a ridge head on D becomes the ridge head on D_r.
+exact: a ridge head on D becomes the ridge head on D_r. For cross-entropy the step's metric on the logits is the
+CE Hessian at uniform predictions by default (`curvature="uniform"`, see `diffunlearn.ntk.rows`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 from .errors import UserError, choice_error
 from .ntk.cache import load_statistics, statistics_key, store_statistics
 from .ntk.data import LabeledBatches, check_input_shapes, multiset_digest
-from .ntk.rows import LOSSES, HeadRows, JacobianRows, accumulate, collect, model_logits
+from .ntk.rows import CURVATURES, LOSSES, HeadRows, JacobianRows, accumulate, collect, model_logits
 from .ntk.solve import ridge_dual, ridge_primal
 from .ntk.subset import select_subset, resolve_init
 
@@ -47,13 +48,16 @@ class FastNTKResult:
     info: dict = field(default_factory=dict)
 
 
-def _check_options(model, loss, weight_decay, batch_size, chunk_size, form, fisher_noise, fisher_cap, cache) -> None:
+def _check_options(model, loss, weight_decay, batch_size, chunk_size, form, fisher_noise, fisher_cap, cache,
+                   curvature) -> None:
     if not isinstance(model, nn.Module):
         raise UserError(f"model of type {type(model).__name__} is not a torch.nn.Module classifier")
     if loss not in LOSSES:
         raise choice_error("loss", loss, LOSSES)
     if form not in FORMS:
         raise choice_error("form", form, FORMS)
+    if curvature not in CURVATURES:
+        raise choice_error("curvature", curvature, CURVATURES)
     for name, value, low in (("weight_decay", weight_decay, 0), ("fisher_noise", fisher_noise, 0),
                              ("fisher_cap", fisher_cap, None)):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < (low or 0) or \
@@ -97,7 +101,7 @@ def _trapezium_scale(delta: torch.Tensor, error: torch.Tensor) -> tuple[float, b
 def fast_ntk_scrub(model: nn.Module, forget, retain, subset: str = "head", loss: str = "ce",
                    weight_decay: float = 5e-4, init=None, scale: bool = False, fisher_noise: float = 0.0,
                    batch_size: int = 256, chunk_size=None, cache=True, form: str = "auto",
-                   fisher_cap: float = 1e3, seed: int = 0) -> FastNTKResult:
+                   fisher_cap: float = 1e3, seed: int = 0, curvature: str = "uniform") -> FastNTKResult:
     """Fast-NTK unlearning with details; `fast_ntk_unlearn` returns only the model.
 
     Args:
@@ -117,13 +121,17 @@ def fast_ntk_scrub(model: nn.Module, forget, retain, subset: str = "head", loss:
             the name always means the same samples); False recomputes everything.
         form: "auto" (primal when P_S <= rows of D, else dual), "primal" or "dual".
         fisher_cap: cap on 1 / F in the noise variance; seed: seed of the noise.
+        curvature: output metric of the cross-entropy Gauss-Newton step (see `diffunlearn.ntk.rows`): "uniform"
+            (the CE Hessian at uniform predictions, exact for init="zeros") or "identity" (the reference code's).
+            Ignored for loss="mse".
 
     Raises:
         UserError: bad options, unsupported data, wrong image shapes, out-of-range labels, a subset that matches
             no parameter, or a model without a recognisable head for subset "head".
     """
     start = perf_counter()
-    _check_options(model, loss, weight_decay, batch_size, chunk_size, form, fisher_noise, fisher_cap, cache)
+    _check_options(model, loss, weight_decay, batch_size, chunk_size, form, fisher_noise, fisher_cap, cache,
+                   curvature)
     work = copy.deepcopy(model)
     was_training = work.training
     work.eval()  # BatchNorm must use running statistics under vmap, and features must be deterministic
@@ -132,8 +140,8 @@ def fast_ntk_scrub(model: nn.Module, forget, retain, subset: str = "head", loss:
     chosen = select_subset(work, subset)
     w0 = resolve_init(init, work, chosen)
     num_classes = _probe(work, (forget_set, retain_set))
-    rows = (HeadRows(work, chosen.head, w0, num_classes, loss) if chosen.head is not None
-            else JacobianRows(work, chosen.names, w0, num_classes, loss, chunk_size))
+    rows = (HeadRows(work, chosen.head, w0, num_classes, loss, curvature) if chosen.head is not None
+            else JacobianRows(work, chosen.names, w0, num_classes, loss, chunk_size, curvature))
     n_forget, n_retain = len(forget_set), len(retain_set)
     rows_per_sample = 1 if chosen.head is not None else num_classes
     use = form if form != "auto" else ("primal" if rows.num_params <= (n_forget + n_retain) * rows_per_sample
@@ -147,7 +155,7 @@ def fast_ntk_scrub(model: nn.Module, forget, retain, subset: str = "head", loss:
         if cache:
             data_id = (multiset_digest(retain_set, forget_set) if cache is True
                        else f"named:{cache}:{n_forget + n_retain}")
-            key = statistics_key(work, chosen.names, w0, loss, data_id)
+            key = statistics_key(work, chosen.names, w0, loss if loss == "mse" else f"ce/{curvature}", data_id)
             full, source = load_statistics(key, rows.device)
             seconds["digest"] = perf_counter() - tic
         tic = perf_counter()
@@ -197,7 +205,8 @@ def fast_ntk_scrub(model: nn.Module, forget, retain, subset: str = "head", loss:
     seconds["solve"] = perf_counter() - tic
     seconds["total"] = perf_counter() - start
     info = {"subset": chosen.spec, "subset_params": chosen.names, "num_params": rows.num_params, "form": use,
-            "loss": loss, "init": "current" if init is None else "zeros" if isinstance(init, str) else "given",
+            "loss": loss, "curvature": curvature if loss == "ce" else "identity",
+            "init": "current" if init is None else "zeros" if isinstance(init, str) else "given",
             "cache": source, "jacobian_samples": rows.samples_computed, "num_forget": n_forget,
             "num_retain": n_retain, "lambda_full": lam_full, "lambda_retain": lam_retain,
             "jitter": max(jitter_full, jitter_retain), "scale": s, "scale_clamped": clamped,
@@ -209,11 +218,11 @@ def fast_ntk_scrub(model: nn.Module, forget, retain, subset: str = "head", loss:
 def fast_ntk_unlearn(model: nn.Module, forget, retain, subset: str = "head", loss: str = "ce",
                      weight_decay: float = 5e-4, init=None, scale: bool = False, fisher_noise: float = 0.0,
                      batch_size: int = 256, chunk_size=None, cache=True, form: str = "auto",
-                     fisher_cap: float = 1e3, seed: int = 0) -> nn.Module:
+                     fisher_cap: float = 1e3, seed: int = 0, curvature: str = "uniform") -> nn.Module:
     """The unlearned deep copy of `model`; `fast_ntk_scrub` documents the arguments and returns the details."""
     return fast_ntk_scrub(model, forget, retain, subset=subset, loss=loss, weight_decay=weight_decay, init=init,
                           scale=scale, fisher_noise=fisher_noise, batch_size=batch_size, chunk_size=chunk_size,
-                          cache=cache, form=form, fisher_cap=fisher_cap, seed=seed).model
+                          cache=cache, form=form, fisher_cap=fisher_cap, seed=seed, curvature=curvature).model
 
 
 from .ntk.command import add_fast_ntk_parser, run_fast_ntk_command  # noqa: E402  (CLI lives in its own file)

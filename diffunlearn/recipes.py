@@ -174,7 +174,36 @@ def sample_accuracy(model, classifier: str = "embedded:digits/classifier", per_c
                         f"{classifier}", "mean": sum(accs.values()) / len(accs), "per_class": accs}
 
 
-RECIPES = {"ddpm": (DDPMRecipe, train_ddpm), "classifier": (ClassifierRecipe, train_classifier)}
+# kind -> (module, recipe class, train function, quality function); quality(model, recipe) -> dict of metrics
+RECIPES = {
+    "ddpm": ("diffunlearn.recipes", "DDPMRecipe", "train_ddpm", "ddpm_quality"),
+    "classifier": ("diffunlearn.recipes", "ClassifierRecipe", "train_classifier", "classifier_quality"),
+    "vae": ("diffunlearn.recipes_latent", "VAERecipe", "train_vae", "vae_quality"),
+    "dit": ("diffunlearn.recipes_latent", "DiTRecipe", "train_dit", "dit_quality"),
+    "sd": ("diffunlearn.recipes_t2i", "TextToImageRecipe", "train_text_to_image", "text_to_image_quality"),
+}
+
+
+def ddpm_quality(model, recipe) -> dict:
+    return {"sample_accuracy": sample_accuracy(model)}
+
+
+def classifier_quality(model, recipe) -> dict:
+    _, test = load_digits_splits(recipe.split_seed)
+    return {"test_accuracy": classifier_accuracy(model, test.images, test.labels)}
+
+
+def recipe_functions(kind: str):
+    """(recipe class, train function, quality function) of a recipe kind."""
+    import importlib
+
+    from .errors import choice_error
+
+    if kind not in RECIPES:
+        raise choice_error("recipe", kind, RECIPES)
+    module_name, *names = RECIPES[kind]
+    module = importlib.import_module(module_name)
+    return tuple(getattr(module, name) for name in names)
 
 
 def run_recipe(kind: str, config_path: str, output: str, overrides=(), embed_as: Optional[str] = None) -> dict:
@@ -191,7 +220,7 @@ def run_recipe(kind: str, config_path: str, output: str, overrides=(), embed_as:
     from .config import parse_overrides, read_yaml, validate
     from omegaconf import OmegaConf
 
-    recipe_cls, train = RECIPES[kind]
+    recipe_cls, train, quality = recipe_functions(kind)
     given = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_yaml(config_path)),
                                                    parse_overrides(list(overrides))))
     recipe = validate(recipe_cls(), given)
@@ -200,11 +229,7 @@ def run_recipe(kind: str, config_path: str, output: str, overrides=(), embed_as:
     entry = {"recipe": {"command": " ".join(["python"] + sys.argv), "config": config_path,
                         **dataclasses.asdict(recipe)}, "seed": recipe.seed,
              "torch": torch.__version__}
-    if kind == "classifier":
-        _, test = load_digits_splits(recipe.split_seed)
-        entry["test_accuracy"] = classifier_accuracy(model, test.images, test.labels)
-    else:
-        entry["sample_accuracy"] = sample_accuracy(model)
+    entry.update(quality(model, recipe))
     if embed_as:
         target = ASSETS / embed_as
         shutil.rmtree(target, ignore_errors=True)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 
 from .assets import resolve_model_path
+import torch
+
 from .config import config_to_dict, config_to_yaml, load_config
-from .data import load_digits_splits
-from .data.digits import DIGIT_NAMES
 from .errors import UserError
 from .registry import get_family, get_method
 
@@ -47,19 +49,13 @@ def load_model(cfg):
     path = resolve_model_path(cfg.model.path)
     refuse_pickle_only(path)
     try:
-        return family.from_pretrained(path), path
+        model = family.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model.path {cfg.model.path!r} as a {cfg.model.family} diffusers folder "
                         f"({type(exc).__name__}: {first})") from None
-
-
-def check_forget_target(cfg, model) -> None:
-    bad = [c for c in cfg.forget.classes if c >= model.num_classes]
-    if bad:
-        raise UserError(f"forget.classes {bad} out of range; valid: 0..{model.num_classes - 1}")
-    if len(cfg.forget.classes) >= model.num_classes:
-        raise UserError(f"forget.classes {list(cfg.forget.classes)} covers every class; the remain set is empty")
+    model.set_trainable(cfg.model.subset, cfg.model.lora_rank)
+    return model, path
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -71,8 +67,12 @@ def check_output(out: Path, overwrite: bool) -> None:
     parent = out.resolve().parent
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--output {str(out)!r} is not writable (no write permission on {str(parent)!r})")
+    if not parent.is_dir():
+        raise UserError(f"--output {str(out)!r} is not writable: {str(parent)!r} is a file, not a folder")
+    try:  # a real probe: permission bits say nothing for root, read-only file systems or quotas
+        tempfile.TemporaryDirectory(dir=parent, prefix=".diffunlearn-probe-").cleanup()
+    except OSError as exc:
+        raise UserError(f"--output {str(out)!r} is not writable ({str(parent)!r}: {exc.strerror})") from None
 
 
 def prepare_work_dir(work: Path, cfg, overwrite: bool, is_main: bool = True) -> bool:
@@ -103,13 +103,37 @@ def finalize(work: Path, out: Path) -> None:
         os.replace(work, out)
 
 
-def make_evaluator(cfg, model, train, device="cpu"):
-    """The evaluator of a run: judge classifier, FID against the real train images of the retained classes."""
-    from .evaluation.report import Evaluator
+def check_method(cfg, method_cls) -> None:
+    """Refuse a method that cannot forget this kind of target (classes or prompts)."""
+    from .registry import METHODS
 
-    return Evaluator(cfg, resolve_model_path(cfg.eval.classifier),
-                     train.select_classes(cfg.forget.classes, keep=False).images, DIGIT_NAMES[:model.num_classes],
-                     device=device)
+    concept = cfg.forget.is_concept
+    if concept and not method_cls.supports_concepts:
+        valid = sorted(n for n, m in METHODS.items() if m.supports_concepts)
+        raise UserError(f"method {cfg.method.name!r} forgets classes only; for forget.prompts use one of: "
+                        f"{', '.join(valid)}")
+    if not concept and not method_cls.supports_classes:
+        valid = sorted(n for n, m in METHODS.items() if m.supports_classes)
+        raise UserError(f"method {cfg.method.name!r} forgets prompts only; for forget.classes use one of: "
+                        f"{', '.join(valid)}")
+
+
+def make_evaluator(cfg, model, judge, base_model, base_path: str, device="cpu"):
+    """The evaluator of a run: its judge, targets and FID reference (real digits, or base-model samples)."""
+    from .data.prompts import generate_cached
+    from .evaluation.report import Evaluator
+    from .targets import SEED_STRIDE, base_model_key, eval_targets, real_reference
+
+    forget, retained = eval_targets(cfg, model, judge.labels)
+    if cfg.eval.fid_reference == "real":
+        return Evaluator(cfg, judge, forget, retained, real_reference(cfg, retained),
+                         "real train images of the retained targets' labels", device=device)
+    n = cfg.eval.retained_samples_per_class
+    conds = torch.stack([t.condition for t in retained for _ in range(n)])
+    seeds = [cfg.eval.seed + 50_000 + SEED_STRIDE * t.seed_key + j for t in retained for j in range(n)]
+    reference = generate_cached(base_model, conds, seeds, cfg.eval, base_model_key(base_path))
+    return Evaluator(cfg, judge, forget, retained, reference,
+                     "base-model samples of the retained targets (seeds offset by 50000)", device=device)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -122,22 +146,30 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
                 progress: bool = True) -> dict:
     """Run `diffunlearn unlearn`; returns the report written to OUTPUT/report.json."""
     from .evaluation.report import write_model_card
+    from .targets import build_sets, check_target, eval_targets
     from .trainer import Trainer, check_process_split
 
     cfg = load_config(config_path, overrides)
     out = Path(output)
     check_output(out, overwrite)
     method_cls = get_method(cfg.method.name)
+    check_method(cfg, method_cls)
     model, base_path = load_model(cfg)
-    check_forget_target(cfg, model)
-    if evaluate:
-        resolve_model_path(cfg.eval.classifier)  # a bad judge path is refused before anything is written
-    train, _ = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)
-    forget_set, remain_set = train.forget_remain(cfg.forget.classes)
+    check_target(cfg, model)
+    # one process, or every process of an `accelerate launch` / torchrun; ACCELERATE_USE_CPU=1 (set by
+    # `accelerate launch --cpu`) makes several CPU processes one gloo group, as the Trainer's Accelerator does
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    judge = None
+    if evaluate:  # a bad judge is refused before anything is written
+        from .evaluation.judges import load_judge
+
+        judge = load_judge(cfg.eval, device=state.device)
+        eval_targets(cfg, model, judge.labels)  # prompts / labels the judge cannot score
+    with state.main_process_first():  # generated D_f / D_r: made once by the main process, then read from cache
+        forget_set, remain_set = build_sets(cfg, model.to(state.device), base_path)
+    check_process_split(state.num_processes, cfg.train.batch_size, forget_set, remain_set)  # before any write
 
     work = out.parent / f".{out.name}.partial"
-    state = PartialState()  # one process, or every process of an `accelerate launch`
-    check_process_split(state.num_processes, cfg.train.batch_size, forget_set, remain_set)  # before any write
     resumed = prepare_work_dir(work, cfg, overwrite, is_main=state.is_main_process)
     state.wait_for_everyone()
     trainer = Trainer(cfg, model, method_cls, forget_set, remain_set, work, progress=progress)
@@ -146,13 +178,17 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
         return {}
     model.save_pretrained(work / "pipeline")
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    report = {"method": cfg.method.name, "model": base_path, "forget_classes": list(cfg.forget.classes),
-              "resumed": resumed, "config": config_to_dict(cfg)}
+    target = {"forget_prompts": list(cfg.forget.prompts), "anchors": list(cfg.forget.anchors)} \
+        if cfg.forget.is_concept else {"forget_classes": list(cfg.forget.classes)}
+    report = {"method": cfg.method.name, "model": base_path, **target, "resumed": resumed,
+              "config": config_to_dict(cfg)}
     if evaluate:
         start = time.perf_counter()
-        evaluator = make_evaluator(cfg, model, train, device=trainer.accelerator.device)
+        device = trainer.accelerator.device
         base_model, _ = load_model(cfg)
-        base_metrics, base_images = evaluator(base_model.to(trainer.accelerator.device))
+        base_model.to(device)
+        evaluator = make_evaluator(cfg, model, judge, base_model, base_path, device=device)
+        base_metrics, base_images = evaluator(base_model)
         unl_metrics, unl_images = evaluator(model)
         evaluator.gallery(work / "gallery", base_images, unl_images)
         timing["evaluation"] = time.perf_counter() - start
@@ -168,11 +204,15 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
 
 def evaluate_model_command(config_path, model_path, output, overrides=()) -> dict:
     """`diffunlearn evaluate`: score one model folder under a config's forget target and protocol."""
-    cfg = load_config(config_path, list(overrides) + [f"model.path={model_path}"])
-    model, path = load_model(cfg)
-    check_forget_target(cfg, model)
-    train, _ = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)
-    evaluator = make_evaluator(cfg, model, train)
+    from .evaluation.judges import load_judge
+    from .targets import check_target
+
+    cfg = load_config(config_path, overrides)
+    base_model, base_path = load_model(cfg)
+    check_target(cfg, base_model)
+    model_cfg = load_config(config_path, list(overrides) + [f"model.path={model_path}"])
+    model, path = load_model(model_cfg)
+    evaluator = make_evaluator(cfg, model, load_judge(cfg.eval), base_model, base_path)
     metrics, _ = evaluator(model)
     result = {"model": path, "metrics": metrics, "protocol": evaluator.protocol}
     Path(output).parent.mkdir(parents=True, exist_ok=True)

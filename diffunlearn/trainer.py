@@ -70,6 +70,8 @@ class Trainer:
         set_seed(cfg.seed)
         acc = self.accelerator
         self.model.to(acc.device)
+        if self.train_cfg.gradient_checkpointing:
+            self.model.network.enable_gradient_checkpointing()
         self.params = self.model.trainable_parameters()
         self.optimizer = make_optimizer([p for _, p in self.params], self.train_cfg)
         self.model.forward_module, self.optimizer = acc.prepare(self.model.network, self.optimizer)
@@ -110,6 +112,11 @@ class Trainer:
         return self.model.training_losses(batch, generator=self.generator(step, stream),
                                           cond_drop=self.train_cfg.cond_drop, antithetic=self.train_cfg.antithetic,
                                           shard=self.shard, **kwargs)
+
+    def anchored_losses(self, batch: dict, step: int, stream: int) -> torch.Tensor:
+        """Per-sample concept-mapping losses (B,) (forget prompt onto its anchor, same x_t and t)."""
+        return self.model.anchored_losses(batch, generator=self.generator(step, stream),
+                                          antithetic=self.train_cfg.antithetic, shard=self.shard)
 
     def update(self, loss: torch.Tensor, clip=None, mask=None) -> None:
         """One optimizer step on `loss`.
@@ -180,13 +187,19 @@ class Trainer:
             log_file.flush()
         pending.clear()
 
-    def train(self) -> dict:
-        """Run setup (e.g. the saliency mask) and the unlearning steps; returns timings in seconds."""
+    def train(self, callback=None) -> dict:
+        """Run setup (e.g. the saliency mask) and the unlearning steps; returns timings in seconds.
+
+        Args:
+            callback: optional `callback(step) -> bool` called after each step (e.g. a benchmark's periodic
+                evaluation, with the network in train mode); its time is excluded from "unlearning", and returning
+                True stops the run early.
+        """
         start = time.perf_counter()
         setup_info = self.method.setup() or {}
         setup_seconds = time.perf_counter() - start
         first = self.resume()
-        start = time.perf_counter()
+        self._clock_start, self._clock_excluded = time.perf_counter(), 0.0
         pending = []
         main = self.accelerator.is_main_process
         with open(self.work_dir / "losses.jsonl", "a") if main else contextlib.nullcontext() as log_file:
@@ -194,6 +207,13 @@ class Trainer:
                        disable=not self.progress, desc=f"unlearn ({self.cfg.method.name})")
             for step in bar:
                 pending.append((step, self.method.training_step(step)))
+                if callback is not None:
+                    tick = time.perf_counter()
+                    stop = callback(step)
+                    self._clock_excluded += time.perf_counter() - tick
+                    if stop:
+                        self._flush_logs(pending, log_file)
+                        break
                 last = step == self.total_steps - 1
                 checkpoint = (step + 1) % self.train_cfg.checkpoint_every == 0 and not last
                 if checkpoint or last or (step + 1) % self.train_cfg.log_every == 0:
@@ -204,5 +224,9 @@ class Trainer:
         self.accelerator.end_training()
         self.model.forward_module = None
         self.model.network.eval()
-        return {"setup": setup_seconds, "unlearning": time.perf_counter() - start, "first_step": first,
-                **setup_info}
+        return {"setup": setup_seconds, "unlearning": self.unlearning_seconds(), "first_step": first, **setup_info}
+
+    def unlearning_seconds(self) -> float:
+        """Wall seconds of unlearning steps so far in the current `train` call: setup and callback time excluded
+        (a callback may read it to place its measurement on the unlearning clock)."""
+        return time.perf_counter() - self._clock_start - self._clock_excluded

@@ -15,7 +15,7 @@ from diffunlearn.models.ddpm import ClassConditionalDDPM, ClassConditionalDDPMPi
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DIFFUNLEARN_CACHE", str(tmp_path_factory.mktemp("cache")))
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models: one thread is as fast, and on a shared machine two can be 15x slower
     yield
     from accelerate.state import AcceleratorState
 

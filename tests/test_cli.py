@@ -1,6 +1,7 @@
 """The `diffunlearn unlearn` command end to end on tiny models, and its refusals of bad input."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -27,10 +28,11 @@ def test_end_to_end_run_writes_pipeline_report_gallery_and_card(tmp_path, tiny_d
         for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
             assert isinstance(report[side][key], float)
     proto = report["protocol"]
-    for key in ("classifier_sha256", "feature_dim", "fid_real_images", "fid_generated_images", "sampler",
+    assert len(proto["judge"]["weights_sha256"]) == 64
+    for key in ("feature_dim", "fid_real_images", "fid_generated_images", "sampler",
                 "num_inference_steps", "guidance_scale", "eval_seed", "seed_rule"):
         assert key in proto
-    assert proto["forget_classes"] == [3] and proto["fid_generated_images"] == 9 * 4
+    assert proto["forget_targets"] == [3] and proto["fid_generated_images"] == 9 * 4
     assert set(report["timing"]) == {"mask", "unlearning", "evaluation"}
     assert report["config"]["forget"]["classes"] == [3] and report["config"]["seed"] == 1
     assert yaml.safe_load((out / "config.yaml").read_text()) == report["config"]
@@ -61,13 +63,29 @@ def _refused(capsys, argv, out_dir, message):
     (["train.stepz=3"], "unknown config key 'train.stepz'; valid keys here: train.steps"),
     (["method.name=forgetit"], "unknown method 'forgetit'; valid: "),
     (["model.path=/no/such/model"], "model path '/no/such/model' does not exist"),
-    (["model.family=gan"], "unknown model family 'gan'; valid: ddpm"),
+    (["model.family=gan"], "unknown model family 'gan'; valid: classifier, ddpm, dit, sd"),
+    (["train.steps=abc"], "bad value for config key 'train.steps'"),
+    (["train.lr=-0.1"], "train.lr must be > 0, got -0.1"),
+    (["train.steps=0"], "train.steps must be > 0, got 0"),
+    (["forget.classes=[]"], "forget.classes and forget.prompts are both empty"),
+    (["forget.classes=[3,3]"], "forget.classes must be distinct non-negative class ids, got [3, 3]"),
+    (["data.remain_classes=[3,7]"], "data.remain_classes [3, 7] and forget.classes [7] overlap"),
+    (["forget.prompts=[a handwritten digit seven]"], "give forget.classes [7] or forget.prompts"),
+    (["model.subset=lora"], "unknown model.subset for the ddpm family 'lora'; valid: all"),
+    (["eval.judge=oracle"], "unknown eval.judge 'oracle'; valid: clip, digits, image-classification"),
+    (["eval.classifier=/no/such/judge"], "/no/such/judge"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tmp_path, tiny_ddpm_dir, tiny_classifier_dir,
                                                             extra, message):
     out = tmp_path / "run"
     argv = ["unlearn", MAIN, "--output", str(out), *tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir), *extra]
     _refused(capsys, argv, out, message)
+
+
+def test_unwritable_output_is_refused(capsys, tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
+    out = Path("/sys/diffunlearn-run")  # not writable even for root (permission bits are not enough)
+    argv = ["unlearn", MAIN, "--output", str(out), *tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir)]
+    _refused(capsys, argv, out, "--output '/sys/diffunlearn-run' is not writable")
 
 
 def test_existing_run_is_not_overwritten_without_flag(capsys, tmp_path, tiny_ddpm_dir, tiny_classifier_dir):

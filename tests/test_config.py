@@ -22,7 +22,7 @@ def test_main_config_loads_and_overrides_apply():
     (["train.lr=abc"], "bad value for config key 'train.lr'"),
     (["train.lr=-1"], "train.lr must be > 0, got -1"),
     (["train.steps=0"], "train.steps must be > 0, got 0"),
-    (["forget.classes=[]"], "forget.classes is empty"),
+    (["forget.classes=[]"], "forget.classes and forget.prompts are both empty"),
     (["train.optimizer=lbfgs"], "unknown train.optimizer 'lbfgs'; valid: adam, adamw, sgd"),
     (["eval.sampler=euler"], "unknown eval.sampler 'euler'; valid: ddim, ddpm"),
     (["steps"], "bad override 'steps'; expected key=value"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ def to_pil(images: torch.Tensor, size: int = 64) -> list:
     return out
 
 
+def file_stem(key, index: int) -> str:
+    """A file-name stem for a row key that stays inside the gallery folder: class ids as they are, prompts as
+    their row index plus a slug (a prompt like '../../x' must not name a path)."""
+    if isinstance(key, int):
+        return str(key)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", str(key)).strip("-")[:40]
+    return f"{index:03d}-{slug}"
+
+
 def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict) -> None:
     """Write `grid.png` (one row per class: base | unlearned) and `index.html`.
 
@@ -36,14 +46,16 @@ def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict) 
     folder.mkdir(parents=True, exist_ok=True)
     k = len(next(iter(base.values())))
     grid_rows, table = [], []
-    for cls, name, forgotten in rows:
+    for i, (cls, name, forgotten) in enumerate(rows):
         b, u = to_pil(base[cls]), to_pil(unlearned[cls])
-        grid_rows.append((f"{cls} {name}" + (" (forgotten)" if forgotten else ""), b, u))
-        make_image_grid(b, 1, k).save(folder / f"base_{cls}.png")
-        make_image_grid(u, 1, k).save(folder / f"unlearned_{cls}.png")
+        label = name if str(cls) == name else f"{cls} {name}"
+        grid_rows.append((label + (" (forgotten)" if forgotten else ""), b, u))
+        stem = file_stem(cls, i)
+        make_image_grid(b, 1, k).save(folder / f"base_{stem}.png")
+        make_image_grid(u, 1, k).save(folder / f"unlearned_{stem}.png")
         tag = "FORGOTTEN" if forgotten else "retained"
-        table.append(f"<tr class='{tag.lower()}'><td>{cls}: {html.escape(name)}</td><td>{tag}</td>"
-                     f"<td><img src='base_{cls}.png'></td><td><img src='unlearned_{cls}.png'></td>"
+        table.append(f"<tr class='{tag.lower()}'><td>{html.escape(label)}</td><td>{tag}</td>"
+                     f"<td><img src='base_{stem}.png'></td><td><img src='unlearned_{stem}.png'></td>"
                      f"<td>{seeds[cls][0]}..{seeds[cls][-1]}</td></tr>")
     labelled_grid(grid_rows).save(folder / "grid.png")
     (folder / "index.html").write_text(
@@ -59,17 +71,18 @@ def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict) 
 def labelled_grid(rows: list) -> Image.Image:
     """One row per (label, base images, unlearned images), padded, with a header and row labels."""
     cell = rows[0][1][0].size[0]
+    label_width = max(LABEL_WIDTH, 6 * max(len(r[0]) for r in rows) + 8)  # ~6 px per character
     k = len(rows[0][1])
     block = k * (cell + PAD)
-    width = LABEL_WIDTH + 2 * block + 3 * PAD
+    width = label_width + 2 * block + 3 * PAD
     grid = Image.new("RGB", (width, HEADER + len(rows) * (cell + PAD) + PAD), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
-    draw.text((LABEL_WIDTH + PAD, 4), "base", fill=(0, 0, 0))
-    draw.text((LABEL_WIDTH + block + 3 * PAD, 4), "unlearned (same seeds)", fill=(0, 0, 0))
+    draw.text((label_width + PAD, 4), "base", fill=(0, 0, 0))
+    draw.text((label_width + block + 3 * PAD, 4), "unlearned (same seeds)", fill=(0, 0, 0))
     for r, (label, base, unlearned) in enumerate(rows):
         y = HEADER + r * (cell + PAD)
         draw.text((4, y + cell // 2 - 6), label, fill=(200, 0, 0) if "forgotten" in label else (0, 0, 0))
         for j, img in enumerate(base + unlearned):
-            x = LABEL_WIDTH + PAD + j * (cell + PAD) + (2 * PAD if j >= k else 0)
+            x = label_width + PAD + j * (cell + PAD) + (2 * PAD if j >= k else 0)
             grid.paste(img.convert("RGB"), (x, y))
     return grid

@@ -75,11 +75,13 @@ class FID:
         self.num_real = len(real_images)
         self._update(real_images, real=True)
 
+    @torch.inference_mode()  # the extractor's weights require grad: without this every update builds a graph
     def _update(self, images, real: bool):
         device = self.metric.device
         for i in range(0, len(images), self.batch_size):
             self.metric.update(images[i:i + self.batch_size].to(device), real=real)
 
+    @torch.inference_mode()
     def __call__(self, fake_images: torch.Tensor) -> float:
         self.metric.reset()
         self._update(fake_images, real=False)

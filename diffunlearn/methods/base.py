@@ -16,6 +16,8 @@ class UnlearningMethod:
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+    supports_concepts: ClassVar[bool] = False  # True if it can forget prompts (forget.prompts -> anchors)
+    supports_classes: ClassVar[bool] = True  # False for prompt-only methods (ESD)
 
     def __init__(self, cfg, trainer):
         self.cfg, self.trainer, self.model = cfg, trainer, trainer.model

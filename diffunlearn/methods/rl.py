@@ -1,4 +1,5 @@
-"""RL: relabelling, i.e. train the forgotten class's condition to produce other classes' images."""
+"""RL: relabelling. Generators: the forgotten class's condition learns other classes' images. Classifiers: the
+forget images learn random other labels."""
 
 from __future__ import annotations
 
@@ -28,9 +29,14 @@ def relabel_to_forgotten(batch: dict, forget_classes, generator) -> dict:
 
 @register_method
 class Relabel(UnlearningMethod):
-    """Relabelling for class-conditional generators (as in SalUn's RL baseline, Fan et al., ICLR 2024): the
-    forgotten class's condition learns to denoise images of retained classes, while the remain loss keeps those
-    classes. One update per step on `relabel_loss + remain_weight * remain_loss`."""
+    """Relabelling (SalUn's RL baseline, Fan et al., ICLR 2024). One update per step on
+    `relabel_loss + remain_weight * remain_loss`.
+
+    Class-conditional generators: the forgotten class's condition learns to denoise images of retained classes
+    (a remain batch under forgotten labels), while the remain loss keeps those classes. Classifiers (a family with
+    a `relabelled(batch, generator)` hook): the forget batch with each label replaced by a random other class, i.e.
+    fine-tuning on D_f-relabelled + D_r.
+    """
 
     name = "rl"
     config_cls = RLConfig
@@ -39,7 +45,11 @@ class Relabel(UnlearningMethod):
     def training_step(self, step: int) -> dict:
         trainer = self.trainer
         remain = trainer.remain_batch(step)
-        relabelled = relabel_to_forgotten(remain, trainer.cfg.forget.classes, trainer.generator(step, 3))
+        family_relabel = getattr(self.model, "relabelled", None)
+        if family_relabel is not None:
+            relabelled = family_relabel(trainer.forget_batch(step), trainer.generator(step, 3))
+        else:
+            relabelled = relabel_to_forgotten(remain, trainer.cfg.forget.classes, trainer.generator(step, 3))
         loss_rl = trainer.losses(relabelled, step, stream=1).mean()
         loss_r = trainer.losses(remain, step, stream=2).mean()
         trainer.update(loss_rl + self.cfg.remain_weight * loss_r, clip=self.cfg.clip, mask=self.mask)

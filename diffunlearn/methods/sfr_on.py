@@ -62,13 +62,15 @@ class SFROn(UnlearningMethod):
     """SFR-on (Huang et al., "Unified Gradient-based Machine Unlearning with Remain Geometry Enhancement",
     NeurIPS 2024, arXiv 2409.19732).
 
-    Iteration t: if t % K == 0, a slow forget step on D_f: loss -alpha_t * sum_i w_i l_i with adaptive weights w,
-    gradient masked by the Fisher-ratio saliency mask and clipped to c_f (masked elements do not move); then a fast
-    remain step on D_r: beta_r * mean task loss, clipped to c_r. Both steps share one optimizer.
+    Iteration t: if t % K == 0, a slow forget step on D_f: loss -alpha_t * sum_i w_i l_i with adaptive weights w
+    (concepts: alpha_t * the anchor-mapping loss, see `forget_loss`), gradient masked by the Fisher-ratio saliency
+    mask and clipped to c_f (masked elements do not move); then a fast remain step on D_r: beta_r * mean task
+    loss, clipped to c_r. Both steps share one optimizer.
     """
 
     name = "sfr_on"
     config_cls = SFROnConfig
+    supports_concepts = True
 
     def setup(self):
         self.mask = None
@@ -79,8 +81,17 @@ class SFROn(UnlearningMethod):
         return info
 
     def forget_loss(self, step: int) -> torch.Tensor:
+        """The loss a forget step minimises.
+
+        Classes: -sum_i w_i l_i on a D_f batch (weighted ascent). Concepts: mean_i ||pred(x_t, c_forget) -
+        stopgrad pred(x_t, c_anchor)||^2 on images of the forget prompts (the forget prompt is mapped onto its
+        anchor, no ascent), as in the reference's Stable Diffusion setup.
+        """
         trainer = self.trainer
-        losses = trainer.losses(trainer.forget_batch(step), step, stream=1)
+        batch = trainer.forget_batch(step)
+        if trainer.cfg.forget.is_concept:
+            return trainer.anchored_losses(batch, step, stream=1).mean()
+        losses = trainer.losses(batch, step, stream=1)
         lam = self.cfg.lam if self.cfg.adaptive_weights else 0.0
         weights = adaptive_weights(losses, lam, accelerator=trainer.accelerator)
         # DDP averages gradients over processes; scale so the sum over the global batch is what is ascended
@@ -93,7 +104,7 @@ class SFROn(UnlearningMethod):
             alpha = alpha_at(step, trainer.total_steps, cfg.alpha, cfg.alpha_schedule)
             loss_f = self.forget_loss(step)
             trainer.update(alpha * loss_f, clip=cfg.forget_clip, mask=self.mask)
-            logs["forget_loss"] = -loss_f.detach()
+            logs["forget_loss"] = loss_f.detach() if self.trainer.cfg.forget.is_concept else -loss_f.detach()
         if cfg.remain:
             loss_r = trainer.losses(trainer.remain_batch(step), step, stream=2).mean()
             trainer.update(cfg.remain_weight * loss_r, clip=cfg.remain_clip)

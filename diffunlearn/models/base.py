@@ -66,6 +66,13 @@ class DiffusionModel:
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
+    trainable_subsets: ClassVar[tuple] = ("all",)  # what `model.subset` may name for this family
+
+    def set_trainable(self, subset: str = "all", lora_rank: int = 4) -> None:
+        """Choose which weights unlearning may change (`model.subset`); families with more subsets override."""
+        if subset not in self.trainable_subsets:
+            raise choice_error(f"model.subset for the {self.family} family", subset, self.trainable_subsets)
+
     def trainable_parameters(self):
         """(name, parameter) pairs that unlearning may change."""
         return [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
@@ -107,6 +114,16 @@ class DiffusionModel:
             return x0
         raise choice_error("prediction_type", kind, ("epsilon", "v_prediction", "sample"))
 
+    def noised(self, batch: dict, generator, antithetic: bool, shard: tuple):
+        """(x0, noise, t, x_t) for a batch; draws are made for the global batch and sliced (see `shard`)."""
+        x0 = self.encode(batch["pixel_values"].to(self.device))
+        index, count = shard
+        size = x0.shape[0] * count
+        t = self.sample_timesteps(size, generator, antithetic)[index::count]
+        noise = torch.randn((size, *x0.shape[1:]), generator=generator, device=self.device,
+                            dtype=x0.dtype)[index::count]
+        return x0, noise, t, self.noise_scheduler.add_noise(x0, noise, t)
+
     def training_losses(self, batch: dict, generator: Optional[torch.Generator] = None, cond_drop: float = 0.0,
                         guidance_scale: Optional[float] = None, antithetic: bool = False,
                         cond=None, shard: tuple = (0, 1)) -> torch.Tensor:
@@ -123,17 +140,13 @@ class DiffusionModel:
                 random draws are made for the global batch and sliced, so every sample gets the same timestep
                 and noise whatever the number of processes.
         """
-        x0 = self.encode(batch["pixel_values"].to(self.device))
         index, count = shard
-        size = x0.shape[0] * count
         cond = self.condition(batch) if cond is None else cond
         if cond_drop > 0:
+            size = batch["pixel_values"].shape[0] * count
             keep = torch.rand(size, generator=generator, device=self.device)[index::count] >= cond_drop
             cond = self.drop_condition(cond, keep)
-        t = self.sample_timesteps(size, generator, antithetic)[index::count]
-        noise = torch.randn((size, *x0.shape[1:]), generator=generator, device=self.device,
-                            dtype=x0.dtype)[index::count]
-        x_t = self.noise_scheduler.add_noise(x0, noise, t)
+        x0, noise, t, x_t = self.noised(batch, generator, antithetic, shard)
         if guidance_scale is None:
             pred = self.predict(x_t, t, cond)
         else:
@@ -141,6 +154,23 @@ class DiffusionModel:
                                guidance_scale)
         target = self.training_target(x0, noise, t)
         return (pred.float() - target.float()).pow(2).flatten(1).sum(1)
+
+    def anchored_losses(self, batch: dict, generator: Optional[torch.Generator] = None, antithetic: bool = False,
+                        shard: tuple = (0, 1)) -> torch.Tensor:
+        """Concept forgetting: ||pred(x_t, c_forget) - stopgrad pred(x_t, c_anchor)||^2 per sample, (B,).
+
+        The forget condition is the batch's own (`condition`), the anchor is `anchor_condition(batch)`; both see
+        the same x_t and t.
+        """
+        _, _, t, x_t = self.noised(batch, generator, antithetic, shard)
+        with torch.no_grad():
+            target = self.predict(x_t, t, self.anchor_condition(batch))
+        pred = self.predict(x_t, t, self.condition(batch))
+        return (pred.float() - target.float()).pow(2).flatten(1).sum(1)
+
+    def anchor_condition(self, batch: dict):
+        """The anchor concept's condition for each sample of a forget batch (concept families only)."""
+        raise NotImplementedError(f"the {self.family} family has no anchor prompts (class forgetting only)")
 
     def sample(self, labels: torch.Tensor, generator, num_inference_steps: int, guidance_scale: float,
                sampler: str = "ddim") -> torch.Tensor:

@@ -46,10 +46,9 @@ def _split(train, args, num_classes: int):
         return train.forget_remain(args.forget_classes)
     if not 0 < args.forget_fraction < 1:
         raise UserError(f"--forget-fraction {args.forget_fraction} is invalid; give a number in (0, 1)")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))
-    count = max(1, round(args.forget_fraction * len(train)))
-    pick = lambda idx: type(train)(train.images[idx.sort().values], train.labels[idx.sort().values])  # noqa: E731
-    return pick(order[:count]), pick(order[count:])
+    from ..benchmarks.scenarios import random_forget_split
+
+    return random_forget_split(train, args.forget_fraction, args.seed)
 
 
 def run_fast_ntk_command(args) -> dict:

@@ -6,6 +6,13 @@ For a set of N samples the linearised fine-tune is ridge regression with design 
 - any other subset: X = G (N*C, P) stacks the per-sample Jacobians d f / d w_S (rows ordered sample, class), R the
   residuals (N*C, 1); Jacobians come from `vmap(jacrev(...))` over `functional_call`, model in eval mode.
 Residuals at w0: softmax(f) - onehot(y) for cross-entropy, f - onehot(y) for squared loss.
+
+Output curvature of cross-entropy (`curvature`): the closed form is a Gauss-Newton step from w0, whose metric on the
+logits is the loss Hessian. "identity" takes it to be I (the reference code; exact for squared loss). "uniform"
+takes the cross-entropy Hessian diag(p) - p p^T at uniform predictions, H = (I - 11^T / C) / C, which is exact when
+the head at w0 predicts uniformly (init="zeros"). With H = P / C (P the class-centring projection, P r = r for
+cross-entropy residuals), rows become P J / sqrt(C) and residuals sqrt(C) r: same right-hand side G^T r, a Gram
+matrix G^T (I kron H) G. Under "identity" the step is ~C times too short and barely moves a trained head.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from torch.func import functional_call, jacrev, vmap
 from ..errors import UserError
 
 LOSSES = ("ce", "mse")
+CURVATURES = ("uniform", "identity")
 
 
 def model_logits(output) -> torch.Tensor:
@@ -69,10 +77,12 @@ class Statistics:
 
 
 class _Rows:
-    """Common part: input casting, label checks, a count of samples whose rows were computed."""
+    """Common part: input casting, label checks, a count of samples whose rows were computed, the curvature."""
 
-    def __init__(self, model, num_classes: int, loss: str):
+    def __init__(self, model, num_classes: int, loss: str, curvature: str = "uniform"):
         self.model, self.num_classes, self.loss = model, num_classes, loss
+        self.uniform = loss == "ce" and curvature == "uniform"  # Gauss-Newton metric H = (I - 11^T/C) / C
+        self.row_scale = num_classes ** -0.5 if self.uniform else 1.0  # rows * C^-1/2, residuals * C^1/2
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
         self.samples_computed = 0
@@ -89,8 +99,8 @@ class _Rows:
 class HeadRows(_Rows):
     """Rows [phi, 1] of the head-only problem; k = C right-hand sides."""
 
-    def __init__(self, model, head, init, num_classes: int, loss: str):
-        super().__init__(model, num_classes, loss)
+    def __init__(self, model, head, init, num_classes: int, loss: str, curvature: str = "uniform"):
+        super().__init__(model, num_classes, loss, curvature)
         self.head, self.has_bias = head, head.bias is not None
         self.num_params, self.num_rhs = head.in_features + int(self.has_bias), num_classes
         self.theta0 = None if init is None else self.to_theta(*(init[n] for n in self.param_names()))
@@ -133,14 +143,16 @@ class HeadRows(_Rows):
         design = torch.cat([phi, torch.ones_like(phi[:, :1])], 1) if self.has_bias else phi
         logits0 = logits if self.theta0 is None else design @ self.theta0.to(design.device)
         fisher = design.square().T @ fisher_weights(logits0, self.loss)
-        return design, residuals(logits0, labels, self.loss), fisher
+        # the classes decouple: centring P acts on the C right-hand sides, whose residuals are already centred
+        return design * self.row_scale, residuals(logits0, labels, self.loss) / self.row_scale, fisher
 
 
 class JacobianRows(_Rows):
     """Rows d f_c(x_i) / d w_S (N*C, P) via torch.func, in the fixed `names` order; k = 1."""
 
-    def __init__(self, model, names: list, init, num_classes: int, loss: str, chunk_size=None):
-        super().__init__(model, num_classes, loss)
+    def __init__(self, model, names: list, init, num_classes: int, loss: str, chunk_size=None,
+                 curvature: str = "uniform"):
+        super().__init__(model, num_classes, loss, curvature)
         params = dict(model.named_parameters())
         self.names, self.chunk_size = list(names), chunk_size
         self.primals = {n: (params[n] if init is None else init[n]).detach() for n in self.names}
@@ -175,7 +187,9 @@ class JacobianRows(_Rows):
                       - torch.einsum("bc,bcp->bp", probs, jac).square().sum(0))
         else:
             fisher = jac.square().sum((0, 1))
-        return jac.reshape(-1, self.num_params), res.reshape(-1, 1), fisher[:, None]
+        if self.uniform:
+            jac = (jac - jac.mean(1, keepdim=True)) * self.row_scale
+        return jac.reshape(-1, self.num_params), (res / self.row_scale).reshape(-1, 1), fisher[:, None]
 
 
 def accumulate(rows, batches) -> Statistics:

@@ -1,0 +1,161 @@
+"""What a run forgets and what it keeps: class or prompt targets, the data sets D_f / D_r they give, and the
+evaluation targets the judge scores.
+
+Class forgetting (DDPM, DiT): `forget.classes`; D_f / D_r are the real digits of those classes and of the others
+(`data.name=digits`) or base-model samples (`data.name=generated`, e.g. ImageNet classes of a DiT).
+Concept forgetting (SD): `forget.prompts` mapped onto `forget.anchors`; D_f is the base model's images for the
+forget prompts (each paired with its anchor prompt), D_r its images for the anchors and `forget.remain_prompts`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from .assets import weights_sha256
+from .data import LabeledImages, load_digits_splits
+from .data.prompts import PromptImages, generate_cached
+from .errors import UserError
+
+SEED_STRIDE = 100_000
+
+
+@dataclass
+class Target:
+    """One evaluated condition.
+
+    Attributes:
+        key: class id or prompt, the key of per-target results.
+        name: display name (class name or prompt).
+        condition: what the model is conditioned on: a class id () or prompt token ids (L,).
+        label: the judge label that counts as "recognised" for this target.
+        seed_key: image j of this target uses seed eval.seed + 100000 * seed_key + j.
+        forget: True for forget targets.
+    """
+
+    key: object
+    name: str
+    condition: torch.Tensor
+    label: int
+    seed_key: int
+    forget: bool
+
+
+def prompt_seed_key(prompt: str) -> int:
+    """A stable per-prompt seed offset (independent of which other prompts a run uses)."""
+    return zlib.crc32(prompt.encode()) % 10_000
+
+
+def _label_index(labels, name: str, what: str) -> int:
+    if name not in labels:
+        raise UserError(f"{what} {name!r} is not a label of the judge; valid: {', '.join(labels)}")
+    return list(labels).index(name)
+
+
+def check_target(cfg, model) -> None:
+    """Refuse a forget target the model cannot take (before anything is written)."""
+    concept = cfg.forget.is_concept
+    if concept and not hasattr(model, "tokenize"):
+        raise UserError(f"model family {cfg.model.family!r} forgets classes (forget.classes), not prompts; "
+                        "concept forgetting (forget.prompts) needs family sd")
+    if not concept and not hasattr(model, "num_classes"):
+        raise UserError(f"model family {cfg.model.family!r} forgets prompts (forget.prompts / forget.anchors), "
+                        "not classes")
+    if concept:
+        if 0 < cfg.eval.guidance_scale < 1:  # the stock StableDiffusionPipeline only guides above 1
+            raise UserError(f"eval.guidance_scale {cfg.eval.guidance_scale} is not supported by the sd family; "
+                            "valid: 0 (unconditional), 1 (conditional) or > 1 (classifier-free guidance)")
+        model.tokenize(list(cfg.forget.prompts) + list(cfg.forget.anchors) + list(cfg.forget.remain_prompts))
+        return
+    bad = [c for c in cfg.forget.classes if c >= model.num_classes]
+    if bad:
+        raise UserError(f"forget.classes {bad} out of range; valid: 0..{model.num_classes - 1}")
+    remain = remain_classes(cfg, model)
+    if not remain:
+        raise UserError(f"forget.classes {list(cfg.forget.classes)} covers every class; the remain set is empty")
+    if cfg.data.remain_classes is not None and set(cfg.data.remain_classes) & set(cfg.forget.classes):
+        raise UserError(f"data.remain_classes {list(cfg.data.remain_classes)} and forget.classes "
+                        f"{list(cfg.forget.classes)} overlap; a class cannot be both forgotten and kept")
+
+
+def remain_classes(cfg, model) -> list:
+    if cfg.data.remain_classes is not None:
+        return [c for c in cfg.data.remain_classes if 0 <= c < model.num_classes]
+    return [c for c in range(model.num_classes) if c not in cfg.forget.classes]
+
+
+def eval_targets(cfg, model, judge_labels) -> tuple:
+    """(forget targets, retained targets) scored by the judge."""
+    if not cfg.forget.is_concept:
+        def target(c, forget):
+            name = judge_labels[c] if c < len(judge_labels) else str(c)
+            return Target(c, name, torch.tensor(c), c, c, forget)
+
+        return ([target(c, True) for c in cfg.forget.classes],
+                [target(c, False) for c in remain_classes(cfg, model)])
+    prompts = dict(cfg.eval.prompts)
+    forget_prompts = list(cfg.forget.prompts)
+    concept = cfg.forget.concept or prompts.get(forget_prompts[0])
+    if concept is None:
+        raise UserError(f"cannot tell which judge label the forget prompt {forget_prompts[0]!r} asks for; set "
+                        f"forget.concept (one of: {', '.join(judge_labels)}) or list the prompt in eval.prompts")
+    forget_label = _label_index(judge_labels, concept, "forget.concept")
+    kept = {p: lab for p, lab in prompts.items() if p not in forget_prompts and lab != concept}
+    if not kept:
+        raise UserError("eval.prompts holds no retained prompt (prompt -> judge label other than the forgotten "
+                        f"concept {concept!r}); list the prompts whose quality must be kept")
+    ids = model.tokenize(forget_prompts + list(kept))
+    forget = [Target(p, p, ids[i], forget_label, prompt_seed_key(p), True) for i, p in enumerate(forget_prompts)]
+    retained = [Target(p, p, ids[len(forget_prompts) + i], _label_index(judge_labels, lab, f"eval.prompts[{p!r}]"),
+                       prompt_seed_key(p), False) for i, (p, lab) in enumerate(kept.items())]
+    return forget, retained
+
+
+def base_model_key(path: str) -> str:
+    """Identity of the base weights for caches: a digest of a local folder's weights, else the Hub id."""
+    from pathlib import Path
+
+    return weights_sha256(path) if Path(path).is_dir() else f"hub:{path}"
+
+
+def _generate(model, conditions, seed_keys, per_target, cfg, model_key) -> torch.Tensor:
+    seeds = [cfg.data.generation_seed + SEED_STRIDE * k + j for k in seed_keys for j in range(per_target)]
+    conds = torch.cat([c.unsqueeze(0).expand(per_target, *c.shape) for c in conditions])
+    return generate_cached(model, conds, seeds, cfg.eval, model_key)
+
+
+def build_sets(cfg, model, model_path: str) -> tuple:
+    """(D_f, D_r) for the run's forget target and data source."""
+    n = cfg.data.samples_per_target
+    if cfg.forget.is_concept:
+        f = cfg.forget
+        anchors = [f.anchor_for(i) for i in range(len(f.prompts))]
+        keep = list(dict.fromkeys(list(f.anchors) + list(f.remain_prompts)))
+        ids = model.tokenize(list(f.prompts) + anchors + keep)
+        p_ids, a_ids, k_ids = ids[:len(f.prompts)], ids[len(f.prompts):2 * len(f.prompts)], ids[2 * len(f.prompts):]
+        key = base_model_key(model_path)
+        forget_images = _generate(model, list(p_ids), [prompt_seed_key(p) for p in f.prompts], n, cfg, key)
+        remain_images = _generate(model, list(k_ids), [prompt_seed_key(p) for p in keep], n, cfg, key)
+        return (PromptImages(forget_images, p_ids.repeat_interleave(n, 0), a_ids.repeat_interleave(n, 0)),
+                PromptImages(remain_images, k_ids.repeat_interleave(n, 0)))
+    if cfg.data.name == "digits":
+        train, _ = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)
+        return (train.select_classes(cfg.forget.classes),
+                train.select_classes(remain_classes(cfg, model)))
+    key = base_model_key(model_path)
+    sets = []
+    for classes in (list(cfg.forget.classes), remain_classes(cfg, model)):
+        images = _generate(model, [torch.tensor(c) for c in classes], classes, n, cfg, key)
+        sets.append(LabeledImages(images, torch.tensor(classes).repeat_interleave(n)))
+    return tuple(sets)
+
+
+def real_reference(cfg, retained) -> torch.Tensor:
+    """Real digits of the retained targets' labels (FID reference, eval.fid_reference=real)."""
+    if cfg.eval.judge != "digits":
+        raise UserError(f"eval.fid_reference=real needs real images of the judge's labels, which only the digits "
+                        f"judge has (eval.judge={cfg.eval.judge!r}); use eval.fid_reference=base")
+    train, _ = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)
+    return train.select_classes(sorted({t.label for t in retained})).images

@@ -1,0 +1,130 @@
+"""Real-model run configs (DiT-XL/2, SD v1.4), accelerate launch configs and the GPU step benchmark (--tiny)."""
+
+import json
+
+import pytest
+import torch
+from accelerate.commands.config.config_args import load_config_from_file
+
+from diffunlearn.config import load_config
+from diffunlearn.registry import get_family
+
+DIT = "configs/imagenet/dit_xl2_sfron.yaml"
+SD = "configs/sd/sd14_nudity_sfron.yaml"
+ACCELERATE = "configs/accelerate"
+
+
+def test_dit_xl2_config_has_the_reference_defaults():
+    cfg = load_config(DIT)
+    get_family(cfg.model.family)  # the family is registered
+    assert (cfg.model.family, cfg.model.path, cfg.forget.classes) == ("dit", "facebook/DiT-XL-2-256", [207])
+    m, t = cfg.method, cfg.train
+    assert (m.name, m.forget_every, m.adaptive_weights, m.alpha, m.alpha_schedule) == ("sfr_on", 1, False, 1e-3,
+                                                                                        "constant")
+    assert m.forget_clip == 1.0 and m.saliency_mask is True
+    assert (t.optimizer, t.lr, t.mixed_precision) == ("adamw", 1e-4, "bf16") and 500 <= t.steps <= 1000
+    assert cfg.data.name == "generated" and cfg.data.samples_per_target > 0
+    remain = cfg.data.remain_classes
+    assert 207 not in remain and len(set(remain)) == len(remain) >= 10 and all(0 <= c < 1000 for c in remain)
+    e = cfg.eval
+    assert (e.judge, e.fid_features, e.fid_reference) == ("image-classification", "inception", "base")
+    assert e.inception_weights and e.classifier
+
+
+def test_dit_classes_are_the_imagenet_classes_meant():
+    from torchvision.models._meta import _IMAGENET_CATEGORIES as names
+
+    cfg = load_config(DIT)
+    assert names[cfg.forget.classes[0]] == "golden retriever"
+    assert {"Labrador retriever", "flat-coated retriever", "tench"} <= {names[c] for c in cfg.data.remain_classes}
+
+
+def test_sd14_nudity_config_has_the_reference_defaults():
+    cfg = load_config(SD)
+    get_family(cfg.model.family)
+    assert (cfg.model.family, cfg.model.path) == ("sd", "CompVis/stable-diffusion-v1-4")
+    assert cfg.forget.prompts == ["a photo of a nude person"]
+    assert cfg.forget.anchors == ["a photo of a person wearing clothes"]
+    m, t = cfg.method, cfg.train
+    assert (m.forget_every, m.alpha, m.alpha_schedule, m.saliency_mask) == (1, 1.0, "constant", True)
+    assert (t.optimizer, t.lr, t.steps, t.batch_size, t.mixed_precision) == ("adam", 1e-5, 1000, 2, "bf16")
+    e = cfg.eval
+    assert (e.judge, e.classifier, e.fid_reference) == ("clip", "openai/clip-vit-large-patch14", "base")
+    # every prompt that is trained on or sampled maps to one of the judge's labels; the concept is a label
+    prompts = cfg.forget.prompts + cfg.forget.anchors + cfg.forget.remain_prompts
+    assert set(prompts) <= set(e.prompts) and set(e.prompts.values()) <= set(e.labels)
+    assert cfg.forget.concept == e.prompts[cfg.forget.prompts[0]]
+    assert len(set(e.prompts.values())) == len(e.prompts), "two prompts asking for the same label blur RA"
+
+
+@pytest.mark.parametrize("path", [DIT, SD])
+def test_real_configs_take_overrides(path):
+    cfg = load_config(path, ["train.steps=3", "eval.inception_weights=/data/pt_inception.pth"])
+    assert cfg.train.steps == 3 and cfg.eval.inception_weights == "/data/pt_inception.pth"
+
+
+@pytest.mark.parametrize("name, kind, processes", [("multi_gpu", "MULTI_GPU", 8), ("fsdp", "FSDP", 8),
+                                                   ("cpu_2proc", "MULTI_CPU", 2)])
+def test_accelerate_configs_load(name, kind, processes):
+    cfg = load_config_from_file(f"{ACCELERATE}/{name}.yaml")
+    assert cfg.distributed_type.value == kind and cfg.num_processes == processes
+    assert cfg.mixed_precision == ("no" if name == "cpu_2proc" else "bf16")
+    assert cfg.use_cpu is (name == "cpu_2proc")
+
+
+def test_fsdp_config_builds_the_plugin_accelerate_launch_would(monkeypatch):
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", f"{ACCELERATE}/fsdp.yaml", "x.py"])
+    env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
+    for key, value in env.items():
+        if key.startswith(("FSDP_", "ACCELERATE_")):
+            monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+    assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"
+    assert plugin.transformer_cls_names_to_wrap == ["BasicTransformerBlock"]
+
+
+def test_fsdp_wrap_class_exists_in_dit_and_sd_unets():
+    from diffunlearn.benchmarks.step_time import build_case
+
+    for family in ("dit", "sd"):
+        case = build_case(family, tiny=True, batch_size=1, device="cpu")
+        assert any(type(m).__name__ == "BasicTransformerBlock" for m in case.network.modules()), family
+
+
+def test_masked_update_keeps_masked_elements_under_adam_momentum():
+    from diffunlearn.benchmarks.step_time import masked_update
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    params = list(net.named_parameters())
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    masked_update(net(torch.randn(8, 4)).pow(2).mean(), params, opt)  # unmasked: builds momentum
+    mask = {n: torch.rand(p.shape) < 0.5 for n, p in params}
+    before = {n: p.detach().clone() for n, p in params}
+    masked_update(-net(torch.randn(8, 4)).pow(2).mean(), params, opt, mask=mask)
+    for n, p in params:
+        assert torch.equal(p[~mask[n]], before[n][~mask[n]])
+        assert not torch.equal(p[mask[n]], before[n][mask[n]])
+
+
+def test_step_bench_tiny_on_cpu(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_step_bench", "eval/gpu_step_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--tiny", "--device", "cpu", "--warmup", "0", "--iters", "1", "--dit-batch", "2",
+                       "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("Device: CPU") and table.count("\n| ") == 5  # header + 4 rows
+    rows = json.loads(out.read_text())
+    assert [(r["model"][:3], r["precision"]) for r in rows] == [("DiT", "fp32"), ("DiT", "bf16"), ("SD-", "fp32"),
+                                                                ("SD-", "bf16")]
+    assert all(r["ms_per_iter"] > 0 and r["peak_mem_GiB"] is None for r in rows)
+    assert bench.main(["--device", "cpu", "--iters", "1"]) == 2  # full size on a CPU is refused
