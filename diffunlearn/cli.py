@@ -99,8 +99,9 @@ def main(argv=None) -> None:
         sys.exit(RUNTIME_EXIT)
 
 
-def recipe_main(kind: str, argv=None) -> None:
-    """Entry point of the `pipelines/train_digits_*.py` recipes."""
+def recipe_main(kind: str, argv=None, runner=None) -> None:
+    """Entry point of the `pipelines/train_digits_*.py` recipes; `runner(config, output, overrides, embed_as=...)`
+    replaces `run_recipe` for recipes that save more than the model (e.g. a recorded head init)."""
     parser = argparse.ArgumentParser(description=f"train the embedded digits {kind} from a recipe")
     parser.add_argument("--config", required=True)
     parser.add_argument("--output", required=True)
@@ -108,9 +109,12 @@ def recipe_main(kind: str, argv=None) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parse_args(parser, argv)
     try:
-        from .recipes import run_recipe
+        if runner is None:
+            from .recipes import run_recipe
 
-        entry = run_recipe(kind, args.config, args.output, args.overrides, embed_as=args.embed)
+            entry = run_recipe(kind, args.config, args.output, args.overrides, embed_as=args.embed)
+        else:
+            entry = runner(args.config, args.output, args.overrides, embed_as=args.embed)
     except UserError as exc:
         _fail(str(exc))
     print({k: v for k, v in entry.items() if k != "recipe"})

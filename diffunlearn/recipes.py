@@ -61,6 +61,36 @@ class ClassifierRecipe:
         check_positive("recipe", epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
 
 
+def fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, desc: str,
+                 progress: bool = True) -> None:
+    """Train `model.network` from scratch on its per-sample denoising loss with an EMA; leaves the EMA weights.
+
+    Seeded per step (`recipe.seed`), condition dropout `recipe.cond_drop`, antithetic timesteps, random draws made
+    for the global batch and sliced per process. Shared by the DDPM and DiT recipes.
+    """
+    network = model.network
+    model.forward_module, optimizer, lr_schedule = accelerator.prepare(network, optimizer, lr_schedule)
+    ema = EMAModel(network.parameters(), decay=recipe.ema_decay)
+    sampler = StepSampler(train_set, recipe.batch_size, recipe.seed, accelerator.process_index,
+                          accelerator.num_processes)
+    network.train()
+    bar = tqdm(range(recipe.steps), disable=not (progress and accelerator.is_main_process), desc=desc)
+    for step in bar:
+        gen = torch.Generator(accelerator.device).manual_seed(recipe.seed * 7919 + step)
+        loss = model.training_losses(sampler.batch(step, accelerator.device), generator=gen,
+                                     cond_drop=recipe.cond_drop, antithetic=True,
+                                     shard=(accelerator.process_index, accelerator.num_processes)).mean()
+        accelerator.backward(loss)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(network.parameters())
+        if step % 100 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    ema.copy_to(network.parameters())
+    network.eval()
+
+
 def train_ddpm(recipe: DDPMRecipe, train_set=None, progress: bool = True) -> ClassConditionalDDPM:
     """Train a class-conditional DDPM from scratch on the digits train split (minus `exclude_classes`)."""
     accelerator = Accelerator(mixed_precision=recipe.mixed_precision)
@@ -75,23 +105,7 @@ def train_ddpm(recipe: DDPMRecipe, train_set=None, progress: bool = True) -> Cla
     model = ClassConditionalDDPM(ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler))
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=0.0)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / recipe.warmup_steps))
-    model.forward_module, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
-    ema = EMAModel(unet.parameters(), decay=recipe.ema_decay)
-    sampler = StepSampler(train_set, recipe.batch_size, recipe.seed, accelerator.process_index,
-                          accelerator.num_processes)
-    bar = tqdm(range(recipe.steps), disable=not (progress and accelerator.is_main_process), desc="train ddpm")
-    for step in bar:
-        gen = torch.Generator(accelerator.device).manual_seed(recipe.seed * 7919 + step)
-        loss = model.training_losses(sampler.batch(step, accelerator.device), generator=gen,
-                                     cond_drop=recipe.cond_drop, antithetic=True).mean()
-        accelerator.backward(loss)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(unet.parameters())
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    ema.copy_to(unet.parameters())
+    fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, "train ddpm", progress)
     model.forward_module = None
     return model
 
@@ -211,12 +225,6 @@ def run_recipe(kind: str, config_path: str, output: str, overrides=(), embed_as:
 
     Returns the manifest entry (recipe, seed, metrics).
     """
-    import dataclasses
-    import shutil
-    import sys
-    from pathlib import Path
-
-    from .assets import ASSETS, record_in_manifest
     from .config import parse_overrides, read_yaml, validate
     from omegaconf import OmegaConf
 
@@ -226,10 +234,21 @@ def run_recipe(kind: str, config_path: str, output: str, overrides=(), embed_as:
     recipe = validate(recipe_cls(), given)
     model = train(recipe)
     model.save_pretrained(output)
+    return ship_recipe_output(output, recipe, config_path, quality(model, recipe), embed_as)
+
+
+def ship_recipe_output(output, recipe, config_path: str, metrics: dict, embed_as: Optional[str] = None) -> dict:
+    """The manifest entry of a saved base model (recipe, command, seed, metrics); with `embed_as`, also copy the
+    folder into the package as embedded:NAME and record the entry."""
+    import dataclasses
+    import shutil
+    import sys
+
+    from .assets import ASSETS, record_in_manifest
+
     entry = {"recipe": {"command": " ".join(["python"] + sys.argv), "config": config_path,
                         **dataclasses.asdict(recipe)}, "seed": recipe.seed,
-             "torch": torch.__version__}
-    entry.update(quality(model, recipe))
+             "torch": torch.__version__, **metrics}
     if embed_as:
         target = ASSETS / embed_as
         shutil.rmtree(target, ignore_errors=True)

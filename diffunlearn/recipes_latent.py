@@ -14,7 +14,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .config import check_positive
@@ -23,7 +22,7 @@ from .data.digits import DIGIT_NAMES
 from .errors import UserError
 from .models.dit import ClassConditionalDiT, build_dit_pipeline, tiny_dit_config
 from .models.latent import decode_latents, encode_latents, tiny_vae_config
-from .recipes import classifier_accuracy, sample_accuracy
+from .recipes import classifier_accuracy, fit_denoiser, sample_accuracy
 
 
 @dataclass
@@ -182,26 +181,7 @@ def train_dit(recipe: DiTRecipe, train_set=None, progress: bool = True) -> Class
     model.to(accelerator.device)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=recipe.lr, weight_decay=0.0)
     lr_schedule = _lr_schedule(optimizer, recipe.warmup_steps)
-    model.forward_module, optimizer, lr_schedule = accelerator.prepare(transformer, optimizer, lr_schedule)
-    ema = EMAModel(transformer.parameters(), decay=recipe.ema_decay)
-    sampler = StepSampler(train_set, recipe.batch_size, recipe.seed, accelerator.process_index,
-                          accelerator.num_processes)
-    transformer.train()
-    bar = tqdm(range(recipe.steps), disable=not (progress and accelerator.is_main_process), desc="train dit")
-    for step in bar:
-        gen = torch.Generator(accelerator.device).manual_seed(recipe.seed * 7919 + step)
-        loss = model.training_losses(sampler.batch(step, accelerator.device), generator=gen,
-                                     cond_drop=recipe.cond_drop, antithetic=True,
-                                     shard=(accelerator.process_index, accelerator.num_processes)).mean()
-        accelerator.backward(loss)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(transformer.parameters())
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    ema.copy_to(transformer.parameters())
-    transformer.eval()
+    fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, "train dit", progress)
     model.forward_module = None
     return model
 

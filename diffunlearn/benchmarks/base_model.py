@@ -7,13 +7,9 @@ it starts from is a function of the recipe alone; `head_init` rebuilds it. It is
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
-import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
@@ -61,20 +57,12 @@ def train_base_classifier(config_path: str, output: str, overrides=(), embed_as:
     Returns:
         the manifest entry (recipe, seed, test accuracy).
     """
-    from ..assets import ASSETS, record_in_manifest
-    from ..recipes import classifier_quality, train_classifier
+    from ..recipes import classifier_quality, ship_recipe_output, train_classifier
 
     recipe = load_recipe(config_path, overrides)
     model = train_classifier(recipe)
     model.save_pretrained(output)
     save_file(head_init(recipe), str(Path(output) / HEAD_INIT_FILE))
-    entry = {"recipe": {"command": " ".join(["python"] + sys.argv), "config": config_path,
-                        **dataclasses.asdict(recipe)}, "seed": recipe.seed, "torch": torch.__version__,
-             "head_init": f"{HEAD_INIT_FILE}: the head before training (set_seed(recipe.seed), then the model)",
-             **classifier_quality(model, recipe)}
-    if embed_as:
-        target = ASSETS / embed_as
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(output, target)
-        record_in_manifest(embed_as, entry)
-    return entry
+    metrics = {"head_init": f"{HEAD_INIT_FILE}: the head before training (set_seed(recipe.seed), then the model)",
+               **classifier_quality(model, recipe)}
+    return ship_recipe_output(output, recipe, config_path, metrics, embed_as)
