@@ -104,8 +104,14 @@ def finalize(work: Path, out: Path) -> None:
 
 
 def check_method(cfg, method_cls) -> None:
-    """Refuse a method that cannot forget this kind of target (classes or prompts)."""
+    """Refuse a method that cannot forget this kind of target (classes or prompts), or run under FSDP if asked."""
+    from .distributed import fsdp_requested
     from .registry import METHODS
+
+    if fsdp_requested() and not method_cls.supports_fsdp:
+        valid = sorted(n for n, m in METHODS.items() if m.supports_fsdp)
+        raise UserError(f"method {cfg.method.name!r} is not supported under FSDP; use one of: {', '.join(valid)} "
+                        "(or DDP: configs/accelerate/multi_gpu.yaml)")
 
     concept = cfg.forget.is_concept
     if concept and not method_cls.supports_concepts:
@@ -119,18 +125,22 @@ def check_method(cfg, method_cls) -> None:
 
 
 def make_evaluator(cfg, model, judge, base_model, base_path: str, device="cpu"):
-    """The evaluator of a run: its judge, targets and FID reference (real digits, or base-model samples)."""
+    """The evaluator of a run: its judge, targets and FID reference (real digits, or base-model samples), of which
+    each process holds (and generates) only its share."""
     from .data.prompts import generate_cached
+    from .evaluation.metrics import process_share
     from .evaluation.report import Evaluator
     from .targets import SEED_STRIDE, base_model_key, eval_targets, real_reference
 
     forget, retained = eval_targets(cfg, model, judge.labels)
     if cfg.eval.fid_reference == "real":
-        return Evaluator(cfg, judge, forget, retained, real_reference(cfg, retained),
+        reference = real_reference(cfg, retained)
+        return Evaluator(cfg, judge, forget, retained, reference[process_share(len(reference))],
                          "real train images of the retained targets' labels", device=device)
     n = cfg.eval.retained_samples_per_class
-    conds = torch.stack([t.condition for t in retained for _ in range(n)])
-    seeds = [cfg.eval.seed + 50_000 + SEED_STRIDE * t.seed_key + j for t in retained for j in range(n)]
+    rows = process_share(len(retained) * n)
+    conds = torch.stack([retained[r // n].condition for r in rows])
+    seeds = [cfg.eval.seed + 50_000 + SEED_STRIDE * retained[r // n].seed_key + r % n for r in rows]
     reference = generate_cached(base_model, conds, seeds, cfg.eval, base_model_key(base_path))
     return Evaluator(cfg, judge, forget, retained, reference,
                      "base-model samples of the retained targets (seeds offset by 50000)", device=device)
@@ -173,11 +183,11 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     resumed = prepare_work_dir(work, cfg, overwrite, is_main=state.is_main_process)
     state.wait_for_everyone()
     trainer = Trainer(cfg, model, method_cls, forget_set, remain_set, work, progress=progress)
-    timing = trainer.train()
-    if not trainer.accelerator.is_main_process:
-        return {}
-    model.save_pretrained(work / "pipeline")
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    timing = trainer.train(finish=False)  # the process group stays: every process evaluates its share of images
+    main = state.is_main_process
+    if main:
+        model.save_pretrained(work / "pipeline")
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
     target = {"forget_prompts": list(cfg.forget.prompts), "anchors": list(cfg.forget.anchors)} \
         if cfg.forget.is_concept else {"forget_classes": list(cfg.forget.classes)}
     report = {"method": cfg.method.name, "model": base_path, **target, "resumed": resumed,
@@ -190,9 +200,13 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
         evaluator = make_evaluator(cfg, model, judge, base_model, base_path, device=device)
         base_metrics, base_images = evaluator(base_model)
         unl_metrics, unl_images = evaluator(model)
-        evaluator.gallery(work / "gallery", base_images, unl_images)
+        if main:
+            evaluator.gallery(work / "gallery", base_images, unl_images)
         timing["evaluation"] = time.perf_counter() - start
         report.update(base=base_metrics, unlearned=unl_metrics, protocol=evaluator.protocol)
+    trainer.finish()
+    if not main:
+        return {}
     report["timing"] = {"mask": timing.pop("setup"), "unlearning": timing.pop("unlearning"),
                         "evaluation": timing.pop("evaluation", None)}
     report["method_setup"] = timing

@@ -3,6 +3,9 @@
 SFR-on's mask compares the diagonal Fisher information of the forget set with that of the remain set,
 S = (F_f + eps) / (F_r + eps) >= gamma, computed once on the original weights and cached on disk (it is a function
 of the weights, the batches used and the settings).
+
+Under FSDP2 a mask tensor is laid out like its parameter (a DTensor sharded the same way), so `grad *= mask` and the
+element-wise Fisher ratio run on each process's shard; counts and SalUn's global threshold are reduced across shards.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 from accelerate.utils import broadcast_object_list
 from safetensors.torch import load_file, save_file
 
+from .distributed import count_true, full_tensor, kth_largest, local_tensor, shard_like
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("DIFFUNLEARN_CACHE", Path.home() / ".cache" / "diffunlearn"))
@@ -25,29 +30,35 @@ def cache_dir() -> Path:
 
 @dataclass
 class SaliencyMask:
-    """Boolean mask per parameter, True where a forget step may change the element."""
+    """Boolean mask per parameter, True where a forget step may change the element (each tensor laid out like its
+    parameter: a shard of it under FSDP)."""
 
     tensors: dict
 
     @cached_property
     def partially_frozen(self) -> frozenset:
-        """Names of parameters with at least one masked-out element."""
-        return frozenset(name for name, m in self.tensors.items() if not bool(m.all()))
+        """Names of parameters with at least one masked-out element (in this process's shard under FSDP)."""
+        return frozenset(name for name, m in self.tensors.items() if not bool(local_tensor(m).all()))
 
     def density(self) -> float:
-        kept = sum(int(m.sum()) for m in self.tensors.values())
-        return kept / max(1, sum(m.numel() for m in self.tensors.values()))
+        kept, total = count_true(self.tensors.values())
+        return kept / max(1, total)
 
-    def save(self, path) -> None:
-        save_file({k: v.to(torch.uint8).cpu().contiguous() for k, v in self.tensors.items()}, str(path))
+    def save(self, path, main_process: bool = True) -> None:
+        """Write the full mask; under FSDP every process must call it (the shards are gathered), one writes."""
+        tensors = {k: full_tensor(v).to(torch.uint8).cpu().contiguous() for k, v in self.tensors.items()}
+        if main_process:
+            save_file(tensors, str(path))
 
     @classmethod
-    def load(cls, path, device=None) -> "SaliencyMask":
-        return cls({k: v.bool().to(device) for k, v in load_file(str(path)).items()})
+    def load(cls, path, params) -> "SaliencyMask":
+        """Read a full mask and lay each tensor out like its parameter in the (name, parameter) pairs `params`."""
+        like = dict(params)
+        return cls({k: shard_like(v.bool().to(like[k].device), like[k]) for k, v in load_file(str(path)).items()})
 
 
 def _digest(update, tensor: torch.Tensor) -> None:
-    update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    update(full_tensor(tensor).detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
 
 
 def fisher_diagonal(trainer, batches: list, stream: int, guidance_scale, clip) -> dict:
@@ -88,29 +99,31 @@ def fisher_saliency_mask(trainer, num_batches: int, gamma: float, guidance_scale
     broadcast_object_list(decision)  # every process must take the same branch (the Fisher pass is collective)
     path, hit = Path(decision[0]), decision[1]
     if hit:
-        mask = SaliencyMask.load(path, trainer.accelerator.device)
+        mask = SaliencyMask.load(path, trainer.params)
     else:
         f_forget = fisher_diagonal(trainer, forget, stream=1001, guidance_scale=guidance_scale, clip=clip)
         f_remain = fisher_diagonal(trainer, remain, stream=1002, guidance_scale=guidance_scale, clip=clip)
         mask = SaliencyMask({name: (f_forget[name] + eps) / (f_remain[name] + eps) >= gamma for name in f_forget})
-        if use_cache and trainer.accelerator.is_main_process:
+        if use_cache:
+            main = trainer.accelerator.is_main_process
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            mask.save(tmp)
-            os.replace(tmp, path)
+            mask.save(tmp, main_process=main)
+            if main:
+                os.replace(tmp, path)
     return mask, {"mask_cache": str(path), "mask_cache_hit": hit, "mask_density": mask.density()}
 
 
 def gradient_saliency_mask(trainer, num_batches: int, keep_fraction: float) -> SaliencyMask:
     """SalUn's mask: the `keep_fraction` of elements with the largest |gradient of the mean forget loss|,
-    accumulated over `num_batches` forget batches on the current (original) weights, one global threshold."""
+    accumulated over `num_batches` forget batches on the current (original) weights, one global threshold (over
+    all shards under FSDP)."""
     for i in range(num_batches):
         losses = trainer.model.training_losses(trainer.forget_batch(i), generator=trainer.generator(i, 1003),
                                                shard=trainer.shard)
         trainer.accelerator.backward(losses.mean() / num_batches)
     grads = {name: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p) for name, p in trainer.params}
     trainer.optimizer.zero_grad(set_to_none=True)
-    flat = torch.cat([g.flatten().float() for g in grads.values()])
-    k = max(1, int(round(keep_fraction * flat.numel())))
-    threshold = torch.topk(flat, k, sorted=False).values.min()
+    k = max(1, int(round(keep_fraction * sum(g.numel() for g in grads.values()))))  # numel: the full shape's
+    threshold = kth_largest(grads.values(), k)
     return SaliencyMask({name: g >= threshold for name, g in grads.items()})

@@ -2,6 +2,9 @@
 
 The trainer owns devices, mixed precision, the optimizer, checkpointing and logging. A method only computes losses
 and calls `update(loss, clip=..., mask=...)` for each optimizer step it wants (see `methods/base.py`).
+
+Under FSDP2 (see `distributed.py`) `trainer.params` are the sharded parameters, a saliency mask is sharded like them,
+checkpoints are accelerate's sharded ones, and after `train` the network is a plain module with the full weights.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from .data import StepSampler
+from .distributed import make_accelerator, parameter_free_copy, unshard_module
 from .errors import NonFiniteLossError, UserError
 
 CHECKPOINTS = "checkpoints"
@@ -65,16 +68,20 @@ class Trainer:
         self.cfg, self.train_cfg, self.model = cfg, cfg.train, model
         self.work_dir = Path(work_dir)
         tracker = default_tracker()
-        self.accelerator = Accelerator(mixed_precision=self.train_cfg.mixed_precision, log_with=tracker,
-                                       project_dir=str(self.work_dir))
+        self.accelerator = make_accelerator(mixed_precision=self.train_cfg.mixed_precision, log_with=tracker,
+                                            project_dir=str(self.work_dir))
         set_seed(cfg.seed)
         acc = self.accelerator
         self.model.to(acc.device)
         if self.train_cfg.gradient_checkpointing:
             self.model.network.enable_gradient_checkpointing()
-        self.params = self.model.trainable_parameters()
-        self.optimizer = make_optimizer([p for _, p in self.params], self.train_cfg)
-        self.model.forward_module, self.optimizer = acc.prepare(self.model.network, self.optimizer)
+        # FSDP2 shards the network in place (class and parameters); this copy without weights is what it turns
+        # back into after training, see `unshard_module`
+        self._plain_network = parameter_free_copy(self.model.network) if acc.is_fsdp2 else None
+        optimizer = make_optimizer([p for _, p in self.model.trainable_parameters()], self.train_cfg)
+        # model and optimizer in one `prepare`: under FSDP2 accelerate moves the optimizer onto the sharded parameters
+        self.model.forward_module, self.optimizer = acc.prepare(self.model.network, optimizer)
+        self.params = self.model.trainable_parameters()  # after prepare: FSDP2 replaces them by sharded DTensors
         self.model.network.train()
         bs = self.train_cfg.batch_size
         check_process_split(acc.num_processes, bs, forget_set, remain_set)
@@ -187,13 +194,15 @@ class Trainer:
             log_file.flush()
         pending.clear()
 
-    def train(self, callback=None) -> dict:
+    def train(self, callback=None, finish: bool = True) -> dict:
         """Run setup (e.g. the saliency mask) and the unlearning steps; returns timings in seconds.
 
         Args:
             callback: optional `callback(step) -> bool` called after each step (e.g. a benchmark's periodic
                 evaluation, with the network in train mode); its time is excluded from "unlearning", and returning
                 True stops the run early.
+            finish: call `finish()` at the end; False keeps the process group for work that follows on every
+                process (evaluation), and the caller calls `finish()` after it.
         """
         start = time.perf_counter()
         setup_info = self.method.setup() or {}
@@ -221,10 +230,18 @@ class Trainer:
                 if checkpoint:
                     self.save_checkpoint(step)
         self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
+        if self._plain_network is not None:  # collective: before the process group goes
+            unshard_module(self.model.network, self._plain_network)
+            self._plain_network, self.params = None, self.model.trainable_parameters()
+        if finish:
+            self.finish()
         self.model.forward_module = None
         self.model.network.eval()
         return {"setup": setup_seconds, "unlearning": self.unlearning_seconds(), "first_step": first, **setup_info}
+
+    def finish(self) -> None:
+        """Close the trackers and destroy the process group (`Accelerator.end_training`)."""
+        self.accelerator.end_training()
 
     def unlearning_seconds(self) -> float:
         """Wall seconds of unlearning steps so far in the current `train` call: setup and callback time excluded

@@ -29,7 +29,8 @@ def main(argv=None):
     args = parse_args(parser, argv)
     import torch
 
-    from diffunlearn.benchmarks.generation import markdown_table, run_benchmark
+    from diffunlearn.benchmarks.generation import run_benchmark
+    from diffunlearn.benchmarks.generation_report import markdown_table
 
     if args.threads:
         torch.set_num_threads(args.threads)

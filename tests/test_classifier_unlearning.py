@@ -11,7 +11,7 @@ from torch import nn
 
 from diffunlearn.benchmarks.base_model import HEAD_INIT_FILE, head_init, load_head_init, load_recipe
 from diffunlearn.benchmarks.classifier import (EngineRun, acceptance, engine_run, load_benchmark_config,
-                                               markdown_table, run_benchmark, write_outputs)
+                                               markdown_table, mean_rows, run_benchmark, write_outputs)
 from diffunlearn.benchmarks.scenarios import ScenarioConfig, make_split, random_forget_split
 from diffunlearn.classifier import DigitsClassifier
 from diffunlearn.data import load_digits_splits
@@ -223,6 +223,18 @@ def test_scenarios_split_by_class_and_at_random(digits):
         make_split(ScenarioConfig(forget_classes=[12]), train, test, 10)
 
 
+def test_a_scenario_of_several_trials_runs_each_request_alone():
+    each = ScenarioConfig(forget_each=[2, 5]).trials()
+    assert [t.forget_classes for t in each] == [[2], [5]] and each[1].describe() == "forget class 5"
+    seeds = ScenarioConfig(forget_fraction=0.1, seeds=[3, 4]).trials()
+    assert [(t.forget_fraction, t.seed) for t in seeds] == [(0.1, 3), (0.1, 4)]
+    assert ScenarioConfig(forget_classes=[1, 2]).trials()[0].describe() == "forget classes 1, 2"
+    with pytest.raises(UserError, match="exactly one of forget_classes, forget_each, forget_fraction"):
+        ScenarioConfig(forget_classes=[1], forget_each=[2])
+    with pytest.raises(UserError, match=r"seeds \[1\] apply to forget_fraction scenarios only"):
+        ScenarioConfig(forget_each=[1], seeds=[1])
+
+
 def test_benchmark_config_loads_and_refuses_bad_keys(tmp_path):
     cfg = load_benchmark_config(BENCH_CONFIG)
     assert set(cfg.scenarios) == {"class", "random"} and cfg.train.optimizer == "sgd"
@@ -244,7 +256,7 @@ def _rows(ntk_fa, sfr_avg):
                "FT": (1.0, 1.0, 0.99, 0.05, 9.0), "SFR-ON": (0.0, 0.99, 0.97, 0.5, 3.0)}
     rows = []
     for method, (fa, ra, ta, mia, kl) in metrics.items():
-        row = {"scenario": "class", "method": method, "FA": fa, "RA": ra, "TA": ta, "MIA": mia, "D_KL": kl,
+        row = {"scenario": "class", "trial": "forget class 7", "method": method, "FA": fa, "RA": ra, "TA": ta, "MIA": mia, "D_KL": kl,
                "RTE": 1.0}
         row["Avg.D"] = sum(abs(row[k] - metrics["RT"][i]) for i, k in enumerate(("FA", "RA", "TA", "MIA"))) / 4
         rows.append(row)
@@ -264,7 +276,22 @@ def test_acceptance_checks_follow_the_numbers_and_outputs_are_written(tmp_path):
     with open(results) as fh:
         read = list(csv.DictReader(fh))
     assert len(read) == 6 and float(read[0]["TA"]) == 0.99
-    assert markdown_table(_rows(0.0, 0.1)).startswith("**class**")
+    assert markdown_table(_rows(0.0, 0.1)).startswith("**class** (forget class 7)")
+
+
+def test_several_trials_are_judged_on_their_means_and_counted_per_trial():
+    first, second = _rows(ntk_fa=0.0, sfr_avg=0.1), _rows(ntk_fa=1.0, sfr_avg=0.1)  # Fast-NTK FA: tie in trial 2
+    for row in second:
+        row["trial"] = "forget class 3"
+    rows = first + second + mean_rows(first + second)
+    means = {r["method"]: r for r in rows if r["trial"] == "mean of 2"}
+    assert means["Fast-NTK (head)"]["FA"] == 0.5 and means["RT"]["TA"] == pytest.approx(0.99)
+    claims = dict(acceptance(rows))
+    fa = next(c for c in claims if "on FA" in c)
+    assert claims[fa] and fa.endswith("0.5000 vs 1.0000 (strictly closer in 1 of 2 trials)")
+    table = markdown_table(rows)
+    assert table.startswith("**class** (mean of 2 trials: forget class 7; forget class 3)")
+    assert "| Fast-NTK (head) | 50.00 |" in table and table.count("| RT |") == 1
 
 
 def test_shipped_base_classifier_records_the_head_init_of_its_recipe(tmp_path):
@@ -290,8 +317,11 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path):
     tiny_classifier().save_pretrained(model_dir)
     rows, checks = run_benchmark(BENCH_CONFIG, tmp_path / "out", [
         f"model={model_dir}", f"recipe={recipe}", "train.steps=2", "methods.ga.train.steps=1",
-        "methods.sfr_on.method.mask_batches=1"], scenarios=["random"], progress=lambda m: None)
-    methods = [r["method"] for r in rows]
-    assert methods == ["RT", "Original", "FT", "GA", "RL", "SFR-ON", "Fast-NTK (head)", "Fast-NTK (BN + head)"]
+        "methods.sfr_on.method.mask_batches=1", "scenarios.random.seeds=[0,1]"], scenarios=["random"],
+        progress=lambda m: None)
+    methods = ["RT", "Original", "FT", "GA", "RL", "SFR-ON", "Fast-NTK (head)", "Fast-NTK (BN + head)"]
+    assert [r["trial"] for r in rows] == [f"forget 10% random samples, seed {s}" for s in (0, 1) for _ in methods] \
+        + ["mean of 2"] * len(methods)
+    assert [r["method"] for r in rows] == methods * 3
     assert all(0 <= r[k] <= 1 for r in rows for k in ("FA", "RA", "TA", "MIA")) and len(checks) == 7
     assert (tmp_path / "out" / "table.md").is_file() and (tmp_path / "out" / "results.csv").is_file()

@@ -85,15 +85,16 @@ def test_fsdp_config_builds_the_plugin_accelerate_launch_would(monkeypatch):
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
     assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"
-    assert plugin.transformer_cls_names_to_wrap == ["BasicTransformerBlock"]
+    assert plugin.transformer_cls_names_to_wrap == ["Attention", "FeedForward"]
 
 
-def test_fsdp_wrap_class_exists_in_dit_and_sd_unets():
+def test_fsdp_wrap_classes_exist_in_dit_and_sd_unets():
     from diffunlearn.benchmarks.step_time import build_case
 
     for family in ("dit", "sd"):
         case = build_case(family, tiny=True, batch_size=1, device="cpu")
-        assert any(type(m).__name__ == "BasicTransformerBlock" for m in case.network.modules()), family
+        names = {type(m).__name__ for m in case.network.modules()}
+        assert {"Attention", "FeedForward"} <= names, family
 
 
 def test_masked_update_keeps_masked_elements_under_adam_momentum():

@@ -100,7 +100,7 @@ def load_benchmark_config(path, overrides=()) -> ClassifierBenchmarkConfig:
 
 
 def scenario_config(name: str, entry) -> ScenarioConfig:
-    valid = ("forget_classes", "forget_fraction", "seed")
+    valid = ("forget_classes", "forget_each", "forget_fraction", "seed", "seeds")
     if not isinstance(entry, dict) or set(entry) - set(valid):
         raise UserError(f"scenarios.{name} must be a mapping with keys among {', '.join(valid)}; got {entry!r}")
     return ScenarioConfig(**entry)
@@ -155,48 +155,86 @@ def run_fast_ntk(settings: FastNTKSettings, subset: str, network, split, weight_
     return result.model.eval(), perf_counter() - start
 
 
-def run_scenario(cfg: ClassifierBenchmarkConfig, name: str, base, recipe, train, test, recorded_w0,
-                 progress=print) -> list:
-    """All rows of one scenario: dicts with scenario, method and the `METRICS`."""
+def run_trial(cfg: ClassifierBenchmarkConfig, name: str, trial: ScenarioConfig, base, recipe, train, test,
+              recorded_w0, progress=print) -> list:
+    """All rows of one forget request: dicts with scenario, trial, method and the `METRICS`."""
     from ..recipes import train_classifier
 
-    split = make_split(cfg.scenarios[name], train, test, base.num_classes)
-    progress(f"[{name}] D_f {len(split.forget)}, D_r {len(split.retain)}, test {len(split.test)}: RT")
+    split = make_split(trial, train, test, base.num_classes)
+    progress(f"[{name}: {trial.describe()}] D_f {len(split.forget)}, D_r {len(split.retain)}, test "
+             f"{len(split.test)}: RT")
     start = perf_counter()
     rt = train_classifier(recipe, train_set=split.retain, progress=False).eval()
     models = {"RT": (rt, perf_counter() - start), "Original": (base.network.eval(), math.nan)}
     for method in ENGINE_METHODS:
-        progress(f"[{name}] {method}")
+        progress(f"[{name}: {trial.describe()}] {method}")
         with tempfile.TemporaryDirectory(prefix=f"bench_{method}_") as work:
             models[method.upper().replace("_", "-")] = run_engine_method(
-                method, engine_run(cfg, method, cfg.scenarios[name].forget_classes), base, split, work)
+                method, engine_run(cfg, method, trial.forget_classes), base, split, work)
     wd = recipe.weight_decay if cfg.fast_ntk.weight_decay is None else cfg.fast_ntk.weight_decay
     for label, subset in (("Fast-NTK (head)", "head"), ("Fast-NTK (BN + head)", "bn+head")):
-        progress(f"[{name}] {label}")
+        progress(f"[{name}: {trial.describe()}] {label}")
         models[label] = run_fast_ntk(cfg.fast_ntk, subset, base.network, split, wd, recorded_w0)
     rows = []
     for method, (network, seconds) in models.items():
         report = classification_report(network, rt, split.forget, split.retain, split.test)
-        rows.append({"scenario": name, "method": method, **{k: report[k] for k in METRICS[:-1]}, "RTE": seconds})
+        rows.append({"scenario": name, "trial": trial.describe(), "method": method,
+                     **{k: report[k] for k in METRICS[:-1]}, "RTE": seconds})
     return rows
 
 
+def mean_rows(rows: list) -> list:
+    """Per method, the mean of every metric over the trials in `rows` (one scenario); trial "mean of N"."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    count = len(rows) // len(methods)
+    return [{"scenario": rows[0]["scenario"], "trial": f"mean of {count}", "method": m,
+             **{k: sum(r[k] for r in rows if r["method"] == m) / count for k in METRICS}} for m in methods]
+
+
+def run_scenario(cfg: ClassifierBenchmarkConfig, name: str, base, recipe, train, test, recorded_w0,
+                 progress=print) -> list:
+    """Rows of every trial of a scenario, then (several trials) their per-method means."""
+    rows = []
+    for trial in cfg.scenarios[name].trials():
+        rows += run_trial(cfg, name, trial, base, recipe, train, test, recorded_w0, progress)
+    return rows + (mean_rows(rows) if len(cfg.scenarios[name].trials()) > 1 else [])
+
+
+def summary_rows(rows: list, scenario: str) -> list:
+    """The rows a scenario is judged on: its means when it has several trials, else its single trial's rows."""
+    mine = [r for r in rows if r["scenario"] == scenario]
+    means = [r for r in mine if r["trial"].startswith("mean of")]
+    return means or mine
+
+
+def _gap(row: dict, rt: dict, key: str) -> float:
+    return row[key] if key == "D_KL" else abs(row[key] - rt[key])
+
+
 def acceptance(rows: list) -> list:
-    """(claim, holds) pairs checked on the measured rows, per scenario.
+    """(claim, holds) pairs checked on the summary rows (trial means), per scenario.
 
     Fast-NTK (head) vs the original model: |metric - RT| strictly smaller, or equal when both gaps are 0 (e.g. RA
-    1.0 everywhere: nothing to close); SFR-on's Avg.D below GA's and FT's.
+    1.0 everywhere: nothing to close); SFR-on's Avg.D below GA's and FT's. With several trials the claim also
+    says in how many trials the gap was smaller (strictly) on its own.
     """
     checks = []
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
-        by = {r["method"]: r for r in rows if r["scenario"] == scenario}
+        by = {r["method"]: r for r in summary_rows(rows, scenario)}
+        trials = [r for r in rows if r["scenario"] == scenario and not r["trial"].startswith("mean of")]
         ntk, base, rt = by["Fast-NTK (head)"], by["Original"], by["RT"]
         for key in GAP_KEYS + ("D_KL",):
-            gap_ntk = ntk[key] if key == "D_KL" else abs(ntk[key] - rt[key])
-            gap_base = base[key] if key == "D_KL" else abs(base[key] - rt[key])
+            gap_ntk, gap_base = _gap(ntk, rt, key), _gap(base, rt, key)
             holds = gap_ntk < gap_base or (gap_ntk == gap_base == 0)
+            per_trial = ""
+            if by["RT"]["trial"].startswith("mean of"):
+                t = {(r["trial"], r["method"]): r for r in trials}
+                names = list(dict.fromkeys(r["trial"] for r in trials))
+                wins = sum(_gap(t[n, "Fast-NTK (head)"], t[n, "RT"], key) < _gap(t[n, "Original"], t[n, "RT"], key)
+                           for n in names)
+                per_trial = f" (strictly closer in {wins} of {len(names)} trials)"
             checks.append((f"[{scenario}] Fast-NTK (head) closer to RT than Original on {key}: "
-                           f"{gap_ntk:.4f} vs {gap_base:.4f}", holds))
+                           f"{gap_ntk:.4f} vs {gap_base:.4f}{per_trial}", holds))
         for other in ("GA", "FT"):
             checks.append((f"[{scenario}] SFR-on Avg.D {by['SFR-ON']['Avg.D']:.4f} < {other} "
                            f"{by[other]['Avg.D']:.4f}", by["SFR-ON"]["Avg.D"] < by[other]["Avg.D"]))
@@ -207,9 +245,13 @@ def markdown_table(rows: list) -> str:
     """One markdown table per scenario; accuracies and MIA in %, D_KL in nats, RTE in seconds."""
     out = []
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
-        out += [f"**{scenario}**", "", "| method | FA | RA | TA | MIA | D_KL | Avg.D | RTE (s) |",
+        summary = summary_rows(rows, scenario)
+        trials = list(dict.fromkeys(r["trial"] for r in rows if r["scenario"] == scenario
+                                    and not r["trial"].startswith("mean of")))
+        what = trials[0] if len(trials) == 1 else f"mean of {len(trials)} trials: " + "; ".join(trials)
+        out += [f"**{scenario}** ({what})", "", "| method | FA | RA | TA | MIA | D_KL | Avg.D | RTE (s) |",
                 "|---|---|---|---|---|---|---|---|"]
-        for r in (r for r in rows if r["scenario"] == scenario):
+        for r in summary:
             pct = " | ".join(f"{100 * r[k]:.2f}" for k in ("FA", "RA", "TA", "MIA"))
             out.append(f"| {r['method']} | {pct} | {r['D_KL']:.3f} | {100 * r['Avg.D']:.2f} | {r['RTE']:.2f} |")
         out.append("")
@@ -224,7 +266,7 @@ def write_outputs(rows: list, checks: list, output) -> tuple[Path, Path]:
                                                 for claim, ok in checks) + "\n"
     (output / "table.md").write_text(md)
     with open(output / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["scenario", "method", *METRICS])
+        writer = csv.DictWriter(fh, fieldnames=["scenario", "trial", "method", *METRICS])
         writer.writeheader()
         writer.writerows(rows)
     return output / "table.md", output / "results.csv"

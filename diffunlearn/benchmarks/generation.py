@@ -11,13 +11,9 @@ SFR-on's steps-to-criterion (capped by `max_steps`); final rows use the run's fu
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import json
 import math
-import os
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +23,9 @@ import torch
 
 from ..config import build_config, read_yaml, validate
 from ..errors import UserError
+from .memory import PeakMemory
 
 ROW_KEYS = ("method", "train", "model")
-COLUMNS = ("method", "forget_accuracy", "retained_accuracy", "fid_retained", "fid_ratio", "steps",
-           "steps_to_criterion", "budget", "seconds_to_criterion", "wall_s", "s_per_step", "peak_mem_mib",
-           "criterion_at_end")
 
 
 @dataclass
@@ -65,6 +59,7 @@ class GenerationBenchmarkConfig:
     methods: Dict[str, Any] = field(default_factory=dict)  # baseline -> {method: {...}, train: {...}, model: {...}}
     rt: RTSettings = field(default_factory=RTSettings)
     eval_every: int = 25
+    eval_also: List[int] = field(default_factory=list)  # extra check steps (finer resolution early in a run)
     periodic_eval: PeriodicEval = field(default_factory=PeriodicEval)
     criterion: Criterion = field(default_factory=Criterion)
     budget_factor: float = 10.0
@@ -85,9 +80,10 @@ def load_benchmark_config(path, overrides=()) -> GenerationBenchmarkConfig:
         raise UserError(f"benchmark key 'methods' must map method names to settings, got {methods!r}")
     cfg = validate(GenerationBenchmarkConfig(), raw)
     cfg.methods = {name: dict(entry or {}) for name, entry in methods.items()}
-    if cfg.eval_every <= 0 or cfg.budget_factor <= 0 or cfg.step_ratio_steps < 0:
-        raise UserError("eval_every and budget_factor must be > 0 and step_ratio_steps >= 0, got "
-                        f"{cfg.eval_every}, {cfg.budget_factor}, {cfg.step_ratio_steps}")
+    if cfg.eval_every <= 0 or cfg.budget_factor <= 0 or cfg.step_ratio_steps < 0 or \
+            any(step <= 0 for step in cfg.eval_also):
+        raise UserError("eval_every, budget_factor and every eval_also step must be > 0 and step_ratio_steps >= 0,"
+                        f" got {cfg.eval_every}, {cfg.budget_factor}, {list(cfg.eval_also)}, {cfg.step_ratio_steps}")
     return cfg
 
 
@@ -147,63 +143,6 @@ def baseline_budget(bench: GenerationBenchmarkConfig, sfr_to_criterion: Optional
     return min(budget, bench.max_steps) if bench.max_steps else budget
 
 
-class PeakMemory:
-    """Peak memory of a phase: CUDA max_memory_allocated, or the process RSS sampled every `interval` s on a CPU.
-
-    `pause()` / `resume()` leave out a stretch (the periodic evaluation) from the peak.
-    """
-
-    def __init__(self, device, interval: float = 0.02):
-        self.cuda, self.device, self.interval, self.peak = device.type == "cuda", device, interval, 0
-        self._running = threading.Event()
-        self._stop = False
-
-    @staticmethod
-    def rss() -> int:
-        try:
-            with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:  # not Linux: the lifetime peak is the best available
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def _sample(self):
-        while not self._stop:
-            if self._running.is_set():
-                self.peak = max(self.peak, self.rss())
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self.resume()
-        if not self.cuda:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def pause(self):
-        if self.cuda:
-            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device))
-        else:
-            self.peak = max(self.peak, self.rss())
-        self._running.clear()
-
-    def resume(self):
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self._running.set()
-
-    def __exit__(self, *exc):
-        self.pause()
-        self._stop = True
-        if not self.cuda:
-            self._thread.join()
-
-    @property
-    def mib(self) -> float:
-        return round(self.peak / 2 ** 20, 1)
-
-
 class Bench:
     """Shared state of one benchmark run: base model, sets, judge, base metrics, rows and histories."""
 
@@ -255,7 +194,7 @@ class Bench:
             trainer = Trainer(cfg, model, get_method(name), self.forget_set, self.remain_set, work, progress=False)
 
             def check(step: int) -> bool:
-                if (step + 1) % every and step + 1 != steps:
+                if (step + 1) % every and step + 1 != steps and step + 1 not in self.bench.eval_also:
                     return False
                 seconds = trainer.unlearning_seconds()
                 memory.pause()
@@ -386,119 +325,7 @@ def run_benchmark(config_path, output, overrides=(), bench_overrides=(), rt_step
                            "device": str(state.device), "torch_threads": torch.get_num_threads()},
               "base": {"full": state.base_full, "periodic": state.base_cheap}, "rows": state.rows,
               "histories": state.histories, "step_time_ratio": ratios}
+    from .generation_report import write_outputs
+
     write_outputs(result, output)
     return result
-
-
-def _fmt(value, spec=".3f") -> str:
-    if value is None:
-        return "-"
-    return format(value, spec) if isinstance(value, float) else str(value)
-
-
-def markdown_table(result: dict) -> str:
-    rows, base = result["rows"], result["base"]["full"]
-    crit = result["settings"]["criterion"]
-    lines = [f"Base: FA {base['forget_accuracy']:.3f}, retained acc. {base['retained_accuracy']:.3f}, FID_retained "
-             f"{base['fid_retained']:.3f}. Criterion: FA <= {crit['forget_accuracy_max']} and FID_retained <= "
-             f"{crit['fid_ratio_max']} x base (periodic checks every {result['settings']['eval_every']} steps).", "",
-             "| method | FA | retained acc. | FID_retained (x base) | steps | steps-to-criterion | wall s | "
-             "s / step | peak mem MiB | criterion at end |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["method"] == "rt":
-            reached = "n/a (retrained)"
-        elif r["steps_to_criterion"] is not None:
-            reached = f"{r['steps_to_criterion']} ({r['seconds_to_criterion']:.1f} s)"
-        else:
-            reached = f"never within {r['budget']}"
-        lines.append(f"| {r['method']} | {r['forget_accuracy']:.3f} | {r['retained_accuracy']:.3f} | "
-                     f"{r['fid_retained']:.4g} ({r['fid_ratio']:.2f}) | {r['steps']} | {reached} | "
-                     f"{r['wall_s']:.1f} | {r['s_per_step']:.3f} | {_fmt(r['peak_mem_mib'], '.0f')} | "
-                     f"{'yes' if r['criterion_at_end'] else 'no'} |")
-    for ratio in result["step_time_ratio"]:
-        lines.append(f"\nSFR-on time per step (K={ratio['forget_every']}) / plain fine-tuning step: "
-                     f"{ratio['sfr_on_s_per_step']:.4f} / {ratio['ft_s_per_step']:.4f} s = {ratio['ratio']:.2f}")
-    p = result["protocol"]
-    lines += ["", f"Protocol of every row (asserted identical; the full dict is in benchmark.json): {p['sampler']} "
-              f"{p['num_inference_steps']} steps, guidance {p['guidance_scale']}, FID on {p['fid_features']} "
-              f"(dim {p['feature_dim']}), {p['fid_real_images']} real vs {p['fid_generated_images']} generated, "
-              f"{p['forget_samples_per_target']} forget samples, eval seed {p['eval_seed']}. Periodic checks: "
-              f"{result['periodic_protocol']['num_inference_steps']} steps, "
-              f"{result['periodic_protocol']['fid_generated_images']} generated. Peak memory: process RSS while the "
-              "row trains (CPU) or max_memory_allocated (CUDA), periodic checks left out.", ""]
-    lines += [f"- {'holds' if ok else 'DOES NOT HOLD'}: {claim}" for claim, ok in acceptance(result)]
-    lines += [f"- {r['method']}: {r['note']}" for r in rows if r.get("note")]
-    return "\n".join(lines)
-
-
-def acceptance(result: dict) -> list:
-    """(claim, holds) pairs of the issue's bar, checked on the measured rows."""
-    rows = {r["method"]: r for r in result["rows"]}
-    sfr, checks = rows.get("sfr_on"), []
-    if sfr is None:
-        return checks
-    own = sfr["steps_to_criterion"]
-    checks.append((f"SFR-on reaches the criterion ({own} steps)", own is not None))
-    for name in ("salun", "sa"):  # the issue's bar names these two; the table shows every row
-        if name not in rows or own is None:
-            continue
-        r = rows[name]
-        if r["steps_to_criterion"] is None:
-            checks.append((f"{name} never reaches it within {r['budget']} steps (>= 10 x {own} needed)",
-                           r["budget"] >= 10 * own))
-        else:
-            checks.append((f"SFR-on needs <= 1/10 of {name}'s steps: {own} vs {r['steps_to_criterion']}",
-                           10 * own <= r["steps_to_criterion"]))
-    if "rt" in rows and own is not None:
-        rt = rows["rt"]["wall_s"]
-        checks.append((f"SFR-on's time to criterion <= 5% of RT's wall time: {sfr['seconds_to_criterion']:.1f} s vs "
-                       f"{rt:.1f} s ({rows['rt']['steps']} RT steps)", sfr["seconds_to_criterion"] <= 0.05 * rt))
-    for ratio in result["step_time_ratio"][:1]:
-        checks.append((f"SFR-on time per step <= 2.3 x a fine-tuning step (K={ratio['forget_every']}): "
-                       f"{ratio['ratio']:.2f}", ratio["ratio"] <= 2.3))
-    return checks
-
-
-def plot(result: dict, path) -> None:
-    """FA and FID_retained (periodic protocol) against unlearning wall time, one line per method; RT a point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    base = result["base"]["periodic"]
-    base_fid = base["fid_retained"]
-    for name, history in result["histories"].items():  # every curve starts at the base model, 0 s
-        history = [{"seconds": 0.0, **base}] + history
-        seconds = [h["seconds"] for h in history]
-        axes[0].plot(seconds, [h["forget_accuracy"] for h in history], marker=".", label=name)
-        axes[1].plot(seconds, [h["fid_retained"] for h in history], marker=".", label=name)
-    for r in (r for r in result["rows"] if r["method"] == "rt"):
-        axes[0].scatter([r["wall_s"]], [r["forget_accuracy"]], marker="*", s=120, label="rt (full protocol)")
-        axes[1].scatter([r["wall_s"]], [r["fid_ratio"] * base_fid], marker="*", s=120, label="rt (x base)")
-    crit = result["settings"]["criterion"]
-    axes[0].axhline(crit["forget_accuracy_max"], color="grey", ls="--", lw=0.8)
-    axes[1].axhline(crit["fid_ratio_max"] * base_fid, color="grey", ls="--", lw=0.8)
-    axes[1].set_yscale("log")
-    for ax, label in zip(axes, ("forget accuracy", "FID_retained (periodic protocol)")):
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlim(left=0)
-        ax.set_xlabel("unlearning wall time (s)")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_outputs(result: dict, output) -> None:
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(markdown_table(result) + "\n")
-    with open(out / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[*COLUMNS, "note"])
-        writer.writeheader()
-        writer.writerows(result["rows"])
-    (out / "benchmark.json").write_text(json.dumps(result, indent=2, default=str))
-    plot(result, out / "fa_fid_vs_time.png")

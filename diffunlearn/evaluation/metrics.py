@@ -1,15 +1,34 @@
 """Generation metrics: forget accuracy (FA), retained accuracy and FID of the retained classes.
 
 Sampling is seeded per image: image j of class c always starts from the noise of seed `eval.seed + c * 100_000 + j`,
-so the base and the unlearned model are compared on identical noise, and results do not depend on the batch size.
+so the base and the unlearned model are compared on identical noise, and results do not depend on the batch size
+or on how the images are shared out between processes.
+
+Distributed evaluation: every process takes the rows `process_share` gives it; what is reported is made of sums
+over processes (judge counts, FID feature sums), so it is the statistic of the union of the shares, the 1-process
+image set.
 """
 
 from __future__ import annotations
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import reduce
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 SEED_STRIDE = 100_000
+
+
+def process_share(count: int) -> list:
+    """Indices of the rows (of `count`) this process evaluates: i % num_processes == process_index; all of them
+    in one process. The shares of all processes partition range(count)."""
+    state = PartialState()
+    return list(range(state.process_index, count, state.num_processes))
+
+
+def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """`values` summed element-wise over all processes (itself in one process), on the CPU."""
+    return reduce(values.to(PartialState().device), "sum").cpu()
 
 
 def sample_seeds(eval_seed: int, label: int, count: int) -> list:
@@ -26,7 +45,7 @@ def generate(model, labels: torch.Tensor, seeds: list, eval_cfg) -> torch.Tensor
         images = model.sample(chunk.to(device), generator=gens, num_inference_steps=eval_cfg.num_inference_steps,
                               guidance_scale=eval_cfg.guidance_scale, sampler=eval_cfg.sampler)
         out.append(images.float().cpu())
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty(0)  # empty: a process with no share (more processes than rows)
 
 
 def labels_and_seeds(classes, per_class: int, eval_seed: int):
@@ -63,16 +82,20 @@ def retained_accuracy(preds, labels, retained_classes) -> float:
 class FID:
     """FID of generated images against fixed real images (real statistics computed once, kept across resets).
 
+    The torchmetrics states are sums (features, outer products, counts; `dist_reduce_fx="sum"`) and `compute()`
+    sums them over processes when torch.distributed is initialised. So in a distributed run each process passes
+    its share of the real images and of the generated ones, and every process must call it (a collective).
+
     Args:
         extractor: `nn.Module` mapping images (N, C, H, W) in [0, 1] to features (N, d), with `num_features`.
-        real_images: (N, C, H, W) in [0, 1].
+        real_images: (N, C, H, W) in [0, 1]: this process's share.
     """
 
     def __init__(self, extractor, real_images: torch.Tensor, batch_size: int = 1024):
         self.batch_size = batch_size
         self.metric = FrechetInceptionDistance(feature=extractor, reset_real_features=False, normalize=True)
         self.metric.to(next(extractor.parameters()).device)
-        self.num_real = len(real_images)
+        self.num_real = int(sum_over_processes(torch.tensor(len(real_images))))  # over all processes
         self._update(real_images, real=True)
 
     @torch.inference_mode()  # the extractor's weights require grad: without this every update builds a graph
@@ -83,6 +106,7 @@ class FID:
 
     @torch.inference_mode()
     def __call__(self, fake_images: torch.Tensor) -> float:
+        """FID of all processes' generated images (this process's share: `fake_images` (N, C, H, W))."""
         self.metric.reset()
         self._update(fake_images, real=False)
         return float(self.metric.compute())

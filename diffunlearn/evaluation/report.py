@@ -8,20 +8,26 @@ from pathlib import Path
 
 import torch
 import torchmetrics
+from accelerate.utils import gather_object
 
 from ..errors import UserError
 from .gallery import write_gallery
-from .metrics import FID, SEED_STRIDE, generate, inception_extractor
+from .metrics import FID, SEED_STRIDE, generate, inception_extractor, process_share, sum_over_processes
 
 
 class Evaluator:
     """Samples, judges and scores models for one forget target under one protocol.
 
+    In a distributed run every process builds it and calls it: each process generates and judges its share of
+    the images (`metrics.process_share`; the per-image seeds do not change), and the reported numbers are sums
+    over processes (judge counts, FID sums), so they are those of the 1-process run.
+
     Args:
         cfg: the run config (uses `forget`, `eval`).
         judge: a `judges.Judge` (labels, predict, feature_extractor, protocol).
         forget, retained: the evaluated `targets.Target`s.
-        reference: FID reference images (N, C, H, W) in [0, 1] (real images, or base-model samples).
+        reference: FID reference images (N, C, H, W) in [0, 1] (real images, or base-model samples): this
+            process's share of them (all of them in one process).
         reference_source: what the reference images are, for the protocol.
     """
 
@@ -38,12 +44,16 @@ class Evaluator:
             extractor, extractor_name = judge.feature_extractor, f"{self.eval_cfg.judge}-judge-features"
             extractor_hash = judge.protocol().get("weights_sha256")
         self.fid = FID(extractor.to(device).eval(), reference, self.eval_cfg.batch_size)
-        counts = [(t, self.eval_cfg.forget_samples) for t in self.forget]
-        counts += [(t, self.eval_cfg.retained_samples_per_class) for t in self.retained]
-        self.rows = [(t, j) for t, n in counts for j in range(n)]
-        self.conditions = torch.stack([t.condition for t, _ in self.rows])
-        self.seeds = [self.eval_cfg.seed + SEED_STRIDE * t.seed_key + j for t, j in self.rows]
-        self.expected = torch.tensor([t.label for t, _ in self.rows])
+        self.targets = self.forget + self.retained
+        self.sizes = [self.eval_cfg.forget_samples] * len(self.forget)
+        self.sizes += [self.eval_cfg.retained_samples_per_class] * len(self.retained)
+        rows = [(i, j) for i, n in enumerate(self.sizes) for j in range(n)]  # (target index, image j): all processes
+        self.rows = [rows[r] for r in process_share(len(rows))]  # this process's share
+        self.conditions = torch.stack([self.targets[i].condition for i, _ in self.rows]) if self.rows \
+            else torch.empty(0)
+        self.seeds = [self.eval_cfg.seed + SEED_STRIDE * self.targets[i].seed_key + j for i, j in self.rows]
+        self.expected = torch.tensor([self.targets[i].label for i, _ in self.rows], dtype=torch.long)
+        self.target_index = torch.tensor([i for i, _ in self.rows], dtype=torch.long)
         self.num_forget = len(self.forget) * self.eval_cfg.forget_samples
         concept = self.cfg.forget.is_concept
         self.protocol = {
@@ -52,8 +62,8 @@ class Evaluator:
                                 "forget prompts); a judge's 'none' output never counts",
             "fid_features": extractor_name, "fid_extractor_sha256": extractor_hash,
             "inception_weights": self.eval_cfg.inception_weights, "feature_dim": int(extractor.num_features),
-            "fid_real_images": len(reference), "fid_real_source": reference_source,
-            "fid_generated_images": len(self.rows) - self.num_forget,
+            "fid_real_images": self.fid.num_real, "fid_real_source": reference_source,
+            "fid_generated_images": len(rows) - self.num_forget,
             "forget_samples_per_target": self.eval_cfg.forget_samples,
             "retained_samples_per_target": self.eval_cfg.retained_samples_per_class,
             "sampler": self.eval_cfg.sampler, "num_inference_steps": self.eval_cfg.num_inference_steps,
@@ -66,32 +76,44 @@ class Evaluator:
         }
 
     def images(self, model) -> torch.Tensor:
-        """All evaluation images of `model` (forget targets first), (N, C, H, W) in [0, 1]."""
+        """This process's share of the evaluation images of `model` (`self.rows`), (n, C, H, W) in [0, 1]."""
         return generate(model, self.conditions, self.seeds, self.eval_cfg)
 
     def __call__(self, model) -> tuple:
-        """Metrics of `model` and its images per target {key: (n, C, H, W)}."""
+        """Metrics of `model` and its gallery images per target {key: (k, C, H, W)}, k = eval.gallery_per_class
+        (the first k seeds); in a distributed run every process calls it and gets the same result."""
         images = self.images(model)
-        recognised = (self.judge.predict(images) == self.expected).float()
-        keys = [t.key for t, _ in self.rows]
-        per_target = {t.key: recognised[[k == t.key for k in keys]].mean().item()
-                      for t in self.forget + self.retained}
+        recognised = (self.judge.predict(images) == self.expected).long()
+        counts = torch.zeros(2, len(self.targets), dtype=torch.long)  # (recognised, generated) per target
+        counts[0].index_add_(0, self.target_index, recognised)
+        counts[1].index_add_(0, self.target_index, torch.ones_like(recognised))
+        correct, total = sum_over_processes(counts).float()  # float32 c / n: bit-equal to the mean of 0/1 flags
+        per_target = {t.key: (correct[i] / total[i]).item() for i, t in enumerate(self.targets)}
+        nf = len(self.forget)
         metrics = {
-            "forget_accuracy": recognised[:self.num_forget].mean().item(),
+            "forget_accuracy": (correct[:nf].sum() / total[:nf].sum()).item(),
             "retained_accuracy": sum(per_target[t.key] for t in self.retained) / len(self.retained),
-            "fid_retained": self.fid(images[self.num_forget:]),
+            "fid_retained": self.fid(images[self.target_index >= nf]),
             "per_target_accuracy": per_target,
         }
-        per_key = {t.key: images[[k == t.key for k in keys]] for t in self.forget + self.retained}
-        return metrics, per_key
+        return metrics, self.gather_gallery(images)
+
+    def gather_gallery(self, images: torch.Tensor) -> dict:
+        """{target key: its first eval.gallery_per_class images (k, C, H, W)}, collected from every process's
+        share `images` (n, C, H, W)."""
+        k = self.eval_cfg.gallery_per_class
+        # clone: send the image alone, not the whole batch it is a view of
+        gathered = dict(gather_object([(row, image.clone()) for row, image in zip(self.rows, images) if row[1] < k]))
+        return {t.key: torch.stack([gathered[i, j] for j in range(min(k, self.sizes[i]))])
+                for i, t in enumerate(self.targets)}
 
     def gallery(self, folder, base_images: dict, unlearned_images: dict) -> None:
+        """Write the gallery (main process only) from the gallery images two calls of this evaluator returned."""
         k = self.eval_cfg.gallery_per_class
-        order = self.forget + self.retained
-        rows = [(t.key, t.name, t.forget) for t in order]
-        seeds = {t.key: [self.eval_cfg.seed + SEED_STRIDE * t.seed_key + j for j in range(k)] for t in order}
-        write_gallery(folder, rows, {t.key: base_images[t.key][:k] for t in order},
-                      {t.key: unlearned_images[t.key][:k] for t in order}, seeds)
+        rows = [(t.key, t.name, t.forget) for t in self.targets]
+        seeds = {t.key: [self.eval_cfg.seed + SEED_STRIDE * t.seed_key + j for j in range(k)] for t in self.targets}
+        write_gallery(folder, rows, {t.key: base_images[t.key][:k] for t in self.targets},
+                      {t.key: unlearned_images[t.key][:k] for t in self.targets}, seeds)
 
 
 def write_model_card(path, cfg, base_path: str, report: dict, load_hint: str) -> None:

@@ -18,6 +18,7 @@ class UnlearningMethod:
     config_cls: ClassVar[type]
     supports_concepts: ClassVar[bool] = False  # True if it can forget prompts (forget.prompts -> anchors)
     supports_classes: ClassVar[bool] = True  # False for prompt-only methods (ESD)
+    supports_fsdp: ClassVar[bool] = True  # False where a run under FSDP2 is known to fail or was never checked
 
     def __init__(self, cfg, trainer):
         self.cfg, self.trainer, self.model = cfg, trainer, trainer.model

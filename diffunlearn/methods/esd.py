@@ -84,6 +84,7 @@ class ESD(UnlearningMethod):
     config_cls = ESDConfig
     supports_concepts = True
     supports_classes: ClassVar[bool] = False
+    supports_fsdp: ClassVar[bool] = False  # its frozen-base targets swap weights in place: not checked on shards
 
     def __init__(self, cfg, trainer):
         if not trainer.cfg.forget.is_concept:

@@ -42,6 +42,7 @@ class SelectiveAmnesia(UnlearningMethod):
 
     name = "sa"
     config_cls = SAConfig
+    supports_fsdp = False  # the replay set is sampled under inference_mode, which FSDP2 cannot backprop through
 
     def setup(self):
         trainer, cfg = self.trainer, self.cfg

@@ -1,0 +1,72 @@
+"""Peak memory of a phase of a benchmark: CUDA's allocator peak, or the process RSS sampled from /proc on a CPU."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import torch
+
+
+class PeakMemory:
+    """Peak memory of a phase: CUDA max_memory_allocated, or the process RSS sampled every `interval` s on a CPU.
+
+    `pause()` / `resume()` leave out a stretch (the periodic evaluation) from the peak; `delta` is the peak above
+    the level at entry (bytes).
+    """
+
+    def __init__(self, device, interval: float = 0.02):
+        self.cuda, self.device, self.interval, self.peak = device.type == "cuda", device, interval, 0
+        self._running = threading.Event()
+        self._stop = False
+
+    @staticmethod
+    def rss() -> int:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:  # not Linux: the lifetime peak is the best available
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self):
+        while not self._stop:
+            if self._running.is_set():
+                self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.base = torch.cuda.memory_allocated(self.device) if self.cuda else self.rss()
+        self.resume()
+        if not self.cuda:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def pause(self):
+        if self.cuda:
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device))
+        else:
+            self.peak = max(self.peak, self.rss())
+        self._running.clear()
+
+    def resume(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._running.set()
+
+    def __exit__(self, *exc):
+        self.pause()
+        self._stop = True
+        if not self.cuda:
+            self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return round(self.peak / 2 ** 20, 1)
+
+    @property
+    def delta(self) -> int:
+        return max(self.peak - self.base, 0)
