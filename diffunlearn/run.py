@@ -13,13 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
 from .assets import resolve_model_path
-import torch
-
 from .config import config_to_dict, config_to_yaml, load_config
 from .errors import UserError
 from .registry import get_family, get_method
@@ -217,18 +216,22 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
 
 
 def evaluate_model_command(config_path, model_path, output, overrides=()) -> dict:
-    """`diffunlearn evaluate`: score one model folder under a config's forget target and protocol."""
+    """`diffunlearn evaluate`: score one model folder under a config's forget target and protocol (every process of
+    a launch scores its share; the main process writes the result)."""
     from .evaluation.judges import load_judge
     from .targets import check_target
 
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     cfg = load_config(config_path, overrides)
     base_model, base_path = load_model(cfg)
     check_target(cfg, base_model)
     model_cfg = load_config(config_path, list(overrides) + [f"model.path={model_path}"])
     model, path = load_model(model_cfg)
-    evaluator = make_evaluator(cfg, model, load_judge(cfg.eval), base_model, base_path)
-    metrics, _ = evaluator(model)
+    evaluator = make_evaluator(cfg, model, load_judge(cfg.eval, device=state.device), base_model.to(state.device),
+                               base_path, device=state.device)
+    metrics, _ = evaluator(model.to(state.device))
     result = {"model": path, "metrics": metrics, "protocol": evaluator.protocol}
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    write_json(Path(output), result)
+    if state.is_main_process:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(output), result)
     return result

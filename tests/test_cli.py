@@ -47,6 +47,15 @@ def test_end_to_end_run_writes_pipeline_report_gallery_and_card(tmp_path, tiny_d
     assert len(pipe([3], num_inference_steps=2).images) == 1
     assert not list(tmp_path.glob(".run.partial")), "the partial folder is moved into place"
 
+    # `diffunlearn evaluate` scores the output folder under the same protocol: the report's unlearned numbers
+    evaluated = tmp_path / "eval" / "unlearned.json"
+    main(["evaluate", MAIN, "--model", str(out / "pipeline"), "--output", str(evaluated),
+          *tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir), "forget.classes=[3]", "seed=1"])
+    again = json.loads(evaluated.read_text())
+    assert again["protocol"] == report["protocol"] and again["model"] == str(out / "pipeline")
+    for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
+        assert again["metrics"][key] == pytest.approx(report["unlearned"][key], rel=1e-6), key
+
 
 def _refused(capsys, argv, out_dir, message):
     with pytest.raises(SystemExit) as info:
