@@ -85,7 +85,8 @@ def main(argv=None) -> None:
 
             report = unlearn_run(args.config, args.output, args.overrides, overwrite=args.overwrite,
                                  evaluate=not args.no_eval)
-            print(summary(report, args.output))
+            if report:  # other processes of a launch return {}: the main one reports
+                print(summary(report, args.output))
         elif args.command == "evaluate":
             from .run import evaluate_model_command
 
