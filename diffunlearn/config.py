@@ -136,6 +136,7 @@ class TrainConfig:
     antithetic: bool = True  # pair timesteps t and T-1-t within a batch
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False  # recompute activations in backward (large UNets / transformers)
+    compile: bool = False  # torch.compile the prepared network (inductor) for the unlearning steps
     checkpoint_every: int = 50
     log_every: int = 10
 

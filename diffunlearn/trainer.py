@@ -81,6 +81,8 @@ class Trainer:
         optimizer = make_optimizer([p for _, p in self.model.trainable_parameters()], self.train_cfg)
         # model and optimizer in one `prepare`: under FSDP2 accelerate moves the optimizer onto the sharded parameters
         self.model.forward_module, self.optimizer = acc.prepare(self.model.network, optimizer)
+        if self.train_cfg.compile:  # here, not accelerate's dynamo_backend: its state keeps the first Accelerator's
+            self.model.forward_module = torch.compile(self.model.forward_module)  # setting for the whole process
         self.params = self.model.trainable_parameters()  # after prepare: FSDP2 replaces them by sharded DTensors
         self.model.network.train()
         bs = self.train_cfg.batch_size

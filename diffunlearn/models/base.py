@@ -45,6 +45,12 @@ class DiffusionModel:
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.forward_module = None  # set by the trainer to the accelerate-prepared network
 
+    @property
+    def module(self):
+        """The network to call in training: the accelerate-prepared (DDP / FSDP / compiled) one while training,
+        else the plain network (never `forward_module or network`: a compiled module refuses truth tests)."""
+        return self.forward_module if self.forward_module is not None else self.network
+
     # --- loading and saving -------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "DiffusionModel":

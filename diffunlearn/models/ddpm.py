@@ -121,7 +121,7 @@ class ClassConditionalDDPM(DiffusionModel):
         return torch.where(keep, cond, self.null_condition(cond))
 
     def predict(self, x_t, t, cond):
-        module = self.forward_module or self.network
+        module = self.module
         return module(x_t, t, class_labels=cond).sample
 
     def sample(self, labels, generator, num_inference_steps, guidance_scale, sampler="ddim"):

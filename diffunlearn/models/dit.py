@@ -110,7 +110,7 @@ class ClassConditionalDiT(LatentModelMixin, DiffusionModel):
 
         For learned-variance transformers only the noise half of the output is returned (see the class docstring).
         """
-        module = self.forward_module or self.network
+        module = self.module
         out = module(x_t, timestep=t, class_labels=cond).sample
         return out[:, :x_t.shape[1]] if learns_sigma(self.network) else out
 

@@ -135,7 +135,7 @@ class StableDiffusion(LatentModelMixin, DiffusionModel):
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """UNet output (B, C, h, w) for latents x_t (B, C, h, w), timesteps t (B,), prompt embeddings (B, L, D)."""
-        module = self.forward_module or self.network
+        module = self.module
         return module(x_t, t, encoder_hidden_states=cond).sample
 
     # --- sampling -----------------------------------------------------------------------------------------------
