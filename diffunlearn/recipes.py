@@ -22,15 +22,16 @@ from .models.ddpm import ClassConditionalDDPM, ClassConditionalDDPMPipeline, tin
 
 
 @dataclass
-class DDPMRecipe:
+class DenoiserRecipe:
+    """What every denoiser recipe (DDPM, DiT, text-to-image) has: the `fit_denoiser` loop's settings, the noise
+    scheduler and the data split. A family's recipe adds its architecture and may change these defaults."""
+
     steps: int = 6000
     batch_size: int = 128
     lr: float = 2e-4
     warmup_steps: int = 200
     ema_decay: float = 0.999
     cond_drop: float = 0.1
-    channels: List[int] = field(default_factory=lambda: [32, 64, 64])
-    layers_per_block: int = 1
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
@@ -39,6 +40,12 @@ class DDPMRecipe:
     split_seed: int = 0
     seed: int = 0
     mixed_precision: str = "no"
+
+
+@dataclass
+class DDPMRecipe(DenoiserRecipe):
+    channels: List[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
 
     def __post_init__(self):
         check_positive("recipe", steps=self.steps, batch_size=self.batch_size, lr=self.lr)

@@ -22,7 +22,7 @@ from .data.digits import DIGIT_NAMES
 from .errors import UserError
 from .models.dit import ClassConditionalDiT, build_dit_pipeline, tiny_dit_config
 from .models.latent import decode_latents, encode_latents, tiny_vae_config
-from .recipes import classifier_accuracy, fit_denoiser, sample_accuracy
+from .recipes import DenoiserRecipe, classifier_accuracy, fit_denoiser, sample_accuracy
 
 
 @dataclass
@@ -45,26 +45,13 @@ class VAERecipe:
 
 
 @dataclass
-class DiTRecipe:
-    steps: int = 6000
-    batch_size: int = 128
+class DiTRecipe(DenoiserRecipe):
     lr: float = 3e-4
-    warmup_steps: int = 200
-    ema_decay: float = 0.999
-    cond_drop: float = 0.1
     hidden: int = 128
     heads: int = 4
     num_layers: int = 6
     patch_size: int = 2
     vae: str = "embedded:digits/vae"
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
-    clip_sample: bool = False  # x0 clipping in DDIM sampling breaks classifier-free guidance (eps is not re-derived)
-    exclude_classes: List[int] = field(default_factory=list)  # RT: leave these classes out of the training data
-    split_seed: int = 0
-    seed: int = 0
-    mixed_precision: str = "no"
 
     def __post_init__(self):
         check_positive("recipe", steps=self.steps, batch_size=self.batch_size, lr=self.lr,

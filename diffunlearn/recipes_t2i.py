@@ -26,6 +26,7 @@ from .data.digits import DIGIT_NAMES
 from .errors import UserError
 from .models.latent import tiny_vae_config
 from .models.sd import StableDiffusion, tiny_sd_unet_config
+from .recipes import DenoiserRecipe
 from .models.text import build_tokenizer, tiny_text_encoder
 
 CAPTION_TEMPLATES = ("a handwritten digit {}", "a drawing of the number {}", "the digit {} written by hand",
@@ -45,12 +46,8 @@ def caption_vocabulary() -> List[str]:
 
 
 @dataclass
-class TextToImageRecipe:
-    steps: int = 6000
-    batch_size: int = 128
+class TextToImageRecipe(DenoiserRecipe):
     lr: float = 5e-4
-    warmup_steps: int = 200
-    ema_decay: float = 0.999
     cond_drop: float = 0.1  # share of captions replaced by "" (classifier-free guidance)
     generic_prob: float = 0.15  # share of captions replaced by GENERIC_CAPTION
     vae: str = "embedded:digits/vae"  # a VAE folder / embedded:NAME, or "random" (an untrained tiny VAE: tests only)
@@ -62,15 +59,7 @@ class TextToImageRecipe:
     text_layers: int = 2
     text_heads: int = 4
     max_length: int = 16  # tokens per prompt (= the text encoder's max_position_embeddings)
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
-    clip_sample: bool = False  # x0 clipping in DDIM sampling breaks classifier-free guidance (eps is not re-derived)
-    exclude_classes: List[int] = field(default_factory=list)  # RT: leave these digits out of the training data
     quality_samples: int = 50  # samples per prompt judged by text_to_image_quality
-    split_seed: int = 0
-    seed: int = 0
-    mixed_precision: str = "no"
 
     def __post_init__(self):
         check_positive("recipe", steps=self.steps, batch_size=self.batch_size, lr=self.lr,
