@@ -104,7 +104,6 @@ def test_bad_benchmark_settings_are_refused(tmp_path):
 
 
 def test_benchmark_end_to_end_on_tiny_models(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
-    torch.set_num_threads(1)  # tiny ops: a second thread only adds overhead on a shared CPU
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(TINY_BENCH, sort_keys=False))
     out = tmp_path / "out"
@@ -149,7 +148,6 @@ def test_benchmark_end_to_end_on_tiny_models(tmp_path, tiny_ddpm_dir, tiny_class
 def test_concept_benchmark_runs_sfr_on_and_esd_x(tmp_path, tiny_classifier_dir):
     from test_sd import tiny_sd
 
-    torch.set_num_threads(1)
     tiny_sd().save_pretrained(tmp_path / "sd")
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump({**load_benchmark_config_raw("configs/digits/benchmark_sd.yaml"),

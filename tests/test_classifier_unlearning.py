@@ -25,14 +25,6 @@ BENCH_CONFIG = "configs/digits/classifier_benchmark.yaml"
 RECIPE = "configs/recipes/digits_classifier_plain.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_digits_splits()

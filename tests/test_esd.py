@@ -19,7 +19,6 @@ SGD = ["train.optimizer=sgd", "train.momentum=0.0", "train.lr=0.05", "train.batc
 
 
 def esd_trainer(tmp_path, subset="cross_attention", overrides=()):
-    torch.set_num_threads(1)  # tiny ops: a second thread only adds overhead on a shared CPU
     raw = read_yaml("configs/digits/sd_sfron.yaml")
     raw["method"] = {"name": "esd"}
     cfg = build_config(raw, [f"model.subset={subset}", "model.lora_rank=2", f"forget.prompts=[{SEVEN!r}]",

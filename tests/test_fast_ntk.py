@@ -20,15 +20,6 @@ from diffunlearn.ntk.rows import JacobianRows
 from diffunlearn.ntk.subset import select_subset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra intra-op threads only add synchronisation (and contend on shared machines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     train, test = load_digits_splits()

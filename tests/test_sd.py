@@ -29,15 +29,6 @@ def tiny_sd(seed: int = 0) -> StableDiffusion:
                                                    requires_safety_checker=False))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast, and on a loaded machine two threads are ~15x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def model():
     return tiny_sd()
