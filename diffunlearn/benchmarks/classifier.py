@@ -24,6 +24,7 @@ from .scenarios import ScenarioConfig, make_split
 
 METRICS = ("FA", "RA", "TA", "MIA", "D_KL", "Avg.D", "RTE")
 ENGINE_METHODS = ("ft", "ga", "rl", "sfr_on")  # run by the Trainer; RT and Fast-NTK are not iterative methods
+MEAN = "mean of"  # the trial label of a scenario's per-method means: "mean of N"
 NTK_INITS = ("zeros", "recorded", "current")
 
 
@@ -187,24 +188,28 @@ def mean_rows(rows: list) -> list:
     """Per method, the mean of every metric over the trials in `rows` (one scenario); trial "mean of N"."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     count = len(rows) // len(methods)
-    return [{"scenario": rows[0]["scenario"], "trial": f"mean of {count}", "method": m,
+    return [{"scenario": rows[0]["scenario"], "trial": f"{MEAN} {count}", "method": m,
              **{k: sum(r[k] for r in rows if r["method"] == m) / count for k in METRICS}} for m in methods]
 
 
 def run_scenario(cfg: ClassifierBenchmarkConfig, name: str, base, recipe, train, test, recorded_w0,
                  progress=print) -> list:
     """Rows of every trial of a scenario, then (several trials) their per-method means."""
-    rows = []
-    for trial in cfg.scenarios[name].trials():
+    trials, rows = cfg.scenarios[name].trials(), []
+    for trial in trials:
         rows += run_trial(cfg, name, trial, base, recipe, train, test, recorded_w0, progress)
-    return rows + (mean_rows(rows) if len(cfg.scenarios[name].trials()) > 1 else [])
+    return rows + (mean_rows(rows) if len(trials) > 1 else [])
+
+
+def trial_rows(rows: list, scenario: str) -> list:
+    """The rows of a scenario's single trials (its means left out)."""
+    return [r for r in rows if r["scenario"] == scenario and not r["trial"].startswith(MEAN)]
 
 
 def summary_rows(rows: list, scenario: str) -> list:
     """The rows a scenario is judged on: its means when it has several trials, else its single trial's rows."""
-    mine = [r for r in rows if r["scenario"] == scenario]
-    means = [r for r in mine if r["trial"].startswith("mean of")]
-    return means or mine
+    means = [r for r in rows if r["scenario"] == scenario and r["trial"].startswith(MEAN)]
+    return means or trial_rows(rows, scenario)
 
 
 def _gap(row: dict, rt: dict, key: str) -> float:
@@ -221,15 +226,14 @@ def acceptance(rows: list) -> list:
     checks = []
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         by = {r["method"]: r for r in summary_rows(rows, scenario)}
-        trials = [r for r in rows if r["scenario"] == scenario and not r["trial"].startswith("mean of")]
+        t = {(r["trial"], r["method"]): r for r in trial_rows(rows, scenario)}
+        names = list(dict.fromkeys(trial for trial, _ in t))
         ntk, base, rt = by["Fast-NTK (head)"], by["Original"], by["RT"]
         for key in GAP_KEYS + ("D_KL",):
             gap_ntk, gap_base = _gap(ntk, rt, key), _gap(base, rt, key)
             holds = gap_ntk < gap_base or (gap_ntk == gap_base == 0)
             per_trial = ""
-            if by["RT"]["trial"].startswith("mean of"):
-                t = {(r["trial"], r["method"]): r for r in trials}
-                names = list(dict.fromkeys(r["trial"] for r in trials))
+            if len(names) > 1:
                 wins = sum(_gap(t[n, "Fast-NTK (head)"], t[n, "RT"], key) < _gap(t[n, "Original"], t[n, "RT"], key)
                            for n in names)
                 per_trial = f" (strictly closer in {wins} of {len(names)} trials)"
@@ -246,8 +250,7 @@ def markdown_table(rows: list) -> str:
     out = []
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         summary = summary_rows(rows, scenario)
-        trials = list(dict.fromkeys(r["trial"] for r in rows if r["scenario"] == scenario
-                                    and not r["trial"].startswith("mean of")))
+        trials = list(dict.fromkeys(r["trial"] for r in trial_rows(rows, scenario)))
         what = trials[0] if len(trials) == 1 else f"mean of {len(trials)} trials: " + "; ".join(trials)
         out += [f"**{scenario}** ({what})", "", "| method | FA | RA | TA | MIA | D_KL | Avg.D | RTE (s) |",
                 "|---|---|---|---|---|---|---|---|"]
