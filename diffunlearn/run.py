@@ -127,9 +127,9 @@ def make_evaluator(cfg, model, judge, base_model, base_path: str, device="cpu"):
     """The evaluator of a run: its judge, targets and FID reference (real digits, or base-model samples), of which
     each process holds (and generates) only its share."""
     from .data.prompts import generate_cached
-    from .evaluation.metrics import process_share
+    from .evaluation.metrics import image_seed, process_share
     from .evaluation.report import Evaluator
-    from .targets import SEED_STRIDE, base_model_key, eval_targets, real_reference
+    from .targets import base_model_key, eval_targets, real_reference
 
     forget, retained = eval_targets(cfg, model, judge.labels)
     if cfg.eval.fid_reference == "real":
@@ -139,7 +139,7 @@ def make_evaluator(cfg, model, judge, base_model, base_path: str, device="cpu"):
     n = cfg.eval.retained_samples_per_class
     rows = process_share(len(retained) * n)
     conds = torch.stack([retained[r // n].condition for r in rows])
-    seeds = [cfg.eval.seed + 50_000 + SEED_STRIDE * retained[r // n].seed_key + r % n for r in rows]
+    seeds = [image_seed(cfg.eval.seed + 50_000, retained[r // n].seed_key, r % n) for r in rows]
     reference = generate_cached(base_model, conds, seeds, cfg.eval, base_model_key(base_path))
     return Evaluator(cfg, judge, forget, retained, reference,
                      "base-model samples of the retained targets (seeds offset by 50000)", device=device)

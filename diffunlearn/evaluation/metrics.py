@@ -31,8 +31,13 @@ def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
     return reduce(values.to(PartialState().device), "sum").cpu()
 
 
+def image_seed(eval_seed: int, key: int, j: int) -> int:
+    """The noise seed of image j of the target whose seed key is `key` (a class id, or a prompt's crc32 key)."""
+    return eval_seed + key * SEED_STRIDE + j
+
+
 def sample_seeds(eval_seed: int, label: int, count: int) -> list:
-    return [eval_seed + label * SEED_STRIDE + j for j in range(count)]
+    return [image_seed(eval_seed, label, j) for j in range(count)]
 
 
 @torch.inference_mode()

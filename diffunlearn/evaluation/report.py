@@ -12,7 +12,7 @@ from accelerate.utils import gather_object
 
 from ..errors import UserError
 from .gallery import write_gallery
-from .metrics import FID, SEED_STRIDE, generate, inception_extractor, process_share, sum_over_processes
+from .metrics import FID, generate, image_seed, inception_extractor, process_share, sample_seeds, sum_over_processes
 
 
 class Evaluator:
@@ -51,7 +51,7 @@ class Evaluator:
         self.rows = [rows[r] for r in process_share(len(rows))]  # this process's share
         self.conditions = torch.stack([self.targets[i].condition for i, _ in self.rows]) if self.rows \
             else torch.empty(0)
-        self.seeds = [self.eval_cfg.seed + SEED_STRIDE * self.targets[i].seed_key + j for i, j in self.rows]
+        self.seeds = [image_seed(self.eval_cfg.seed, self.targets[i].seed_key, j) for i, j in self.rows]
         self.expected = torch.tensor([self.targets[i].label for i, _ in self.rows], dtype=torch.long)
         self.target_index = torch.tensor([i for i, _ in self.rows], dtype=torch.long)
         self.num_forget = len(self.forget) * self.eval_cfg.forget_samples
@@ -111,7 +111,7 @@ class Evaluator:
         """Write the gallery (main process only) from the gallery images two calls of this evaluator returned."""
         k = self.eval_cfg.gallery_per_class
         rows = [(t.key, t.name, t.forget) for t in self.targets]
-        seeds = {t.key: [self.eval_cfg.seed + SEED_STRIDE * t.seed_key + j for j in range(k)] for t in self.targets}
+        seeds = {t.key: sample_seeds(self.eval_cfg.seed, t.seed_key, k) for t in self.targets}
         write_gallery(folder, rows, {t.key: base_images[t.key][:k] for t in self.targets},
                       {t.key: unlearned_images[t.key][:k] for t in self.targets}, seeds)
 
