@@ -155,6 +155,24 @@ def test_an_empty_forget_set_changes_nothing_and_the_input_model_is_never_modifi
         assert torch.equal(value, original[key]), f"input model changed at {key}"
 
 
+def test_the_documented_top_level_entry_points_run_the_library_functions(digits):
+    import diffunlearn
+    from diffunlearn.run import evaluate_model_command, unlearn_run
+
+    train, _ = digits
+    model = tiny_cnn(data=train.images[:64])
+    forget, retain = small_split(train)
+    top, direct = diffunlearn.fast_ntk_unlearn(model, forget, retain), fast_ntk_unlearn(model, forget, retain)
+    for key, value in direct.state_dict().items():
+        assert torch.equal(top.state_dict()[key], value), key
+    assert not torch.equal(top.head.weight, model.head.weight), "the scrub must change the head"
+    assert diffunlearn.fast_ntk_scrub is fast_ntk_scrub
+    assert diffunlearn.unlearn is unlearn_run and diffunlearn.evaluate is evaluate_model_command
+    assert diffunlearn.__version__ != "unknown"
+    with pytest.raises(AttributeError, match="fast_ntk_unlearn"):  # a typo names the API
+        diffunlearn.fast_ntk_unlearning  # noqa: B018
+
+
 @pytest.mark.parametrize("form", ["primal", "dual"])
 def test_mse_head_with_zero_init_is_scrubbed_exactly_to_the_ridge_refit_on_retain(digits, form):
     from sklearn.linear_model import Ridge
