@@ -138,9 +138,11 @@ def make_evaluator(cfg, model, judge, base_model, base_path: str, device="cpu"):
                          "real train images of the retained targets' labels", device=device)
     n = cfg.eval.retained_samples_per_class
     rows = process_share(len(retained) * n)
-    conds = torch.stack([retained[r // n].condition for r in rows])
-    seeds = [image_seed(cfg.eval.seed + 50_000, retained[r // n].seed_key, r % n) for r in rows]
-    reference = generate_cached(base_model, conds, seeds, cfg.eval, base_model_key(base_path))
+    reference = torch.empty(0)  # a process with no share (more processes than reference images)
+    if rows:
+        conds = torch.stack([retained[r // n].condition for r in rows])
+        seeds = [image_seed(cfg.eval.seed + 50_000, retained[r // n].seed_key, r % n) for r in rows]
+        reference = generate_cached(base_model, conds, seeds, cfg.eval, base_model_key(base_path))
     return Evaluator(cfg, judge, forget, retained, reference,
                      "base-model samples of the retained targets (seeds offset by 50000)", device=device)
 
@@ -172,8 +174,10 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     if evaluate:  # a bad judge is refused before anything is written
         from .evaluation.judges import load_judge
 
+        from .evaluation.report import check_retained_images
+
         judge = load_judge(cfg.eval, device=state.device)
-        eval_targets(cfg, model, judge.labels)  # prompts / labels the judge cannot score
+        check_retained_images(cfg.eval, eval_targets(cfg, model, judge.labels)[1])  # labels the judge cannot score
     with state.main_process_first():  # generated D_f / D_r: made once by the main process, then read from cache
         forget_set, remain_set = build_sets(cfg, model.to(state.device), base_path)
     check_process_split(state.num_processes, cfg.train.batch_size, forget_set, remain_set)  # before any write

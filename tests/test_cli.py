@@ -83,6 +83,8 @@ def _refused(capsys, argv, out_dir, message):
     (["model.subset=lora"], "unknown model.subset for the ddpm family 'lora'; valid: all"),
     (["eval.judge=oracle"], "unknown eval.judge 'oracle'; valid: clip, digits, image-classification"),
     (["eval.classifier=/no/such/judge"], "/no/such/judge"),
+    (["data.remain_classes=[3]", "eval.retained_samples_per_class=1"],
+     "eval.retained_samples_per_class=1 gives 1 retained image in all for 1 retained target(s); FID needs at least 2"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tmp_path, tiny_ddpm_dir, tiny_classifier_dir,
                                                             extra, message):

@@ -13,6 +13,7 @@ from diffunlearn.config import load_config
 from diffunlearn.evaluation.judges import Judge
 from diffunlearn.evaluation.metrics import FID, process_share
 from diffunlearn.evaluation.report import Evaluator
+from diffunlearn.run import make_evaluator
 from diffunlearn.targets import eval_targets, real_reference
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
@@ -78,3 +79,21 @@ def test_two_processes_sum_judge_counts_and_fid_states(tiny_ddpm_dir, tiny_class
     assert len(expected["evaluator"][1][7]) == cfg.eval.gallery_per_class
     AcceleratorState._reset_state(True)  # the forked processes must build their own 2-process state
     debug_launcher(_check_shares, args=(cfg, judge, model, reference, fakes, expected), num_processes=2)
+
+
+def _base_reference_share(cfg, judge, model):
+    """In each of 3 processes: the base-model FID reference of 2 images is shared by processes 0 and 1; process 2
+    has none and still builds its evaluator (it used to fail on an empty stack)."""
+    state = PartialState(cpu=True)
+    evaluator = make_evaluator(cfg, model, judge, model, "tiny-base")
+    assert evaluator.fid.num_real == 2
+    assert int(evaluator.fid.metric.real_features_num_samples) == (0 if state.process_index == 2 else 1)
+
+
+def test_a_process_without_a_share_of_the_base_model_reference_builds_its_evaluator(tiny_ddpm_dir,
+                                                                                     tiny_classifier_dir):
+    cfg = load_config(MAIN, tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir) + [
+        "eval.fid_reference=base", "data.remain_classes=[3,4]", "eval.retained_samples_per_class=1"])
+    AcceleratorState._reset_state(True)
+    debug_launcher(_base_reference_share, args=(cfg, PixelJudge(), tiny_ddpm()), num_processes=3)
+

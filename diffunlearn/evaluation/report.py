@@ -15,6 +15,14 @@ from .gallery import write_gallery
 from .metrics import FID, generate, image_seed, inception_extractor, process_share, sample_seeds, sum_over_processes
 
 
+def check_retained_images(eval_cfg, retained) -> None:
+    """FID needs at least 2 generated retained images (a covariance); refused before anything is trained."""
+    total = len(retained) * eval_cfg.retained_samples_per_class
+    if total < 2:
+        raise UserError(f"eval.retained_samples_per_class={eval_cfg.retained_samples_per_class} gives {total} "
+                        f"retained image in all for {len(retained)} retained target(s); FID needs at least 2")
+
+
 class Evaluator:
     """Samples, judges and scores models for one forget target under one protocol.
 
@@ -43,6 +51,7 @@ class Evaluator:
                                 "eval.fid_features=inception with eval.inception_weights=PATH")
             extractor, extractor_name = judge.feature_extractor, f"{self.eval_cfg.judge}-judge-features"
             extractor_hash = judge.protocol().get("weights_sha256")
+        check_retained_images(self.eval_cfg, self.retained)
         self.fid = FID(extractor.to(device).eval(), reference, self.eval_cfg.batch_size)
         self.targets = self.forget + self.retained
         self.sizes = [self.eval_cfg.forget_samples] * len(self.forget)
