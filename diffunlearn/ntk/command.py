@@ -13,7 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-
 from ..errors import UserError
 
 RESULT_FILE = "fast_ntk.json"
