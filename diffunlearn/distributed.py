@@ -87,10 +87,15 @@ def sum_over_shards(value: torch.Tensor, reference) -> torch.Tensor:
     return value
 
 
+def first_shard(tensors: list):
+    """The first DTensor among `tensors` (it names the process group to reduce over), or None if none is sharded."""
+    return next((t for t in tensors if isinstance(t, DTensor)), None)
+
+
 def count_true(tensors) -> tuple:
     """(number of True elements, number of elements) over boolean tensors that may be shards."""
     tensors = list(tensors)
-    reference = next((t for t in tensors if isinstance(t, DTensor)), None)
+    reference = first_shard(tensors)
     counts = torch.tensor([sum(int(local_tensor(t).sum()) for t in tensors),
                            sum(local_tensor(t).numel() for t in tensors)], dtype=torch.int64,
                           device=tensors[0].device if tensors else "cpu")
@@ -105,7 +110,7 @@ def kth_largest(tensors, k: int) -> torch.Tensor:
     each a single all-reduce of one number under FSDP, so no process ever holds the other processes' values.
     """
     tensors = list(tensors)
-    reference = next((t for t in tensors if isinstance(t, DTensor)), None)
+    reference = first_shard(tensors)
     bits = torch.cat([local_tensor(t).detach().float().flatten() for t in tensors]).view(torch.int32)
     low, high = 0, 2 ** 31 - 1  # invariant: at least k elements have bits >= low
     while low < high:

@@ -18,8 +18,7 @@ from .assets import weights_sha256
 from .data import LabeledImages, load_digits_splits
 from .data.prompts import PromptImages, generate_cached
 from .errors import UserError
-
-SEED_STRIDE = 100_000
+from .evaluation.metrics import image_seed
 
 
 @dataclass
@@ -121,7 +120,7 @@ def base_model_key(path: str) -> str:
 
 
 def _generate(model, conditions, seed_keys, per_target, cfg, model_key) -> torch.Tensor:
-    seeds = [cfg.data.generation_seed + SEED_STRIDE * k + j for k in seed_keys for j in range(per_target)]
+    seeds = [image_seed(cfg.data.generation_seed, k, j) for k in seed_keys for j in range(per_target)]
     conds = torch.cat([c.unsqueeze(0).expand(per_target, *c.shape) for c in conditions])
     return generate_cached(model, conds, seeds, cfg.eval, model_key)
 
