@@ -46,6 +46,23 @@ def _evaluate(cfg, judge, model, reference):
     return (*evaluator(model), evaluator.protocol)
 
 
+
+def test_the_evaluator_scores_fa_and_ra_by_their_definitions(tiny_ddpm_dir, tiny_classifier_dir):
+    """FA = share of forget-class samples the judge labels as the forgotten class; RA = mean over retained classes
+    of the share labelled as their class; per-target shares; computed here from the judge's per-image verdicts."""
+    cfg = load_config(MAIN, tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir))
+    judge, model = PixelJudge(), tiny_ddpm()
+    forget, retained = eval_targets(cfg, model, judge.labels)
+    evaluator = Evaluator(cfg, judge, forget, retained, real_reference(cfg, retained), "real")
+    metrics, _ = evaluator(model)
+    preds = judge.predict(evaluator.images(model))
+    labels = torch.tensor([evaluator.targets[i].label for i, _ in evaluator.rows])
+    share = {c: (preds[labels == c] == c).double().mean().item() for c in range(10)}
+    assert labels.eq(7).sum() == cfg.eval.forget_samples and 0 < share[7] < 1
+    assert metrics["forget_accuracy"] == pytest.approx(share[7], abs=1e-7)
+    assert metrics["retained_accuracy"] == pytest.approx(sum(share[c] for c in range(10) if c != 7) / 9, abs=1e-7)
+    assert metrics["per_target_accuracy"] == pytest.approx({c: share[c] for c in range(10)}, abs=1e-7)
+
 def _check_shares(cfg, judge, model, reference, fakes, expected):
     """Runs in each of the 2 processes: FID of the shares and the Evaluator's results equal the 1-process ones."""
     state = PartialState(cpu=True)  # as `unlearn_run` builds it from ACCELERATE_USE_CPU

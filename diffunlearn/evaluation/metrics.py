@@ -72,18 +72,6 @@ def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> dict:
     return {int(c): (preds[labels == c] == c).float().mean().item() for c in torch.unique(labels)}
 
 
-def forget_accuracy(preds, labels, forget_classes) -> float:
-    """FA: share of samples conditioned on a forgotten class that the classifier still recognises as it."""
-    chosen = torch.isin(labels, torch.as_tensor(list(forget_classes)))
-    return (preds[chosen] == labels[chosen]).float().mean().item()
-
-
-def retained_accuracy(preds, labels, retained_classes) -> float:
-    """Mean over retained classes of the per-class recognition rate."""
-    accs = per_class_accuracy(preds, labels)
-    return sum(accs[c] for c in retained_classes) / len(retained_classes)
-
-
 class FID:
     """FID of generated images against fixed real images (real statistics computed once, kept across resets).
 
