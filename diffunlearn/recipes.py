@@ -69,33 +69,39 @@ class ClassifierRecipe:
 
 
 def fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, desc: str,
-                 progress: bool = True) -> None:
+                 progress: bool = True, encoder=None, encode=None) -> None:
     """Train `model.network` from scratch on its per-sample denoising loss with an EMA; leaves the EMA weights.
 
-    Seeded per step (`recipe.seed`), condition dropout `recipe.cond_drop`, antithetic timesteps, random draws made
-    for the global batch and sliced per process. Shared by the DDPM and DiT recipes.
+    Seeded per step (`recipe.seed`), antithetic timesteps, random draws made for the global batch and sliced per
+    process. Shared by the DDPM, DiT and text-to-image recipes. Without an `encoder` the batch's class labels
+    condition the network, dropped with probability `recipe.cond_drop`; with one (a text encoder trained jointly:
+    its parameters are in `optimizer` and the EMA), `encode(prepared encoder, batch, step)` gives the conditioning.
     """
-    network = model.network
-    model.forward_module, optimizer, lr_schedule = accelerator.prepare(network, optimizer, lr_schedule)
-    ema = EMAModel(network.parameters(), decay=recipe.ema_decay)
+    modules = [model.network] + ([encoder] if encoder is not None else [])
+    *prepared, optimizer, lr_schedule = accelerator.prepare(*modules, optimizer, lr_schedule)
+    model.forward_module = prepared[0]
+    params = [p for m in modules for p in m.parameters()]
+    ema = EMAModel(params, decay=recipe.ema_decay)
     sampler = StepSampler(train_set, recipe.batch_size, recipe.seed, accelerator.process_index,
                           accelerator.num_processes)
-    network.train()
+    model.network.train()
     bar = tqdm(range(recipe.steps), disable=not (progress and accelerator.is_main_process), desc=desc)
     for step in bar:
         gen = torch.Generator(accelerator.device).manual_seed(recipe.seed * 7919 + step)
-        loss = model.training_losses(sampler.batch(step, accelerator.device), generator=gen,
-                                     cond_drop=recipe.cond_drop, antithetic=True,
+        batch = sampler.batch(step, accelerator.device)
+        condition = {"cond_drop": recipe.cond_drop} if encoder is None else {"cond": encode(prepared[1], batch, step)}
+        loss = model.training_losses(batch, generator=gen, antithetic=True, **condition,
                                      shard=(accelerator.process_index, accelerator.num_processes)).mean()
         accelerator.backward(loss)
         optimizer.step()
         lr_schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        ema.step(network.parameters())
+        ema.step(params)
         if step % 100 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-    ema.copy_to(network.parameters())
-    network.eval()
+    ema.copy_to(params)
+    model.network.eval()
+    model.forward_module = None
 
 
 def train_ddpm(recipe: DDPMRecipe, train_set=None, progress: bool = True) -> ClassConditionalDDPM:
@@ -113,7 +119,6 @@ def train_ddpm(recipe: DDPMRecipe, train_set=None, progress: bool = True) -> Cla
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=0.0)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / recipe.warmup_steps))
     fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, "train ddpm", progress)
-    model.forward_module = None
     return model
 
 

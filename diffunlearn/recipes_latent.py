@@ -169,7 +169,6 @@ def train_dit(recipe: DiTRecipe, train_set=None, progress: bool = True) -> Class
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=recipe.lr, weight_decay=0.0)
     lr_schedule = _lr_schedule(optimizer, recipe.warmup_steps)
     fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, "train dit", progress)
-    model.forward_module = None
     return model
 
 

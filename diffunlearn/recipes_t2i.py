@@ -17,17 +17,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from .config import check_positive
-from .data import StepSampler, load_digits_splits
+from .data import load_digits_splits
 from .data.digits import DIGIT_NAMES
 from .errors import UserError
 from .models.latent import tiny_vae_config
 from .models.sd import StableDiffusion, tiny_sd_unet_config
-from .recipes import DenoiserRecipe
 from .models.text import build_tokenizer, tiny_text_encoder
+from .recipes import DenoiserRecipe, fit_denoiser
 
 CAPTION_TEMPLATES = ("a handwritten digit {}", "a drawing of the number {}", "the digit {} written by hand",
                      "handwritten {}")
@@ -131,32 +129,16 @@ def train_text_to_image(recipe: TextToImageRecipe, train_set=None, progress: boo
     model = build_text_to_image(recipe).to(accelerator.device)
     unet, text_encoder = model.pipeline.unet, model.pipeline.text_encoder
     table = caption_table(model)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()), lr=recipe.lr,
+                                  weight_decay=0.0)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, recipe))
-    model.forward_module, encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer,
-                                                                                lr_schedule)
-    ema = EMAModel(params, decay=recipe.ema_decay)
-    sampler = StepSampler(train_set, recipe.batch_size, recipe.seed, accelerator.process_index,
-                          accelerator.num_processes)
-    bar = tqdm(range(recipe.steps), disable=not (progress and accelerator.is_main_process), desc="train sd")
-    for step in bar:
-        gen = torch.Generator(accelerator.device).manual_seed(recipe.seed * 7919 + step)
-        batch = sampler.batch(step, accelerator.device)
+
+    def encode(encoder, batch, step):  # a random caption per image; with gradient: the encoder learns with the UNet
         caption_gen = torch.Generator().manual_seed(recipe.seed * 104729 + step)
-        input_ids = sample_captions(table, batch["labels"], recipe, caption_gen).to(accelerator.device)
-        cond = encoder(input_ids)[0]  # with gradient: the text encoder learns with the UNet
-        loss = model.training_losses(batch, generator=gen, antithetic=True, cond=cond).mean()
-        accelerator.backward(loss)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(params)
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    ema.copy_to(params)
-    model.forward_module = None
-    unet.eval()
+        return encoder(sample_captions(table, batch["labels"], recipe, caption_gen).to(accelerator.device))[0]
+
+    fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, "train sd", progress,
+                 encoder=text_encoder, encode=encode)
     text_encoder.eval().requires_grad_(False)  # frozen from here on: unlearning never trains it
     return model
 
