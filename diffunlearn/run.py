@@ -174,8 +174,11 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     if evaluate:  # a bad judge is refused before anything is written
         from .evaluation.judges import load_judge
 
+        from .evaluation.metrics import check_inception_weights
         from .evaluation.report import check_retained_images
 
+        if cfg.eval.fid_features == "inception":
+            check_inception_weights(cfg.eval.inception_weights)
         judge = load_judge(cfg.eval, device=state.device)
         check_retained_images(cfg.eval, eval_targets(cfg, model, judge.labels)[1])  # labels the judge cannot score
     with state.main_process_first():  # generated D_f / D_r: made once by the main process, then read from cache

@@ -83,6 +83,8 @@ def _refused(capsys, argv, out_dir, message):
     (["model.subset=lora"], "unknown model.subset for the ddpm family 'lora'; valid: all"),
     (["eval.judge=oracle"], "unknown eval.judge 'oracle'; valid: clip, digits, image-classification"),
     (["eval.classifier=/no/such/judge"], "/no/such/judge"),
+    (["eval.fid_features=inception", "eval.inception_weights=/no/such.pth"],
+     "eval.inception_weights '/no/such.pth' is not a file"),
     (["data.remain_classes=[3]", "eval.retained_samples_per_class=1"],
      "eval.retained_samples_per_class=1 gives 1 retained image in all for 1 retained target(s); FID needs at least 2"),
 ])

@@ -1,5 +1,7 @@
-"""Evaluation metrics: FID invariants, forget / retained accuracy with a rigged classifier, sampling seeds."""
+"""Evaluation metrics: FID invariants, per-class accuracy with a rigged classifier, sampling seeds, the Inception FID
+from a local pytorch-fid weights file."""
 
+import pytest
 import torch
 
 from conftest import tiny_ddpm
@@ -61,8 +63,6 @@ def test_sampling_uses_per_image_seeds_independent_of_batch_size():
 
 
 def test_inception_fid_needs_a_local_weights_file(tmp_path):
-    import pytest
-
     from diffunlearn.config import load_config
     from diffunlearn.errors import UserError
     from diffunlearn.evaluation.metrics import inception_extractor
@@ -71,3 +71,104 @@ def test_inception_fid_needs_a_local_weights_file(tmp_path):
         load_config("configs/digits/ddpm_sfron.yaml", ["eval.fid_features=inception"])
     with pytest.raises(UserError, match="is not a file"):
         inception_extractor(str(tmp_path / "missing.pth"))
+
+
+def _fid_inception_with_random_weights():
+    """pytorch-fid's FID Inception v3 (the network whose weights are pt_inception-2015-12-05-6726825d.pth) with
+    random weights, built offline as `pytorch_fid.inception.fid_inception_v3` builds it, minus the download."""
+    from pytorch_fid import inception as pf
+
+    torch.manual_seed(0)
+    net = pf._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    blocks = {"Mixed_5b": pf.FIDInceptionA(192, pool_features=32), "Mixed_5c": pf.FIDInceptionA(256, pool_features=64),
+              "Mixed_5d": pf.FIDInceptionA(288, pool_features=64), "Mixed_6b": pf.FIDInceptionC(768, channels_7x7=128),
+              "Mixed_6c": pf.FIDInceptionC(768, channels_7x7=160), "Mixed_6d": pf.FIDInceptionC(768, channels_7x7=160),
+              "Mixed_6e": pf.FIDInceptionC(768, channels_7x7=192), "Mixed_7b": pf.FIDInceptionE_1(1280),
+              "Mixed_7c": pf.FIDInceptionE_2(2048)}
+    for name, block in blocks.items():
+        setattr(net, name, block)
+    for module in net.modules():  # batch-norm statistics of real activations, else the features vanish (~1e-8)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # a cumulative average over the calibration batch
+    with torch.no_grad():
+        net.train()(torch.rand(4, 3, 299, 299) * 2 - 1)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    net = _fid_inception_with_random_weights()
+    path = tmp_path_factory.mktemp("fid") / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(net.state_dict(), path)
+    return net, str(path)
+
+
+def test_inception_features_from_a_local_pytorch_fid_weights_file_match_pytorch_fid(inception_weights):
+    from unittest import mock
+
+    from pytorch_fid import inception as pf
+
+    from diffunlearn.evaluation.metrics import inception_extractor
+
+    net, path = inception_weights
+    ours = inception_extractor(path)
+    with mock.patch.object(pf, "fid_inception_v3", lambda: net):  # pytorch-fid's own pipeline on these weights
+        reference = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    images = (torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 255).floor() / 255
+    with torch.no_grad():
+        got, want = ours(images), reference(images)[0].flatten(1).double()
+    assert got.shape == (3, 2048)
+    # the networks and weights are the same; the resize to 299 differs (TF1-style bilinear vs F.interpolate):
+    # measured 0.14% relative, cosine 0.999999
+    assert ((got - want).norm() / want.norm()).item() < 0.02
+    assert torch.nn.functional.cosine_similarity(got, want).min().item() > 0.9999
+
+
+def test_an_evaluation_with_inception_fid_records_it_in_the_protocol(inception_weights, tiny_ddpm_dir,
+                                                                    tiny_classifier_dir):
+    from conftest import tiny_overrides
+    from diffunlearn.config import load_config
+    from diffunlearn.evaluation.judges import load_judge
+    from diffunlearn.run import make_evaluator
+
+    cfg = load_config("configs/digits/ddpm_sfron.yaml", tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir) + [
+        "eval.fid_features=inception", f"eval.inception_weights={inception_weights[1]}", "eval.fid_reference=base",
+        "data.remain_classes=[3,4]", "eval.retained_samples_per_class=3", "eval.forget_samples=2"])
+    model = tiny_ddpm()
+    evaluator = make_evaluator(cfg, model, load_judge(cfg.eval), model, tiny_ddpm_dir)
+    metrics, _ = evaluator(model)
+    assert metrics["fid_retained"] > 1  # 6 tiny-model samples against 6 others: far apart in 2048 dimensions
+    protocol = evaluator.protocol
+    assert (protocol["fid_features"], protocol["feature_dim"], protocol["fid_real_images"]) == \
+        ("inception-v3-2048", 2048, 6)
+
+
+def test_inception_weights_are_read_safely_and_bad_files_are_one_line_errors(inception_weights, tmp_path):
+    from safetensors.torch import save_file
+
+    from diffunlearn.errors import UserError
+    from diffunlearn.evaluation.metrics import inception_extractor
+
+    net, path = inception_weights
+    copy = tmp_path / "inception.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(copy))
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(inception_extractor(str(copy))(images), inception_extractor(path)(images))
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    hostile = tmp_path / "pt_inception-hostile.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": Payload()}, hostile)  # unpickling it would create `marker`
+    with pytest.raises(UserError, match="is not a plain tensor weights file") as info:
+        inception_extractor(str(hostile))
+    assert not marker.exists(), "the file's code ran"
+    wrong = tmp_path / "classifier.pth"
+    torch.save(_extractor().classifier.state_dict(), wrong)
+    with pytest.raises(UserError, match="are not FID Inception v3 weights") as info:
+        inception_extractor(str(wrong))
+    assert len(str(info.value).splitlines()) == 1

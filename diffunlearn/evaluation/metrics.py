@@ -105,28 +105,60 @@ class FID:
         return float(self.metric.compute())
 
 
-def inception_extractor(weights_path: str):
-    """torchmetrics' Inception v3 (FID 2048-d pool features) from a local weights file (needs torch-fidelity)."""
+def check_inception_weights(weights_path) -> None:
+    """Refuse a missing FID Inception weights file (runs call it before any training)."""
     from pathlib import Path
 
     from ..errors import UserError
 
-    if not Path(weights_path).is_file():
+    if not Path(weights_path or "").is_file():
         raise UserError(f"eval.inception_weights {weights_path!r} is not a file; give the local FID Inception "
-                        "weights (pt_inception-2015-12-05-6726825d.pth)")
-    from torchmetrics.image.fid import NoTrainInceptionV3
-    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+                        "weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
 
-    if not _TORCH_FIDELITY_AVAILABLE:
-        raise UserError("eval.fid_features=inception needs torch-fidelity: pip install 'diffunlearn[inception]'")
+
+def inception_extractor(weights_path: str):
+    """The FID Inception v3 (2048-d pool features) from a local weights file: torchmetrics' network (torch-fidelity's
+    port, TF1-style resize to 299) loading pytorch-fid's weights file, which holds the same network's weights (a
+    .safetensors copy works too). Images (N, C, H, W) in [0, 1] (1 channel is repeated) are quantised to uint8 as
+    torchmetrics does.
+
+    torch-fidelity unpickles the file it is given with `weights_only=False`, so it never sees the user's file: the
+    tensors are read here with `weights_only=True` (or safetensors) and handed over in a file written here.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    from ..errors import UserError
+
+    check_inception_weights(weights_path)
+    try:
+        state = load_file(weights_path) if weights_path.endswith(".safetensors") else \
+            torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable or code-carrying file is the same user error
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"eval.inception_weights {weights_path!r} is not a plain tensor weights file "
+                        f"(torch.load weights_only=True refused it: {reason})") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"eval.inception_weights {weights_path!r} holds no state dict of tensors")
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "inception.pth"
+        torch.save({str(k): v for k, v in state.items()}, plain)  # tensors only: all that torch-fidelity unpickles
+        try:
+            network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                         feature_extractor_weights_path=str(plain))
+        except RuntimeError as error:  # load_state_dict: missing / unexpected keys or wrong shapes
+            raise UserError(f"eval.inception_weights {weights_path!r} are not FID Inception v3 weights "
+                            f"({str(error).splitlines()[0].strip()})") from None
 
     class Inception(torch.nn.Module):
         num_features = 2048
 
         def __init__(self):
             super().__init__()
-            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                          feature_extractor_weights_path=weights_path)
+            self.net = network
 
         def forward(self, images):
             images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
