@@ -41,6 +41,17 @@ class DenoiserRecipe:
     seed: int = 0
     mixed_precision: str = "no"
 
+    def start(self, train_set=None) -> tuple:
+        """(Accelerator, training set) of a seeded run: `train_set`, or the digits train split, minus
+        `exclude_classes`."""
+        accelerator = Accelerator(mixed_precision=self.mixed_precision)
+        set_seed(self.seed)
+        if train_set is None:
+            train_set, _ = load_digits_splits(self.split_seed)
+        if self.exclude_classes:
+            train_set = train_set.select_classes(self.exclude_classes, keep=False)
+        return accelerator, train_set
+
 
 @dataclass
 class DDPMRecipe(DenoiserRecipe):
@@ -106,12 +117,7 @@ def fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, 
 
 def train_ddpm(recipe: DDPMRecipe, train_set=None, progress: bool = True) -> ClassConditionalDDPM:
     """Train a class-conditional DDPM from scratch on the digits train split (minus `exclude_classes`)."""
-    accelerator = Accelerator(mixed_precision=recipe.mixed_precision)
-    set_seed(recipe.seed)
-    if train_set is None:
-        train_set, _ = load_digits_splits(recipe.split_seed)
-    if recipe.exclude_classes:
-        train_set = train_set.select_classes(recipe.exclude_classes, keep=False)
+    accelerator, train_set = recipe.start(train_set)
     unet = UNet2DModel(**tiny_unet_config(channels=recipe.channels, layers_per_block=recipe.layers_per_block))
     scheduler = DDPMScheduler(num_train_timesteps=recipe.num_train_timesteps, beta_schedule=recipe.beta_schedule,
                               prediction_type=recipe.prediction_type, clip_sample=recipe.clip_sample)

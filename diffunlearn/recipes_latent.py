@@ -150,12 +150,7 @@ def train_dit(recipe: DiTRecipe, train_set=None, progress: bool = True) -> Class
     """
     from .assets import resolve_model_path
 
-    accelerator = Accelerator(mixed_precision=recipe.mixed_precision)
-    set_seed(recipe.seed)
-    if train_set is None:
-        train_set, _ = load_digits_splits(recipe.split_seed)
-    if recipe.exclude_classes:
-        train_set = train_set.select_classes(recipe.exclude_classes, keep=False)
+    accelerator, train_set = recipe.start(train_set)
     vae = AutoencoderKL.from_pretrained(resolve_model_path(recipe.vae), use_safetensors=True).eval()
     vae.requires_grad_(False)
     transformer = DiTTransformer2DModel(**tiny_dit_config(

@@ -14,12 +14,9 @@ from dataclasses import dataclass, field
 from typing import List
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 from .config import check_positive
-from .data import load_digits_splits
 from .data.digits import DIGIT_NAMES
 from .errors import UserError
 from .models.latent import tiny_vae_config
@@ -120,12 +117,7 @@ def warmup_cosine(step: int, recipe: TextToImageRecipe) -> float:
 def train_text_to_image(recipe: TextToImageRecipe, train_set=None, progress: bool = True) -> StableDiffusion:
     """Train the tiny SD (UNet and text encoder jointly, AdamW with warmup and cosine decay, EMA) on captioned
     digits; returns the EMA weights, text encoder frozen."""
-    accelerator = Accelerator(mixed_precision=recipe.mixed_precision)
-    set_seed(recipe.seed)
-    if train_set is None:
-        train_set, _ = load_digits_splits(recipe.split_seed)
-    if recipe.exclude_classes:
-        train_set = train_set.select_classes(recipe.exclude_classes, keep=False)
+    accelerator, train_set = recipe.start(train_set)
     model = build_text_to_image(recipe).to(accelerator.device)
     unet, text_encoder = model.pipeline.unet, model.pipeline.text_encoder
     table = caption_table(model)
