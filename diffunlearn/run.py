@@ -24,6 +24,7 @@ from .errors import UserError
 from .registry import get_family, get_method
 
 CONFIG_FILE = "config.yaml"
+TRAINED_FILE = "trained.json"  # in a partial run: the unlearned model is saved; a rerun only evaluates it
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -188,19 +189,26 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     work = out.parent / f".{out.name}.partial"
     resumed = prepare_work_dir(work, cfg, overwrite, is_main=state.is_main_process)
     state.wait_for_everyone()
-    trainer = Trainer(cfg, model, method_cls, forget_set, remain_set, work, progress=progress)
-    timing = trainer.train(finish=False)  # the process group stays: every process evaluates its share of images
     main = state.is_main_process
-    if main:
-        model.save_pretrained(work / "pipeline")
-        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    if resumed and (work / TRAINED_FILE).is_file():  # trained before, then stopped (e.g. in evaluation)
+        model, _ = load_model(load_config(config_path, list(overrides) + [f"model.path={work / 'pipeline'}"]))
+        timing = json.loads((work / TRAINED_FILE).read_text())
+        device, finish = state.device, state.destroy_process_group
+        model.to(device)
+    else:
+        trainer = Trainer(cfg, model, method_cls, forget_set, remain_set, work, progress=progress)
+        timing = trainer.train(finish=False)  # the process group stays: every process evaluates its share of images
+        device, finish = trainer.accelerator.device, trainer.finish
+        if main:  # in this order, so that a stop anywhere in it resumes correctly
+            model.save_pretrained(work / "pipeline")
+            write_json(work / TRAINED_FILE, timing)
+            shutil.rmtree(work / "checkpoints", ignore_errors=True)
     target = {"forget_prompts": list(cfg.forget.prompts), "anchors": list(cfg.forget.anchors)} \
         if cfg.forget.is_concept else {"forget_classes": list(cfg.forget.classes)}
     report = {"method": cfg.method.name, "model": base_path, **target, "resumed": resumed,
               "config": config_to_dict(cfg)}
     if evaluate:
         start = time.perf_counter()
-        device = trainer.accelerator.device
         base_model, _ = load_model(cfg)
         base_model.to(device)
         evaluator = make_evaluator(cfg, model, judge, base_model, base_path, device=device)
@@ -210,7 +218,7 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
             evaluator.gallery(work / "gallery", base_images, unl_images)
         timing["evaluation"] = time.perf_counter() - start
         report.update(base=base_metrics, unlearned=unl_metrics, protocol=evaluator.protocol)
-    trainer.finish()
+    finish()
     if not main:
         return {}
     report["timing"] = {"mask": timing.pop("setup"), "unlearning": timing.pop("unlearning"),

@@ -44,15 +44,14 @@ def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict) 
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    k = len(next(iter(base.values())))
     grid_rows, table = [], []
     for i, (cls, name, forgotten) in enumerate(rows):
         b, u = to_pil(base[cls]), to_pil(unlearned[cls])
         label = name if str(cls) == name else f"{cls} {name}"
         grid_rows.append((label + (" (forgotten)" if forgotten else ""), b, u))
         stem = file_stem(cls, i)
-        make_image_grid(b, 1, k).save(folder / f"base_{stem}.png")
-        make_image_grid(u, 1, k).save(folder / f"unlearned_{stem}.png")
+        make_image_grid(b, 1, len(b)).save(folder / f"base_{stem}.png")  # k, or fewer if the target has fewer
+        make_image_grid(u, 1, len(u)).save(folder / f"unlearned_{stem}.png")
         tag = "FORGOTTEN" if forgotten else "retained"
         table.append(f"<tr class='{tag.lower()}'><td>{html.escape(label)}</td><td>{tag}</td>"
                      f"<td><img src='base_{stem}.png'></td><td><img src='unlearned_{stem}.png'></td>"
@@ -72,8 +71,7 @@ def labelled_grid(rows: list) -> Image.Image:
     """One row per (label, base images, unlearned images), padded, with a header and row labels."""
     cell = rows[0][1][0].size[0]
     label_width = max(LABEL_WIDTH, 6 * max(len(r[0]) for r in rows) + 8)  # ~6 px per character
-    k = len(rows[0][1])
-    block = k * (cell + PAD)
+    block = max(len(r[1]) for r in rows) * (cell + PAD)
     width = label_width + 2 * block + 3 * PAD
     grid = Image.new("RGB", (width, HEADER + len(rows) * (cell + PAD) + PAD), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
@@ -82,7 +80,7 @@ def labelled_grid(rows: list) -> Image.Image:
     for r, (label, base, unlearned) in enumerate(rows):
         y = HEADER + r * (cell + PAD)
         draw.text((4, y + cell // 2 - 6), label, fill=(200, 0, 0) if "forgotten" in label else (0, 0, 0))
-        for j, img in enumerate(base + unlearned):
-            x = label_width + PAD + j * (cell + PAD) + (2 * PAD if j >= k else 0)
-            grid.paste(img.convert("RGB"), (x, y))
+        for left, images in ((label_width + PAD, base), (label_width + block + 3 * PAD, unlearned)):
+            for j, img in enumerate(images):
+                grid.paste(img.convert("RGB"), (left + j * (cell + PAD), y))
     return grid
