@@ -172,16 +172,12 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     # `accelerate launch --cpu`) makes several CPU processes one gloo group, as the Trainer's Accelerator does
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     judge = None
-    if evaluate:  # a bad judge is refused before anything is written
+    if evaluate:  # refused before anything is written: a bad judge, labels it cannot score, no FID features
         from .evaluation.judges import load_judge
+        from .evaluation.report import check_evaluation
 
-        from .evaluation.metrics import check_inception_weights
-        from .evaluation.report import check_retained_images
-
-        if cfg.eval.fid_features == "inception":
-            check_inception_weights(cfg.eval.inception_weights)
         judge = load_judge(cfg.eval, device=state.device)
-        check_retained_images(cfg.eval, eval_targets(cfg, model, judge.labels)[1])  # labels the judge cannot score
+        check_evaluation(cfg.eval, judge, eval_targets(cfg, model, judge.labels)[1])
     with state.main_process_first():  # generated D_f / D_r: made once by the main process, then read from cache
         forget_set, remain_set = build_sets(cfg, model.to(state.device), base_path)
     check_process_split(state.num_processes, cfg.train.batch_size, forget_set, remain_set)  # before any write

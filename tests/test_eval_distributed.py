@@ -114,3 +114,16 @@ def test_a_process_without_a_share_of_the_base_model_reference_builds_its_evalua
     AcceleratorState._reset_state(True)
     debug_launcher(_base_reference_share, args=(cfg, PixelJudge(), tiny_ddpm()), num_processes=3)
 
+
+
+def test_a_judge_without_fid_features_is_refused_before_an_evaluator_exists(tiny_ddpm_dir, tiny_classifier_dir):
+    from diffunlearn.errors import UserError
+    from diffunlearn.evaluation.report import check_evaluation
+
+    cfg = load_config(MAIN, tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir))
+    judge = PixelJudge()
+    judge.feature_extractor = None
+    _, retained = eval_targets(cfg, tiny_ddpm(), judge.labels)
+    with pytest.raises(UserError, match="eval.judge=digits has no feature extractor for FID"):
+        check_evaluation(cfg.eval, judge, retained)  # what `unlearn` calls before training
+    check_evaluation(cfg.eval, PixelJudge(), retained)  # the same judge with features passes

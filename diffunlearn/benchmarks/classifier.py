@@ -251,7 +251,7 @@ def markdown_table(rows: list) -> str:
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         summary = summary_rows(rows, scenario)
         trials = list(dict.fromkeys(r["trial"] for r in trial_rows(rows, scenario)))
-        what = trials[0] if len(trials) == 1 else f"mean of {len(trials)} trials: " + "; ".join(trials)
+        what = trials[0] if len(trials) == 1 else f"{MEAN} {len(trials)} trials: " + "; ".join(trials)
         out += [f"**{scenario}** ({what})", "", "| method | FA | RA | TA | MIA | D_KL | Avg.D | RTE (s) |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in summary:

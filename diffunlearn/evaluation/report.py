@@ -12,11 +12,19 @@ from accelerate.utils import gather_object
 
 from ..errors import UserError
 from .gallery import write_gallery
-from .metrics import FID, generate, image_seed, inception_extractor, process_share, sample_seeds, sum_over_processes
+from .metrics import (FID, check_inception_weights, generate, image_seed, inception_extractor, process_share,
+                      sample_seeds, sum_over_processes)
 
 
-def check_retained_images(eval_cfg, retained) -> None:
-    """FID needs at least 2 generated retained images (a covariance); refused before anything is trained."""
+def check_evaluation(eval_cfg, judge, retained) -> None:
+    """What an evaluation needs, checked by `unlearn` before any training and again by the Evaluator: FID features
+    (the Inception weights file, or a judge that has a feature extractor) and at least 2 retained images (FID needs
+    a covariance)."""
+    if eval_cfg.fid_features == "inception":
+        check_inception_weights(eval_cfg.inception_weights)
+    elif judge.feature_extractor is None:
+        raise UserError(f"eval.judge={eval_cfg.judge} has no feature extractor for FID; set "
+                        "eval.fid_features=inception with eval.inception_weights=PATH")
     total = len(retained) * eval_cfg.retained_samples_per_class
     if total < 2:
         raise UserError(f"eval.retained_samples_per_class={eval_cfg.retained_samples_per_class} gives {total} "
@@ -42,16 +50,13 @@ class Evaluator:
     def __init__(self, cfg, judge, forget, retained, reference: torch.Tensor, reference_source: str, device="cpu"):
         self.cfg, self.eval_cfg, self.judge = cfg, cfg.eval, judge
         self.forget, self.retained = list(forget), list(retained)
+        check_evaluation(self.eval_cfg, judge, self.retained)
         if self.eval_cfg.fid_features == "inception":
             extractor, extractor_name = inception_extractor(self.eval_cfg.inception_weights), "inception-v3-2048"
             extractor_hash = None
         else:
-            if judge.feature_extractor is None:
-                raise UserError(f"eval.judge={self.eval_cfg.judge} has no feature extractor for FID; set "
-                                "eval.fid_features=inception with eval.inception_weights=PATH")
             extractor, extractor_name = judge.feature_extractor, f"{self.eval_cfg.judge}-judge-features"
             extractor_hash = judge.protocol().get("weights_sha256")
-        check_retained_images(self.eval_cfg, self.retained)
         self.fid = FID(extractor.to(device).eval(), reference, self.eval_cfg.batch_size)
         self.targets = self.forget + self.retained
         self.sizes = [self.eval_cfg.forget_samples] * len(self.forget)
