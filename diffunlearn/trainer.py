@@ -122,10 +122,10 @@ class Trainer:
                                           cond_drop=self.train_cfg.cond_drop, antithetic=self.train_cfg.antithetic,
                                           shard=self.shard, **kwargs)
 
-    def anchored_losses(self, batch: dict, step: int, stream: int) -> torch.Tensor:
-        """Per-sample concept-mapping losses (B,) (forget prompt onto its anchor, same x_t and t)."""
+    def anchored_losses(self, batch: dict, step: int, stream: int, **kwargs) -> torch.Tensor:
+        """Per-sample concept-mapping losses (B,) (forget condition onto its anchor, same x_t and t)."""
         return self.model.anchored_losses(batch, generator=self.generator(step, stream),
-                                          antithetic=self.train_cfg.antithetic, shard=self.shard)
+                                          antithetic=self.train_cfg.antithetic, shard=self.shard, **kwargs)
 
     def update(self, loss: torch.Tensor, clip=None, mask=None) -> None:
         """One optimizer step on `loss`.

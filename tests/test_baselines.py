@@ -1,10 +1,12 @@
 """Baselines (GA, RL, SalUn, SA): one step moves only what it should, and each loss moves the right way."""
 
+import pytest
 import torch
 
 from conftest import tiny_ddpm
 from helpers import make_trainer, snapshot
-from diffunlearn.methods.rl import relabel_to_forgotten
+from diffunlearn.errors import UserError
+from diffunlearn.methods.rl import relabel
 
 SGD = ["train.optimizer=sgd", "train.momentum=0.0", "train.lr=0.002", "train.cond_drop=0.0"]
 
@@ -25,7 +27,7 @@ def test_ga_step_raises_the_forget_loss(tmp_path):
 def test_rl_step_teaches_the_forgotten_label_other_classes(tmp_path):
     trainer = make_trainer(tiny_ddpm(), tmp_path, method="rl", overrides=["method.clip=null",
                                                    "method.remain_weight=0.0", *SGD])
-    relabelled = relabel_to_forgotten(trainer.remain_batch(0), [7], trainer.generator(0, 3))
+    relabelled = relabel(trainer.remain_batch(0), [7], trainer.generator(0, 3))
     assert bool((relabelled["labels"] == 7).all()) and not bool((trainer.remain_batch(0)["labels"] == 7).any())
     before = _loss(trainer, relabelled)
     trainer.method.training_step(0)
@@ -35,17 +37,39 @@ def test_rl_step_teaches_the_forgotten_label_other_classes(tmp_path):
 def test_salun_mask_keeps_the_requested_share_and_frozen_weights_stay(tmp_path):
     trainer = make_trainer(tiny_ddpm(), tmp_path, method="salun", overrides=["method.keep_fraction=0.3",
                                                    "method.mask_batches=2", *SGD])
+    assert (trainer.method.cfg.target, trainer.method.cfg.remain_weight) == ("pseudo_label", 1e-3), "paper defaults"
     trainer.method.setup()
     mask = trainer.method.mask
     assert abs(mask.density() - 0.3) < 0.01
     before = snapshot(trainer)
-    relabelled = relabel_to_forgotten(trainer.remain_batch(0), [7], trainer.generator(0, 3))
-    loss_before = _loss(trainer, relabelled)
+    with torch.no_grad():
+        loss_before = trainer.method.relabel_loss(0).item()
     trainer.method.training_step(0)
     for name, p in trainer.params:
         frozen = ~mask.tensors[name]
         assert torch.equal(p.detach()[frozen], before[name][frozen]), name
-    assert _loss(trainer, relabelled) < loss_before
+    with torch.no_grad():
+        assert trainer.method.relabel_loss(0).item() < loss_before
+
+
+def test_salun_pseudo_label_loss_is_the_mse_to_a_retained_class_prediction(tmp_path):
+    """SalUn's generation loss, by hand: the same x_t and t, the forgotten label's prediction against the detached
+    prediction under random retained labels, torch MSELoss (mean over elements)."""
+    trainer = make_trainer(tiny_ddpm(), tmp_path, method="salun", overrides=["method.mask_batches=1", *SGD])
+    model, forget = trainer.model, trainer.forget_batch(0)
+    pseudo = relabel(forget, [c for c in range(10) if c != 7], trainer.generator(0, 3))
+    assert not bool((pseudo["labels"] == 7).any()) and len(set(pseudo["labels"].tolist())) > 1
+    _, _, t, x_t = model.noised(forget, trainer.generator(0, 1), trainer.train_cfg.antithetic, trainer.shard)
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(model.predict(x_t, t, forget["labels"]),
+                                                model.predict(x_t, t, pseudo["labels"]))
+        assert torch.allclose(trainer.method.relabel_loss(0), expected, rtol=1e-5)
+    assert expected.item() > 0
+
+
+def test_rl_target_is_validated(tmp_path):
+    with pytest.raises(UserError, match="unknown method.target 'images'; valid: pseudo_label, retained_images"):
+        make_trainer(tiny_ddpm(), tmp_path, method="rl", overrides=["method.target=images"])
 
 
 def test_sa_step_learns_the_surrogate_and_pays_an_ewc_penalty(tmp_path):

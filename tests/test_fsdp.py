@@ -24,7 +24,7 @@ MAIN = "configs/digits/ddpm_sfron.yaml"
 WEIGHTS = Path("pipeline") / "unet" / "diffusion_pytorch_model.safetensors"
 # As under DDP (tests/test_distributed.py): sums over a batch split in two differ in the last bits, which SGD keeps
 # at round-off level. Measured with FSDP2: 1.4e-7 (SFR-on, weights moved by 0.09; the same after a resume),
-# 4.5e-8 (SalUn, moved by 0.12).
+# 3.0e-8 (SalUn with its pseudo-label loss, moved by 0.037; its pseudo labels are drawn for the global batch).
 TOLERANCE = 1e-5
 # Elements whose saliency score sits on the threshold may flip with those last bits. Measured: SFR-on (gamma = 1)
 # 8 of 41,961 elements, the very same 8 under DDP (the FSDP mask equals the DDP mask); SalUn none. A per-shard top-k

@@ -9,8 +9,12 @@ from typing import Optional
 import torch
 
 from ..config import MethodConfig
+from ..errors import choice_error
 from ..registry import register_method
+from ..targets import remain_classes
 from .base import UnlearningMethod
+
+RELABEL_TARGETS = ("retained_images", "pseudo_label")
 
 
 @dataclass
@@ -18,13 +22,25 @@ class RLConfig(MethodConfig):
     name: str = "rl"
     remain_weight: float = 1.0  # weight of the ordinary remain loss added to the relabel loss
     clip: Optional[float] = 1.0
+    # generators: retained_images = a remain batch under the forgotten labels, denoising loss; pseudo_label =
+    # SalUn's generation loss: on a forget batch, pred(x_t | forgotten class) -> stopgrad pred(x_t | c'), c' a
+    # random retained class, mean squared error per element (classifiers: random other labels either way)
+    target: str = "retained_images"
+
+    def __post_init__(self):
+        if self.target not in RELABEL_TARGETS:
+            raise choice_error("method.target", self.target, RELABEL_TARGETS)
 
 
-def relabel_to_forgotten(batch: dict, forget_classes, generator) -> dict:
-    """A remain batch whose labels are replaced by randomly chosen forgotten classes: (B,) -> (B,)."""
-    classes = torch.as_tensor(list(forget_classes), device=batch["labels"].device)
-    pick = torch.randint(0, len(classes), batch["labels"].shape, generator=generator, device=classes.device)
-    return {**batch, "labels": classes[pick]}
+def relabel(batch: dict, classes, generator, shard: tuple = (0, 1)) -> dict:
+    """The batch with each label replaced by one drawn uniformly from `classes`: (B,) -> (B,). Draws are made for
+    the global batch and sliced (`shard`, see `Trainer.shard`), so a sample's new label does not depend on the
+    number of processes."""
+    index, count = shard
+    classes = torch.as_tensor(list(classes), device=generator.device)
+    pick = torch.randint(0, len(classes), (len(batch["labels"]) * count,), generator=generator,
+                         device=classes.device)[index::count]
+    return {**batch, "labels": classes[pick].to(batch["labels"].device)}
 
 
 @register_method
@@ -32,25 +48,36 @@ class Relabel(UnlearningMethod):
     """Relabelling (SalUn's RL baseline, Fan et al., ICLR 2024). One update per step on
     `relabel_loss + remain_weight * remain_loss`.
 
-    Class-conditional generators: the forgotten class's condition learns to denoise images of retained classes
-    (a remain batch under forgotten labels), while the remain loss keeps those classes. Classifiers (a family with
-    a `relabelled(batch, generator)` hook): the forget batch with each label replaced by a random other class, i.e.
-    fine-tuning on D_f-relabelled + D_r.
+    Class-conditional generators, `target` retained_images: the forgotten class's condition learns to denoise
+    images of retained classes (a remain batch under forgotten labels), while the remain loss keeps those classes.
+    `target` pseudo_label (SalUn's Eq. for generation, as its DDPM code runs it): on forget images, the prediction
+    under the forgotten class is pulled toward the (detached) prediction under a random retained class c' at the
+    same x_t and t, a per-element mean squared error (torch `MSELoss`) beside the remain loss summed over (C, H, W).
+    Classifiers (a family with a `relabelled(batch, generator)` hook): the forget batch with each label replaced
+    by a random other class, i.e. fine-tuning on D_f-relabelled + D_r.
     """
 
     name = "rl"
     config_cls = RLConfig
     mask = None  # SalUn sets a saliency mask
 
-    def training_step(self, step: int) -> dict:
+    def relabel_loss(self, step: int) -> torch.Tensor:
         trainer = self.trainer
-        remain = trainer.remain_batch(step)
         family_relabel = getattr(self.model, "relabelled", None)
         if family_relabel is not None:
             relabelled = family_relabel(trainer.forget_batch(step), trainer.generator(step, 3))
-        else:
-            relabelled = relabel_to_forgotten(remain, trainer.cfg.forget.classes, trainer.generator(step, 3))
-        loss_rl = trainer.losses(relabelled, step, stream=1).mean()
-        loss_r = trainer.losses(remain, step, stream=2).mean()
+            return trainer.losses(relabelled, step, stream=1).mean()
+        if self.cfg.target == "retained_images":
+            relabelled = relabel(trainer.remain_batch(step), trainer.cfg.forget.classes, trainer.generator(step, 3),
+                                 trainer.shard)
+            return trainer.losses(relabelled, step, stream=1).mean()
+        forget = trainer.forget_batch(step)
+        pseudo = relabel(forget, remain_classes(trainer.cfg, self.model), trainer.generator(step, 3), trainer.shard)
+        return trainer.anchored_losses(forget, step, stream=1, anchor=self.model.condition(pseudo), mean=True).mean()
+
+    def training_step(self, step: int) -> dict:
+        trainer = self.trainer
+        loss_rl = self.relabel_loss(step)
+        loss_r = trainer.losses(trainer.remain_batch(step), step, stream=2).mean()
         trainer.update(loss_rl + self.cfg.remain_weight * loss_r, clip=self.cfg.clip, mask=self.mask)
         return {"relabel_loss": loss_rl.detach(), "remain_loss": loss_r.detach()}

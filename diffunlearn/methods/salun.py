@@ -13,10 +13,15 @@ from .rl import Relabel, RLConfig
 @dataclass
 class SalUnConfig(RLConfig):
     name: str = "salun"
+    # SalUn's DDPM defaults (its README command: --method rl --alpha 1e-3, mask ratio 0.5): the generation loss
+    # (pseudo labels, per-element MSE) plus 1e-3 x the remain loss summed over (C, H, W)
+    target: str = "pseudo_label"
+    remain_weight: float = 1e-3
     keep_fraction: float = 0.5  # share of weights with the largest |grad of the forget loss| that may change
     mask_batches: int = 8
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0.0 < self.keep_fraction <= 1.0:
             raise UserError(f"method.keep_fraction must be in (0, 1], got {self.keep_fraction!r}")
 

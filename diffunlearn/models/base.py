@@ -162,17 +162,19 @@ class DiffusionModel:
         return (pred.float() - target.float()).pow(2).flatten(1).sum(1)
 
     def anchored_losses(self, batch: dict, generator: Optional[torch.Generator] = None, antithetic: bool = False,
-                        shard: tuple = (0, 1)) -> torch.Tensor:
+                        shard: tuple = (0, 1), anchor=None, mean: bool = False) -> torch.Tensor:
         """Concept forgetting: ||pred(x_t, c_forget) - stopgrad pred(x_t, c_anchor)||^2 per sample, (B,).
 
-        The forget condition is the batch's own (`condition`), the anchor is `anchor_condition(batch)`; both see
-        the same x_t and t.
+        The forget condition is the batch's own (`condition`), the anchor is `anchor` if given (e.g. SalUn's
+        pseudo labels), else `anchor_condition(batch)`; both see the same x_t and t. Summed over the prediction's
+        elements, or averaged with `mean`.
         """
         _, _, t, x_t = self.noised(batch, generator, antithetic, shard)
         with torch.no_grad():
-            target = self.predict(x_t, t, self.anchor_condition(batch))
+            target = self.predict(x_t, t, self.anchor_condition(batch) if anchor is None else anchor)
         pred = self.predict(x_t, t, self.condition(batch))
-        return (pred.float() - target.float()).pow(2).flatten(1).sum(1)
+        squared = (pred.float() - target.float()).pow(2).flatten(1)
+        return squared.mean(1) if mean else squared.sum(1)
 
     def anchor_condition(self, batch: dict):
         """The anchor concept's condition for each sample of a forget batch (concept families only)."""
