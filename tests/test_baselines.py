@@ -67,20 +67,24 @@ def test_salun_pseudo_label_loss_is_the_mse_to_a_retained_class_prediction(tmp_p
     assert expected.item() > 0
 
 
-def test_rl_target_is_validated(tmp_path):
+def test_rl_target_and_sa_fisher_samples_are_validated(tmp_path):
     with pytest.raises(UserError, match="unknown method.target 'images'; valid: pseudo_label, retained_images"):
         make_trainer(tiny_ddpm(), tmp_path, method="rl", overrides=["method.target=images"])
+    with pytest.raises(UserError, match="method.fisher_samples 64 exceeds method.replay_samples 32"):
+        make_trainer(tiny_ddpm(), tmp_path, method="sa", overrides=["method.replay_samples=32"])
 
 
 def test_sa_step_learns_the_surrogate_and_pays_an_ewc_penalty(tmp_path):
-    trainer = make_trainer(tiny_ddpm(), tmp_path, method="sa", overrides=["method.replay_samples=32",
-                                                   "method.replay_steps=2", "method.fisher_batches=2",
-                                                   "method.clip=null", *SGD])
+    trainer = make_trainer(tiny_ddpm(), tmp_path, method="sa", overrides=[
+        "method.replay_samples=32", "method.replay_steps=2", "method.fisher_samples=18", "method.fisher_timesteps=10",
+        "method.clip=null", *SGD])
     info = trainer.method.setup()
     assert info["replay_images"] == 32
     replay_labels = trainer.method.replay.dataset.labels
     assert not bool((replay_labels == 7).any()), "replay holds retained classes only"
     assert trainer.method.ewc_penalty().item() == 0.0
+    embedding = trainer.method.fisher["class_embedding.weight"]  # SA's Fisher: replay of retained classes only
+    assert float(embedding[7].abs().max()) == 0.0 and bool((embedding[[0, 1, 2, 3, 4, 5, 6, 8, 9]].sum(1) > 0).all())
     forget = trainer.forget_batch(0)
     noise = torch.rand(forget["pixel_values"].shape, generator=trainer.generator(0, 4)) * 2 - 1
     surrogate = {**forget, "pixel_values": noise}

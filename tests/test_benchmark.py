@@ -18,7 +18,8 @@ from diffunlearn.errors import UserError
 TINY_BENCH = {
     "run": "configs/digits/ddpm_sfron.yaml",
     "methods": {"ga": {}, "rl": {}, "salun": {"method": {"mask_batches": 2}},
-                "sa": {"method": {"replay_samples": 16, "replay_steps": 2, "fisher_batches": 2}}},
+                "sa": {"method": {"replay_samples": 16, "replay_steps": 2, "fisher_samples": 2,
+                                  "fisher_timesteps": 10}}},
     "rt": {"recipe": "configs/recipes/digits_ddpm.yaml",
            "overrides": ["channels=[8,16]", "batch_size=16", "warmup_steps=1"]},
     "eval_every": 2, "eval_also": [1], "periodic_eval": {"forget_samples": 4, "retained_samples_per_class": 2, "num_inference_steps": 2},

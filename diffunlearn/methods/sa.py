@@ -9,25 +9,56 @@ import torch
 
 from ..config import MethodConfig, check_positive
 from ..data import LabeledImages, StepSampler
+from ..errors import UserError
 from ..registry import register_method
-from ..saliency import fisher_diagonal
 from .base import UnlearningMethod
 
 
 @dataclass
 class SAConfig(MethodConfig):
     name: str = "sa"
-    ewc_lambda: float = 1000.0  # weight of sum_i F_i (theta_i - theta*_i)^2
+    ewc_lambda: float = 10.0  # weight of sum_i F_i (theta_i - theta*_i)^2 (SA's DDPM config: lmbda 10)
     replay_samples: int = 512  # images of retained classes generated once by the base model
     replay_steps: int = 25  # DDIM steps for the replay images
     replay_guidance: float = 2.0
-    fisher_batches: int = 8  # replay batches for the Fisher diagonal of the base model
+    fisher_samples: int = 64  # replay images whose per-sample gradients make the Fisher diagonal of the base model
+    fisher_timesteps: Optional[int] = None  # per-sample loss summed over all timesteps (None, as SA) or over this
+                                            # many stratified ones, scaled to the sum over all (cheaper, noisier)
     replay_weight: float = 1.0
     clip: Optional[float] = 1.0
 
     def __post_init__(self):
         check_positive("method", replay_samples=self.replay_samples, replay_steps=self.replay_steps,
-                       fisher_batches=self.fisher_batches)
+                       fisher_samples=self.fisher_samples, fisher_timesteps=self.fisher_timesteps or 1)
+        if self.fisher_samples > self.replay_samples:
+            raise UserError(f"method.fisher_samples {self.fisher_samples} exceeds method.replay_samples "
+                            f"{self.replay_samples}; the Fisher is taken on replay images")
+
+
+def timestep_sum_fisher(trainer, samples: dict, timesteps: Optional[int], stream: int) -> dict:
+    """SA's Fisher diagonal: the mean over samples x of (grad of sum_t l(x, t))^2, the per-sample loss summed over
+    the diffusion timesteps (all T, or `timesteps` stratified ones scaled by T / timesteps), one noise draw per t.
+
+    Every process takes the same samples in the same order, so the gradient averaged over processes is still one
+    sample's."""
+    model = trainer.model
+    total = model.noise_scheduler.config.num_train_timesteps
+    count = min(timesteps or total, total)
+    stride = total // count
+    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in trainer.params}
+    n = len(samples["labels"])
+    for i in range(n):
+        generator = trainer.generator(i, stream)
+        offset = torch.randint(0, stride, (1,), generator=generator, device=generator.device)
+        t = torch.arange(count, device=generator.device) * stride + offset
+        batch = {k: v[i:i + 1].expand(count, *v.shape[1:]) for k, v in samples.items()}
+        losses = model.training_losses(batch, generator=generator, timesteps=t)
+        trainer.accelerator.backward(losses.sum() * (total / count))
+        for name, p in trainer.params:
+            if p.grad is not None:
+                fisher[name] += p.grad.float().pow(2) / n
+        trainer.optimizer.zero_grad(set_to_none=True)
+    return fisher
 
 
 @register_method
@@ -36,8 +67,9 @@ class SelectiveAmnesia(UnlearningMethod):
     Generative Models", NeurIPS 2023), for class-conditional models.
 
     Setup: generate a replay set of retained classes with the base model; Fisher diagonal F of the base model on
-    it; keep theta*. Step: surrogate loss (the forgotten class's condition learns uniform noise images, the
-    surrogate distribution) + replay loss on generated retained images + ewc_lambda * sum F (theta - theta*)^2.
+    it, from per-sample gradients of the loss summed over the timesteps as SA computes it; keep theta*. Step:
+    surrogate loss (the forgotten class's condition learns uniform noise images, the surrogate distribution) +
+    replay loss on generated retained images + ewc_lambda * sum F (theta - theta*)^2.
     """
 
     name = "sa"
@@ -60,8 +92,8 @@ class SelectiveAmnesia(UnlearningMethod):
         replay = LabeledImages(images.clone().cpu(), labels.clone().cpu())
         self.replay = StepSampler(replay, trainer.train_cfg.batch_size, trainer.cfg.seed + 3,
                                   trainer.accelerator.process_index, trainer.accelerator.num_processes)
-        batches = [self.replay.batch(i, trainer.accelerator.device) for i in range(cfg.fisher_batches)]
-        self.fisher = fisher_diagonal(trainer, batches, stream=1004, guidance_scale=None, clip=None)
+        first = {k: v.to(trainer.accelerator.device) for k, v in replay[:cfg.fisher_samples].items()}
+        self.fisher = timestep_sum_fisher(trainer, first, cfg.fisher_timesteps, stream=1004)
         self.anchor = {name: p.detach().clone() for name, p in trainer.params}
         return {"replay_images": len(replay)}
 

@@ -120,19 +120,22 @@ class DiffusionModel:
             return x0
         raise choice_error("prediction_type", kind, ("epsilon", "v_prediction", "sample"))
 
-    def noised(self, batch: dict, generator, antithetic: bool, shard: tuple):
-        """(x0, noise, t, x_t) for a batch; draws are made for the global batch and sliced (see `shard`)."""
+    def noised(self, batch: dict, generator, antithetic: bool, shard: tuple, timesteps=None):
+        """(x0, noise, t, x_t) for a batch; draws are made for the global batch and sliced (see `shard`);
+        `timesteps` (B,), if given, replace the drawn t."""
         x0 = self.encode(batch["pixel_values"].to(self.device))
         index, count = shard
         size = x0.shape[0] * count
         t = self.sample_timesteps(size, generator, antithetic)[index::count]
+        if timesteps is not None:
+            t = timesteps.to(t)
         noise = torch.randn((size, *x0.shape[1:]), generator=generator, device=self.device,
                             dtype=x0.dtype)[index::count]
         return x0, noise, t, self.noise_scheduler.add_noise(x0, noise, t)
 
     def training_losses(self, batch: dict, generator: Optional[torch.Generator] = None, cond_drop: float = 0.0,
                         guidance_scale: Optional[float] = None, antithetic: bool = False,
-                        cond=None, shard: tuple = (0, 1)) -> torch.Tensor:
+                        cond=None, shard: tuple = (0, 1), timesteps=None) -> torch.Tensor:
         """Per-sample denoising losses, (B,): squared error summed over (C, H, W).
 
         Args:
@@ -145,6 +148,7 @@ class DiffusionModel:
             shard: (index, count) when the batch is rows index::count of a global batch split over processes:
                 random draws are made for the global batch and sliced, so every sample gets the same timestep
                 and noise whatever the number of processes.
+            timesteps: (B,) diffusion timesteps to use instead of drawn ones.
         """
         index, count = shard
         cond = self.condition(batch) if cond is None else cond
@@ -152,7 +156,7 @@ class DiffusionModel:
             size = batch["pixel_values"].shape[0] * count
             keep = torch.rand(size, generator=generator, device=self.device)[index::count] >= cond_drop
             cond = self.drop_condition(cond, keep)
-        x0, noise, t, x_t = self.noised(batch, generator, antithetic, shard)
+        x0, noise, t, x_t = self.noised(batch, generator, antithetic, shard, timesteps)
         if guidance_scale is None:
             pred = self.predict(x_t, t, cond)
         else:
