@@ -61,20 +61,29 @@ def _digest(update, tensor: torch.Tensor) -> None:
     update(full_tensor(tensor).detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
 
 
-def fisher_diagonal(trainer, batches: list, stream: int, guidance_scale, clip) -> dict:
-    """Mean over batches of the squared (clipped) gradient of the batch-mean loss, per parameter element."""
+def mean_squared_gradient(trainer, losses, clip=None) -> dict:
+    """Mean over `losses` (scalar losses, best made lazily: each is backpropagated before the next is computed) of
+    the squared (clipped) gradient of each, per parameter element."""
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in trainer.params}
-    for i, batch in enumerate(batches):
-        losses = trainer.model.training_losses(batch, generator=trainer.generator(i, stream), shard=trainer.shard,
-                                               guidance_scale=guidance_scale, antithetic=trainer.train_cfg.antithetic)
-        trainer.accelerator.backward(losses.mean())
+    count = 0
+    for loss in losses:
+        trainer.accelerator.backward(loss)
         if clip:
             trainer.accelerator.clip_grad_norm_([p for _, p in trainer.params], clip)
         for name, p in trainer.params:
             if p.grad is not None:
                 fisher[name] += p.grad.float().pow(2)
         trainer.optimizer.zero_grad(set_to_none=True)
-    return {name: f / len(batches) for name, f in fisher.items()}
+        count += 1
+    return {name: f / count for name, f in fisher.items()}
+
+
+def fisher_diagonal(trainer, batches: list, stream: int, guidance_scale, clip) -> dict:
+    """Mean over batches of the squared (clipped) gradient of the batch-mean loss, per parameter element."""
+    return mean_squared_gradient(trainer, (
+        trainer.model.training_losses(batch, generator=trainer.generator(i, stream), shard=trainer.shard,
+                                      guidance_scale=guidance_scale, antithetic=trainer.train_cfg.antithetic).mean()
+        for i, batch in enumerate(batches)), clip)
 
 
 def fisher_saliency_mask(trainer, num_batches: int, gamma: float, guidance_scale, clip, eps: float = 1e-15,

@@ -11,6 +11,7 @@ from ..config import MethodConfig, check_positive
 from ..data import LabeledImages, StepSampler
 from ..errors import UserError
 from ..registry import register_method
+from ..saliency import mean_squared_gradient
 from .base import UnlearningMethod
 
 
@@ -45,20 +46,15 @@ def timestep_sum_fisher(trainer, samples: dict, timesteps: Optional[int], stream
     total = model.noise_scheduler.config.num_train_timesteps
     count = min(timesteps or total, total)
     stride = total // count
-    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in trainer.params}
-    n = len(samples["labels"])
-    for i in range(n):
+
+    def sample_loss(i: int) -> torch.Tensor:
         generator = trainer.generator(i, stream)
         offset = torch.randint(0, stride, (1,), generator=generator, device=generator.device)
         t = torch.arange(count, device=generator.device) * stride + offset
         batch = {k: v[i:i + 1].expand(count, *v.shape[1:]) for k, v in samples.items()}
-        losses = model.training_losses(batch, generator=generator, timesteps=t)
-        trainer.accelerator.backward(losses.sum() * (total / count))
-        for name, p in trainer.params:
-            if p.grad is not None:
-                fisher[name] += p.grad.float().pow(2) / n
-        trainer.optimizer.zero_grad(set_to_none=True)
-    return fisher
+        return model.training_losses(batch, generator=generator, timesteps=t).sum() * (total / count)
+
+    return mean_squared_gradient(trainer, (sample_loss(i) for i in range(len(samples["labels"]))))
 
 
 @register_method
