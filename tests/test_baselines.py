@@ -93,3 +93,14 @@ def test_sa_step_learns_the_surrogate_and_pays_an_ewc_penalty(tmp_path):
     assert _loss(trainer, surrogate) < before
     assert trainer.method.ewc_penalty().item() > 0.0 and logs["ewc"].item() == 0.0
     assert all(torch.equal(trainer.method.anchor[n], weights[n]) for n in weights), "theta* is the base model"
+
+
+def test_sa_replays_only_the_configured_remain_classes(tmp_path):
+    """data.remain_classes narrows what is kept (as for a 1000-class DiT); SA's replay and Fisher follow it."""
+    trainer = make_trainer(tiny_ddpm(), tmp_path, method="sa", overrides=[
+        "data.remain_classes=[2,5]", "method.replay_samples=8", "method.replay_steps=2", "method.fisher_samples=4",
+        "method.fisher_timesteps=4"])
+    trainer.method.setup()
+    assert sorted(set(trainer.method.replay.dataset.labels.tolist())) == [2, 5]
+    embedding = trainer.method.fisher["class_embedding.weight"]
+    assert bool((embedding[[2, 5]].sum(1) > 0).all()) and float(embedding[[0, 1, 3, 4, 6, 7, 8, 9]].abs().max()) == 0

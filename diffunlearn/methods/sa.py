@@ -12,6 +12,7 @@ from ..data import LabeledImages, StepSampler
 from ..errors import UserError
 from ..registry import register_method
 from ..saliency import mean_squared_gradient
+from ..targets import remain_classes
 from .base import UnlearningMethod
 
 
@@ -74,8 +75,7 @@ class SelectiveAmnesia(UnlearningMethod):
 
     def setup(self):
         trainer, cfg = self.trainer, self.cfg
-        forget = list(trainer.cfg.forget.classes)
-        retained = [c for c in range(self.model.num_classes) if c not in forget]
+        retained = remain_classes(trainer.cfg, self.model)  # data.remain_classes, or every class not forgotten
         labels = torch.tensor(retained, device=trainer.accelerator.device).repeat(
             -(-cfg.replay_samples // len(retained)))[:cfg.replay_samples]
         gens = [torch.Generator(trainer.accelerator.device).manual_seed(trainer.cfg.seed * 100_003 + i)
