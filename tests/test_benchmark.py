@@ -83,6 +83,18 @@ def test_peak_memory_sees_an_allocation_and_leaves_out_paused_stretches():
     assert paused.peak < start + 0.5 * size
 
 
+def test_peak_memory_of_a_phase_does_not_carry_the_freed_memory_of_the_phases_before_it():
+    """Rows run one after another in one process: memory a row freed must not count in the next row's peak."""
+    start = PeakMemory.rss()
+    blocks = [torch.ones(250_000) for _ in range(400)]  # 400 MiB in 1 MiB blocks, then smaller ones between them
+    del blocks[::2]
+    small = [torch.ones(20_000) for _ in range(2000)]
+    del blocks, small
+    with PeakMemory(torch.device("cpu")) as next_row:
+        pass
+    assert next_row.peak < start + 50 * 2 ** 20, (next_row.mib, start / 2 ** 20)
+
+
 def test_protocol_mismatch_raises():
     same = {"sampler": "ddim", "num_inference_steps": 25, "guidance_scale": 2.0}
     assert assert_same_protocol({"sfr_on": same, "ga": dict(same)}) == same

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import threading
 import time
@@ -9,11 +12,23 @@ import time
 import torch
 
 
+def release_freed_memory() -> None:
+    """Hand the memory freed by earlier phases back to the OS (glibc keeps freed heap pages in the process), so that
+    the RSS of the next phase counts what is alive, not the high-water mark of the phases before it."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: RSS may still include freed memory
+        pass
+
+
 class PeakMemory:
     """Peak memory of a phase: CUDA max_memory_allocated, or the process RSS sampled every `interval` s on a CPU.
 
-    `pause()` / `resume()` leave out a stretch (the periodic evaluation) from the peak; `delta` is the peak above
-    the level at entry (bytes).
+    On a CPU, memory freed by earlier phases is released first (`release_freed_memory`), so one phase's peak does
+    not carry into the next. `pause()` / `resume()` leave out a stretch (the periodic evaluation) from the peak;
+    `delta` is the peak above the level at entry (bytes).
     """
 
     def __init__(self, device, interval: float = 0.02):
@@ -38,6 +53,8 @@ class PeakMemory:
             time.sleep(self.interval)
 
     def __enter__(self):
+        if not self.cuda:
+            release_freed_memory()
         self.base = torch.cuda.memory_allocated(self.device) if self.cuda else self.rss()
         self.resume()
         if not self.cuda:
