@@ -62,6 +62,14 @@ def make_accelerator(**kwargs) -> Accelerator:
 
 
 # --- tensors that may be FSDP shards --------------------------------------------------------------------------------
+def global_draw(draw, local_size: int, shard: tuple) -> torch.Tensor:
+    """Random draws for a batch that is rows index::count of a global batch split over processes (`shard`, see
+    `Trainer.shard`): `draw(n)` is made for the global batch and this process keeps its rows, so a sample's draw
+    (timestep, noise, dropout, new label) does not depend on the number of processes."""
+    index, count = shard
+    return draw(local_size * count)[index::count]
+
+
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """This process's part of `tensor` (the tensor itself unless it is a sharded DTensor)."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor

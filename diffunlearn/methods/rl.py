@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from ..config import MethodConfig
+from ..distributed import global_draw
 from ..errors import choice_error
 from ..registry import register_method
 from ..targets import remain_classes
@@ -36,10 +37,9 @@ def relabel(batch: dict, classes, generator, shard: tuple = (0, 1)) -> dict:
     """The batch with each label replaced by one drawn uniformly from `classes`: (B,) -> (B,). Draws are made for
     the global batch and sliced (`shard`, see `Trainer.shard`), so a sample's new label does not depend on the
     number of processes."""
-    index, count = shard
     classes = torch.as_tensor(list(classes), device=generator.device)
-    pick = torch.randint(0, len(classes), (len(batch["labels"]) * count,), generator=generator,
-                         device=classes.device)[index::count]
+    pick = global_draw(lambda n: torch.randint(0, len(classes), (n,), generator=generator, device=classes.device),
+                       len(batch["labels"]), shard)
     return {**batch, "labels": classes[pick].to(batch["labels"].device)}
 
 

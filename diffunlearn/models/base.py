@@ -13,6 +13,7 @@ from typing import ClassVar, Optional
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from ..distributed import global_draw
 from ..errors import choice_error
 
 
@@ -124,13 +125,11 @@ class DiffusionModel:
         """(x0, noise, t, x_t) for a batch; draws are made for the global batch and sliced (see `shard`);
         `timesteps` (B,), if given, replace the drawn t."""
         x0 = self.encode(batch["pixel_values"].to(self.device))
-        index, count = shard
-        size = x0.shape[0] * count
-        t = self.sample_timesteps(size, generator, antithetic)[index::count]
-        if timesteps is not None:
-            t = timesteps.to(t)
-        noise = torch.randn((size, *x0.shape[1:]), generator=generator, device=self.device,
-                            dtype=x0.dtype)[index::count]
+        local = x0.shape[0]
+        t = (global_draw(lambda n: self.sample_timesteps(n, generator, antithetic), local, shard)
+             if timesteps is None else timesteps.to(self.device, torch.long))
+        noise = global_draw(lambda n: torch.randn((n, *x0.shape[1:]), generator=generator, device=self.device,
+                                                  dtype=x0.dtype), local, shard)
         return x0, noise, t, self.noise_scheduler.add_noise(x0, noise, t)
 
     def training_losses(self, batch: dict, generator: Optional[torch.Generator] = None, cond_drop: float = 0.0,
@@ -150,11 +149,10 @@ class DiffusionModel:
                 and noise whatever the number of processes.
             timesteps: (B,) diffusion timesteps to use instead of drawn ones.
         """
-        index, count = shard
         cond = self.condition(batch) if cond is None else cond
         if cond_drop > 0:
-            size = batch["pixel_values"].shape[0] * count
-            keep = torch.rand(size, generator=generator, device=self.device)[index::count] >= cond_drop
+            keep = global_draw(lambda n: torch.rand(n, generator=generator, device=self.device),
+                               batch["pixel_values"].shape[0], shard) >= cond_drop
             cond = self.drop_condition(cond, keep)
         x0, noise, t, x_t = self.noised(batch, generator, antithetic, shard, timesteps)
         if guidance_scale is None:
