@@ -10,14 +10,15 @@ import yaml
 
 from conftest import tiny_overrides
 from diffunlearn.benchmarks.generation import (Criterion, assert_same_protocol, baseline_budget, first_reaching,
-                                               load_benchmark_config, run_benchmark)
+                                               load_benchmark_config, row_config, run_benchmark)
 from diffunlearn.benchmarks.generation_report import COLUMNS, acceptance, markdown_table
 from diffunlearn.benchmarks.memory import PeakMemory
 from diffunlearn.errors import UserError
 
 TINY_BENCH = {
     "run": "configs/digits/ddpm_sfron.yaml",
-    "methods": {"ga": {}, "rl": {}, "salun": {"method": {"mask_batches": 2}},
+    "methods": {"sfr_on_k1": {"method": {"name": "sfr_on", "forget_every": 1}, "train": {"steps": 5}},
+                "ga": {}, "rl": {}, "salun": {"method": {"mask_batches": 2}},
                 "sa": {"method": {"replay_samples": 16, "replay_steps": 2, "fisher_samples": 2,
                                   "fisher_timesteps": 10}}},
     "rt": {"recipe": "configs/recipes/digits_ddpm.yaml",
@@ -105,8 +106,6 @@ def test_protocol_mismatch_raises():
 def test_bad_benchmark_settings_are_refused(tmp_path):
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump({**TINY_BENCH, "methods": {"ga": {"eval": {"num_inference_steps": 3}}}}))
-    from diffunlearn.benchmarks.generation import row_config
-
     with pytest.raises(UserError, match=r"methods.ga has unknown keys \['eval'\]; valid: method, train, model"):
         row_config(load_benchmark_config(path), "ga", 5)
     with pytest.raises(UserError, match="unknown config key 'eval_evry'"):
@@ -114,6 +113,9 @@ def test_bad_benchmark_settings_are_refused(tmp_path):
     path.write_text(yaml.safe_dump({**TINY_BENCH, "methods": {"esd": {}}}))
     with pytest.raises(UserError, match="method 'esd' forgets prompts only"):
         row_config(load_benchmark_config(path), "esd", 5)
+    path.write_text(yaml.safe_dump({**TINY_BENCH, "methods": {"sfr_on": {"method": {"forget_every": 1}}}}))
+    with pytest.raises(UserError, match="methods.sfr_on would repeat the first row .*set its method.name: sfr_on"):
+        run_benchmark(path, tmp_path / "out", progress=lambda m: None)
 
 
 def test_benchmark_end_to_end_on_tiny_models(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
@@ -123,9 +125,15 @@ def test_benchmark_end_to_end_on_tiny_models(tmp_path, tiny_ddpm_dir, tiny_class
     result = run_benchmark(config, out, tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir, steps=4), rt_steps=2,
                            progress=lambda m: None)
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == ["sfr_on", "ga", "rl", "salun", "sa", "rt"]
+    assert list(rows) == ["sfr_on", "sfr_on_k1", "ga", "rl", "salun", "sa", "rt"]
     assert rows["sfr_on"]["steps"] == 4 and rows["rt"]["steps"] == 2
     assert [h["step"] for h in result["histories"]["sfr_on"]] == [1, 2, 4]
+    # a variant row of the run's own method: its own config and full run (no budget, no stop), its own claims
+    variant = row_config(load_benchmark_config(config), "sfr_on_k1", None)
+    assert (variant.method.name, variant.method.forget_every, variant.method.alpha) == ("sfr_on", 1, 10.0)
+    assert rows["sfr_on_k1"]["algorithm"] == "sfr_on" and rows["sfr_on_k1"]["steps"] == 4  # train.steps=4 for all
+    assert [h["step"] for h in result["histories"]["sfr_on_k1"]] == [1, 2, 4]
+    assert any(claim.startswith("SFR-on (sfr_on_k1) reaches the criterion") for claim, _ in acceptance(result))
     budget = result["settings"]["budget"]
     assert budget == baseline_budget(load_benchmark_config(config), rows["sfr_on"]["steps_to_criterion"], 4) <= 3
     for name in ("ga", "rl", "salun", "sa"):

@@ -90,7 +90,9 @@ def load_benchmark_config(path, overrides=()) -> GenerationBenchmarkConfig:
 def row_config(bench: GenerationBenchmarkConfig, name: str, steps: Optional[int] = None, overrides=()):
     """The `RunConfig` of one row: the run config with the row's method / train / model settings (and `steps`).
 
-    `overrides` (dotted, for every row) that start with `method.` apply to the SFR-on row only.
+    A row is named after its method, or names it in `method.name` (a variant such as SFR-on with K=1: it starts
+    from the run config's method section). `overrides` (dotted, for every row) that start with `method.` apply to
+    the rows of the run config's own method only.
     """
     from ..registry import get_method
 
@@ -98,16 +100,17 @@ def row_config(bench: GenerationBenchmarkConfig, name: str, steps: Optional[int]
     unknown = sorted(set(entry) - set(ROW_KEYS))
     if unknown:
         raise UserError(f"methods.{name} has unknown keys {unknown}; valid: {', '.join(ROW_KEYS)}")
-    own = raw.get("method", {}).get("name") == name
+    method_name = (entry.get("method") or {}).get("name", name)
+    own = raw.get("method", {}).get("name") == method_name
     if not own:
-        raw["method"] = {"name": name}
+        raw["method"] = {"name": method_name}
     for key in ROW_KEYS:
         raw[key] = {**(raw.get(key) or {}), **(entry.get(key) or {})}
     row_overrides = [o for o in overrides if own or not o.startswith("method.")]
     cfg = build_config(raw, row_overrides + ([f"train.steps={steps}"] if steps else []))
-    method_cls = get_method(name)
+    method_cls = get_method(method_name)
     if not cfg.forget.is_concept and not getattr(method_cls, "supports_classes", True):
-        raise UserError(f"method {name!r} forgets prompts only; the run {bench.run!r} forgets classes")
+        raise UserError(f"method {method_name!r} forgets prompts only; the run {bench.run!r} forgets classes")
     from ..run import check_method
 
     check_method(cfg, method_cls)
@@ -155,6 +158,9 @@ class Bench:
 
         self.bench, self.overrides, self.progress = bench, list(overrides), progress
         self.base_name = read_yaml(bench.run).get("method", {}).get("name", "sfr_on")
+        if self.base_name in bench.methods:
+            raise UserError(f"methods.{self.base_name} would repeat the first row (the run config's own method); "
+                            f"name a variant row differently and set its method.name: {self.base_name}")
         self.cfg = row_config(bench, self.base_name, None, overrides)
         for name in bench.methods:  # every row's config is checked before anything runs
             row_config(bench, name, None, overrides)
@@ -179,19 +185,21 @@ class Bench:
         self.protocols[name], self.periodic_protocols[name] = full.protocol, cheap.protocol
         return full, cheap
 
-    def run_method(self, name: str, steps: int, stop_at_criterion: bool) -> dict:
-        """Unlearn a fresh copy of the base model with `name` for up to `steps` steps, checking periodically."""
+    def run_method(self, name: str, steps: Optional[int], stop_at_criterion: bool) -> dict:
+        """Unlearn a fresh copy of the base model with row `name` for up to `steps` steps (None: the row's own
+        train.steps), checking periodically."""
         from ..registry import get_method
         from ..run import load_model
         from ..trainer import Trainer
 
         cfg = row_config(self.bench, name, steps, self.overrides)
+        steps = cfg.train.steps
         full, cheap = self.evaluators(name, cfg)
         model, _ = load_model(cfg)
         history, every, crit = [], self.bench.eval_every, self.bench.criterion
         base_fid = self.base_cheap["fid_retained"]
         with tempfile.TemporaryDirectory(prefix=f"bench_{name}_") as work, PeakMemory(self.device) as memory:
-            trainer = Trainer(cfg, model, get_method(name), self.forget_set, self.remain_set, work, progress=False)
+            trainer = Trainer(cfg, model, get_method(cfg.method.name), self.forget_set, self.remain_set, work, progress=False)
 
             def check(step: int) -> bool:
                 if (step + 1) % every and step + 1 != steps and step + 1 not in self.bench.eval_also:
@@ -213,7 +221,7 @@ class Bench:
         self.histories[name] = history
         done = history[-1]["step"] if history else steps
         return self.add_row(name, full(model)[0], done, timing["unlearning"], memory.mib, budget=steps,
-                            reached=reached)
+                            reached=reached, algorithm=cfg.method.name)
 
     def run_rt(self, steps: Optional[int]) -> dict:
         """RT: the base recipe trained from scratch without the forgotten classes."""
@@ -236,12 +244,13 @@ class Bench:
             seconds = time.perf_counter() - start
         model.network.eval()
         return self.add_row("rt", full(model)[0], recipe.steps, seconds, memory.mib, budget=recipe.steps,
-                            reached=None, note=f"retrained {recipe.steps} steps (recipe {rt.recipe})")
+                            reached=None, algorithm="rt", note=f"retrained {recipe.steps} steps (recipe {rt.recipe})")
 
-    def add_row(self, name, metrics, steps, seconds, mem, budget, reached, note="") -> dict:
+    def add_row(self, name, metrics, steps, seconds, mem, budget, reached, algorithm, note="") -> dict:
         base_fid = self.base_full["fid_retained"]
         fa, fid = metrics["forget_accuracy"], metrics["fid_retained"]
-        row = {"method": name, "forget_accuracy": fa, "retained_accuracy": metrics["retained_accuracy"],
+        row = {"method": name, "algorithm": algorithm, "forget_accuracy": fa,
+               "retained_accuracy": metrics["retained_accuracy"],
                "fid_retained": fid, "fid_ratio": fid / max(base_fid, 1e-12), "steps": steps,
                "steps_to_criterion": reached["step"] if reached else None, "budget": budget,
                "seconds_to_criterion": reached["seconds"] if reached else None, "wall_s": seconds,
@@ -311,8 +320,12 @@ def run_benchmark(config_path, output, overrides=(), bench_overrides=(), rt_step
     sfr = state.run_method(state.base_name, cfg.train.steps, stop_at_criterion=False)
     budget = baseline_budget(bench, sfr["steps_to_criterion"], sfr["steps"])
     for name in bench.methods:
-        progress(f"[{name}] budget {budget} steps")
-        state.run_method(name, budget, bench.stop_at_criterion)
+        variant = row_config(bench, name, None, overrides).method.name == state.base_name
+        progress(f"[{name}] " + ("its own steps, like the SFR-on row" if variant else f"budget {budget} steps"))
+        if variant:  # another configuration of the run's own method: its full run, as the first row
+            state.run_method(name, None, stop_at_criterion=False)
+        else:
+            state.run_method(name, budget, bench.stop_at_criterion)
     if bench.rt.recipe and not cfg.forget.is_concept:
         progress(f"[rt] retraining from scratch ({bench.rt.steps or 'recipe'} steps)")
         state.run_rt(bench.rt.steps)
