@@ -177,7 +177,7 @@ def run(recipe_path):
     fast_ntk_scrub(cnn, (f7.images[:8], f7.labels[:8]), (r7.images[:8], r7.labels[:8]),
                    subset="bn+head", cache=False)  # warm-up: loads torch.func code, so RSS counts only the call
     measured = []
-    for batch_size, chunk_size in ((64, 16), (256, None)):  # smaller first: RSS peaks are not given back
+    for batch_size, chunk_size in ((64, 16), (256, None)):  # PeakMemory hands freed memory back before each
         with PeakMemory(torch.device("cpu"), interval=0.002) as rss:
             t_bn, res = timed(lambda: fast_ntk_scrub(cnn, f7, r7, subset="bn+head", batch_size=batch_size,
                                                      chunk_size=chunk_size, cache=False))
