@@ -87,6 +87,11 @@ def load_benchmark_config(path, overrides=()) -> GenerationBenchmarkConfig:
     return cfg
 
 
+def row_method(bench: GenerationBenchmarkConfig, name: str) -> str:
+    """The method a row runs: the one its `method.name` names (a variant row), else the row's own name."""
+    return ((bench.methods.get(name) or {}).get("method") or {}).get("name", name)
+
+
 def row_config(bench: GenerationBenchmarkConfig, name: str, steps: Optional[int] = None, overrides=()):
     """The `RunConfig` of one row: the run config with the row's method / train / model settings (and `steps`).
 
@@ -100,7 +105,7 @@ def row_config(bench: GenerationBenchmarkConfig, name: str, steps: Optional[int]
     unknown = sorted(set(entry) - set(ROW_KEYS))
     if unknown:
         raise UserError(f"methods.{name} has unknown keys {unknown}; valid: {', '.join(ROW_KEYS)}")
-    method_name = (entry.get("method") or {}).get("name", name)
+    method_name = row_method(bench, name)
     own = raw.get("method", {}).get("name") == method_name
     if not own:
         raw["method"] = {"name": method_name}
@@ -199,7 +204,8 @@ class Bench:
         history, every, crit = [], self.bench.eval_every, self.bench.criterion
         base_fid = self.base_cheap["fid_retained"]
         with tempfile.TemporaryDirectory(prefix=f"bench_{name}_") as work, PeakMemory(self.device) as memory:
-            trainer = Trainer(cfg, model, get_method(cfg.method.name), self.forget_set, self.remain_set, work, progress=False)
+            trainer = Trainer(cfg, model, get_method(cfg.method.name), self.forget_set, self.remain_set, work,
+                              progress=False)
 
             def check(step: int) -> bool:
                 if (step + 1) % every and step + 1 != steps and step + 1 not in self.bench.eval_also:
@@ -320,7 +326,7 @@ def run_benchmark(config_path, output, overrides=(), bench_overrides=(), rt_step
     sfr = state.run_method(state.base_name, cfg.train.steps, stop_at_criterion=False)
     budget = baseline_budget(bench, sfr["steps_to_criterion"], sfr["steps"])
     for name in bench.methods:
-        variant = row_config(bench, name, None, overrides).method.name == state.base_name
+        variant = row_method(bench, name) == state.base_name
         progress(f"[{name}] " + ("its own steps, like the SFR-on row" if variant else f"budget {budget} steps"))
         if variant:  # another configuration of the run's own method: its full run, as the first row
             state.run_method(name, None, stop_at_criterion=False)

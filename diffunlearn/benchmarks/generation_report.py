@@ -82,8 +82,9 @@ def acceptance(result: dict) -> list:
                                f"({r['steps_to_criterion'] / own:.1f}x)", 10 * own <= r["steps_to_criterion"]))
         if "rt" in rows and own is not None:
             rt = rows["rt"]["wall_s"]
-            checks.append((f"{label}'s time to criterion <= 5% of RT's wall time: {row['seconds_to_criterion']:.1f} s"
-                           f" vs {rt:.1f} s ({rows['rt']['steps']} RT steps)", row["seconds_to_criterion"] <= 0.05 * rt))
+            seconds = row["seconds_to_criterion"]
+            checks.append((f"{label}'s time to criterion <= 5% of RT's wall time: {seconds:.1f} s vs {rt:.1f} s "
+                           f"({rows['rt']['steps']} RT steps)", seconds <= 0.05 * rt))
         if row is sfr:
             for ratio in result["step_time_ratio"][:1]:
                 checks.append((f"SFR-on time per step <= 2.3 x a fine-tuning step (K={ratio['forget_every']}): "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import os
 import threading
@@ -16,10 +15,9 @@ def release_freed_memory() -> None:
     """Hand the memory freed by earlier phases back to the OS (glibc keeps freed heap pages in the process), so that
     the RSS of the next phase counts what is alive, not the high-water mark of the phases before it."""
     gc.collect()
-    name = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc: RSS may still include freed memory
+        ctypes.CDLL(None).malloc_trim(0)  # the C library already loaded in this process
+    except (OSError, AttributeError):  # not glibc: RSS may still include freed memory
         pass
 
 
