@@ -16,8 +16,9 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .classifier import DigitsClassifier
-from .config import check_positive
+from .config import check_choice, check_positive
 from .data import StepSampler, load_digits_splits
+from .data.outliers import KINDS as OUTLIER_KINDS, mixed_outliers
 from .models.ddpm import ClassConditionalDDPM, ClassConditionalDDPMPipeline, tiny_unet_config
 
 
@@ -72,11 +73,14 @@ class ClassifierRecipe:
     max_shift: int = 1  # random translation augmentation, pixels
     reject_class: bool = True  # add a "not a digit" output trained on synthetic outliers (outlier exposure)
     outlier_fraction: float = 0.25  # outliers added to each batch, as a share of the batch size
+    outlier_kinds: List[str] = field(default_factory=lambda: list(OUTLIER_KINDS))  # see data/outliers.py
     split_seed: int = 0
     seed: int = 0
 
     def __post_init__(self):
         check_positive("recipe", epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        for kind in self.outlier_kinds:
+            check_choice("recipe", "outlier_kinds", kind, OUTLIER_KINDS)
 
 
 def fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, desc: str,
@@ -138,20 +142,6 @@ def _shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> 
     return torch.stack([p[:, dy:dy + h, dx:dx + w] for p, (dy, dx) in zip(padded, offsets.tolist())])
 
 
-def synthetic_outliers(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Images that are not digits, one of four kinds each: uniform noise, binary noise, smoothed binary blobs and
-    real digits with their pixels shuffled (digit-like intensities, no shape). images: (B, C, H, W) in [0, 1]."""
-    b, c, h, w = images.shape
-    uniform = torch.rand(images.shape, generator=generator)
-    binary = (torch.rand(images.shape, generator=generator) < torch.rand(b, 1, 1, 1, generator=generator)).float()
-    coarse = torch.rand(b, c, h // 2, w // 2, generator=generator)
-    blobs = (torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear") > 0.5).float()
-    perm = torch.argsort(torch.rand(b, c * h * w, generator=generator), dim=1)
-    shuffled = torch.gather(images.reshape(b, -1), 1, perm).reshape(images.shape)
-    kind = torch.randint(0, 4, (b, 1, 1, 1), generator=generator)
-    return torch.where(kind == 0, uniform, torch.where(kind == 1, binary, torch.where(kind == 2, blobs, shuffled)))
-
-
 def classifier_accuracy(classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
     classifier.eval()
     with torch.inference_mode():
@@ -180,7 +170,8 @@ def train_classifier(recipe: ClassifierRecipe, train_set=None, progress: bool = 
         idx = sampler.indices(step)
         images, labels = _shift(train_set.images[idx], recipe.max_shift, gen), train_set.labels[idx]
         if recipe.reject_class:
-            outliers = synthetic_outliers(train_set.images[idx[:round(recipe.outlier_fraction * len(idx))]], gen)
+            count = round(recipe.outlier_fraction * len(idx))
+            outliers = mixed_outliers(count, tuple(images.shape[-2:]), gen, train_set.images, recipe.outlier_kinds)
             images = torch.cat([images, outliers])
             labels = torch.cat([labels, torch.full((len(outliers),), num_classes, dtype=labels.dtype)])
         loss = torch.nn.functional.cross_entropy(model(images.to(accelerator.device)), labels.to(accelerator.device))

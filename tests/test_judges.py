@@ -177,3 +177,40 @@ def test_pickle_weights_are_refused(tmp_path, resnet_dir):
     ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="safetensors"):
         load_judge(eval_cfg("image-classification", tmp_path))
+
+
+# --- the embedded digits judge on what unlearning produces -----------------------------------------------------
+# The families of data/outliers.py, drawn from a generator seed the judge's recipe never used, and collapsed samples
+# of real unlearning runs (tests/data/collapsed_samples.safetensors), which the judge was not trained on.
+@pytest.fixture(scope="module")
+def digits_judge():
+    return load_judge(EvalConfig())
+
+
+@pytest.mark.parametrize("kind", __import__("diffunlearn.data.outliers", fromlist=["KINDS"]).KINDS)
+def test_the_digits_judge_reads_no_digit_in_degenerate_images(digits_judge, kind):
+    from diffunlearn.data import load_digits_splits
+    from diffunlearn.data.outliers import degenerate_images
+
+    _, test = load_digits_splits()
+    x = degenerate_images(kind, 200, (8, 8), torch.Generator().manual_seed(2026), test.images)
+    as_digit = (digits_judge.predict(x) >= 0).float().mean().item()
+    assert as_digit <= 0.02, f"{kind}: {as_digit:.1%} read as a digit"
+
+
+def test_the_digits_judge_reads_no_digit_in_collapsed_unlearning_samples(digits_judge):
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    for name, x in load_file(Path(__file__).parent / "data" / "collapsed_samples.safetensors").items():
+        probs = digits_judge.probabilities(x)
+        assert (digits_judge.predict(x) >= 0).sum() == 0, name
+        assert probs[:, -1].min() > 0.5, f"{name}: the 'not a digit' probability must dominate"
+
+
+def test_the_digits_judge_still_reads_real_digits(digits_judge):
+    from diffunlearn.data import load_digits_splits
+
+    _, test = load_digits_splits()
+    assert (digits_judge.predict(test.images) == test.labels).float().mean() >= 0.99
