@@ -31,6 +31,13 @@ def summary(report: dict, output: str) -> str:
         for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
             lines.append(f"{key:20s}{report['base'][key]:10.4f}{report['unlearned'][key]:12.4f}")
         lines.append(f"report: {output}/report.json   gallery: {output}/gallery/index.html")
+    from .evaluation.report import signals_line, stop_line
+
+    signals = signals_line(report.get("signals") or {})
+    if signals:
+        lines.append(signals)
+    if "config" in report:
+        lines.append(stop_line(report.get("stop"), report["config"]["train"]["steps"]))
     timing = report.get("timing", {})
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timing.items() if v is not None))
     return "\n".join(lines)

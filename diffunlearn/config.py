@@ -151,6 +151,48 @@ class TrainConfig:
             raise UserError(f"train.weight_decay must be >= 0, got {self.weight_decay!r}")
 
 
+@dataclass
+class StopConfig:
+    """Stop when forgotten: every `check_every` steps a cheap in-loop check samples `forget_samples` images of the
+    forget targets (and `retained_samples_per_class` of each retained one) with `num_inference_steps` steps from
+    fixed seeds (`seed`, not the final evaluation's), judges them and estimates FID_retained against the base
+    model under the same cheap protocol. The run stops at the first check that ends `patience` consecutive checks
+    with forget accuracy <= `forget_accuracy_max` while the retained FID estimate is <= `fid_ratio_max` x the
+    base's. Retained guard: when the target is gone but the retained estimate is over that bound, the following
+    steps are repair steps (the plain diffusion loss on D_r, clipped to `repair_clip`) until a check passes;
+    forgetting resumes if the forget estimate rises again. `train.steps` bounds the run either way.
+    """
+
+    check_every: int = 0  # 0: no checks, run all train.steps
+    forget_accuracy_max: float = 0.02
+    patience: int = 2
+    min_steps: int = 0  # no stop before this step
+    forget_samples: int = 64  # per forget target
+    retained_samples_per_class: int = 32  # per retained target (>= 2: FID needs a covariance)
+    num_inference_steps: int = 10
+    seed: int = 777_000  # sampling seeds of the checks (image j of target k: seed + 100000 * k + j)
+    fid_ratio_max: Optional[float] = 0.95  # retained guard; null: stop on the forget estimate alone
+    repair_clip: Optional[float] = 1.0
+
+    def __post_init__(self):
+        if self.check_every < 0 or self.min_steps < 0:
+            raise UserError(f"stop.check_every and stop.min_steps must be >= 0, got {self.check_every}, "
+                            f"{self.min_steps}")
+        check_positive("stop", patience=self.patience, forget_samples=self.forget_samples,
+                       num_inference_steps=self.num_inference_steps)
+        if not 0.0 <= self.forget_accuracy_max < 1.0:
+            raise UserError(f"stop.forget_accuracy_max must be in [0, 1), got {self.forget_accuracy_max!r}")
+        if self.fid_ratio_max is not None and self.fid_ratio_max <= 0:
+            raise UserError(f"stop.fid_ratio_max must be > 0 or null, got {self.fid_ratio_max!r}")
+        if self.retained_samples_per_class < 2:
+            raise UserError(f"stop.retained_samples_per_class={self.retained_samples_per_class} cannot estimate the "
+                            "retained FID; valid: >= 2 (FID needs a covariance)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.check_every > 0
+
+
 JUDGES = ("digits", "image-classification", "clip")
 
 
@@ -196,6 +238,7 @@ class RunConfig:
     forget: ForgetConfig = field(default_factory=ForgetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
     seed: int = 0
 
 

@@ -103,6 +103,16 @@ def finalize(work: Path, out: Path) -> None:
         os.replace(work, out)
 
 
+def check_stop(cfg) -> None:
+    """In-loop checks sample from the model while it trains; under FSDP2 the shards would have to run the same
+    forward calls in every process, which uneven image shares do not guarantee: refused."""
+    from .distributed import fsdp_requested
+
+    if cfg.stop.enabled and fsdp_requested():
+        raise UserError(f"stop.check_every={cfg.stop.check_every} (in-loop checks) is not supported under FSDP; "
+                        "valid: stop.check_every=0 (run all train.steps), or DDP (configs/accelerate/multi_gpu.yaml)")
+
+
 def check_method(cfg, method_cls) -> None:
     """Refuse a method that cannot forget this kind of target (classes or prompts), or run under FSDP if asked."""
     from .distributed import fsdp_requested
@@ -124,9 +134,10 @@ def check_method(cfg, method_cls) -> None:
                         f"{', '.join(valid)}")
 
 
-def make_evaluator(cfg, model, judge, base_model, base_path: str, device="cpu"):
+def make_evaluator(cfg, model, judge, base_model, base_path: str, device="cpu", second_signal: bool = True):
     """The evaluator of a run: its judge, targets and FID reference (real digits, or base-model samples), of which
-    each process holds (and generates) only its share."""
+    each process holds (and generates) only its share; with `second_signal`, also the forget targets' reference
+    for `fid_forget`."""
     from .data.prompts import generate_cached
     from .evaluation.metrics import image_seed, process_share
     from .evaluation.report import Evaluator
@@ -134,18 +145,42 @@ def make_evaluator(cfg, model, judge, base_model, base_path: str, device="cpu"):
 
     forget, retained = eval_targets(cfg, model, judge.labels)
     if cfg.eval.fid_reference == "real":
-        reference = real_reference(cfg, retained)
+        reference, forget_reference = real_reference(cfg, retained), real_reference(cfg, forget)
         return Evaluator(cfg, judge, forget, retained, reference[process_share(len(reference))],
-                         "real train images of the retained targets' labels", device=device)
-    n = cfg.eval.retained_samples_per_class
-    rows = process_share(len(retained) * n)
-    reference = torch.empty(0)  # a process with no share (more processes than reference images)
-    if rows:
-        conds = torch.stack([retained[r // n].condition for r in rows])
-        seeds = [image_seed(cfg.eval.seed + 50_000, retained[r // n].seed_key, r % n) for r in rows]
-        reference = generate_cached(base_model, conds, seeds, cfg.eval, base_model_key(base_path))
-    return Evaluator(cfg, judge, forget, retained, reference,
-                     "base-model samples of the retained targets (seeds offset by 50000)", device=device)
+                         "real train images of the targets' labels", device=device,
+                         forget_reference=forget_reference[process_share(len(forget_reference))]
+                         if second_signal else None)
+
+    def base_samples(targets):  # this process's share of the base model's samples of `targets`, seeds + 50000
+        n = cfg.eval.retained_samples_per_class
+        rows = process_share(len(targets) * n)
+        if not rows:
+            return torch.empty(0)  # a process with no share (more processes than reference images)
+        conds = torch.stack([targets[r // n].condition for r in rows])
+        seeds = [image_seed(cfg.eval.seed + 50_000, targets[r // n].seed_key, r % n) for r in rows]
+        return generate_cached(base_model, conds, seeds, cfg.eval, base_model_key(base_path))
+
+    return Evaluator(cfg, judge, forget, retained, base_samples(retained),
+                     "base-model samples of the targets (seeds offset by 50000)", device=device,
+                     forget_reference=base_samples(forget) if second_signal else None)
+
+
+def make_monitor(cfg, model, judge, base_path: str, device, progress: bool):
+    """The in-loop checks of `cfg.stop` (None when off), scored against `model` before it trains (the base)."""
+    from tqdm.auto import tqdm
+
+    from .evaluation.monitor import Monitor, StopRule, cheap_eval_config
+
+    if not cfg.stop.enabled:
+        return None
+    stop = cfg.stop
+    cheap = cheap_eval_config(cfg, stop.forget_samples, stop.retained_samples_per_class, stop.num_inference_steps,
+                              stop.seed)
+    evaluator = make_evaluator(cheap, model, judge, model, base_path, device=device, second_signal=False)
+    base_metrics = evaluator(model.to(device))[0]
+    rule = StopRule(stop.forget_accuracy_max, stop.patience, stop.fid_ratio_max, stop.min_steps)
+    return Monitor(model, evaluator, base_metrics, rule, stop.check_every, cfg.train.steps,
+                   progress=tqdm.write if progress and PartialState().is_main_process else None)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -157,7 +192,7 @@ def write_json(path: Path, data: dict) -> None:
 def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, evaluate: bool = True,
                 progress: bool = True) -> dict:
     """Run `diffunlearn unlearn`; returns the report written to OUTPUT/report.json."""
-    from .evaluation.report import write_model_card
+    from .evaluation.report import forgetting_signals, write_model_card
     from .targets import build_sets, check_target, eval_targets
     from .trainer import Trainer, check_process_split
 
@@ -172,8 +207,9 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     # `accelerate launch --cpu`) makes several CPU processes one gloo group, as the Trainer's Accelerator does
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     judge = None
-    if evaluate:  # refused before anything is written: a bad judge, labels it cannot score, no FID features
-        from .evaluation.judges import load_judge
+    check_stop(cfg)
+    if evaluate or cfg.stop.enabled:  # refused before anything is written: a bad judge, labels it cannot score,
+        from .evaluation.judges import load_judge  # no FID features
         from .evaluation.report import check_evaluation
 
         judge = load_judge(cfg.eval, device=state.device)
@@ -192,8 +228,16 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
         device, finish = state.device, state.destroy_process_group
         model.to(device)
     else:
+        start = time.perf_counter()
+        monitor = make_monitor(cfg, model, judge, base_path, state.device, progress)  # scores the base first
+        monitor_setup = time.perf_counter() - start
         trainer = Trainer(cfg, model, method_cls, forget_set, remain_set, work, progress=progress)
-        timing = trainer.train(finish=False)  # the process group stays: every process evaluates its share of images
+        if monitor is not None:
+            monitor.clock = trainer.unlearning_seconds
+        # the process group stays after training: every process evaluates its share of images
+        timing = trainer.train(callback=monitor, finish=False)
+        timing["checks"] += monitor_setup
+        timing["stop"] = monitor.summary() if monitor is not None else None
         device, finish = trainer.accelerator.device, trainer.finish
         if main:  # in this order, so that a stop anywhere in it resumes correctly
             model.save_pretrained(work / "pipeline")
@@ -218,7 +262,10 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     if not main:
         return {}
     report["timing"] = {"mask": timing.pop("setup"), "unlearning": timing.pop("unlearning"),
-                        "evaluation": timing.pop("evaluation", None)}
+                        "stop_checks": timing.pop("checks", None), "evaluation": timing.pop("evaluation", None)}
+    report["stop"] = timing.pop("stop", None)
+    if evaluate:
+        report["signals"] = forgetting_signals(report["base"], report["unlearned"])
     report["method_setup"] = timing
     write_model_card(work / "pipeline" / "README.md", cfg, base_path, report, model.load_hint)
     write_json(work / "report.json", report)

@@ -156,24 +156,38 @@ class Trainer:
         done = [d for d in root.glob("step_*") if (d / STATE_FILE).is_file()] if root.is_dir() else []
         return max(done, key=lambda d: int(d.name.split("_")[1]), default=None)
 
-    def save_checkpoint(self, step: int) -> None:
+    def repair_step(self, step: int) -> dict:
+        """A remain-only step (the plain diffusion loss on D_r), what the retained guard runs instead of the
+        method's step while the target is gone but the retained estimate is not back (see `Monitor`)."""
+        loss = self.losses(self.remain_batch(step), step, stream=2).mean()
+        self.update(loss, clip=self.cfg.stop.repair_clip)
+        return {"repair_loss": loss.detach()}
+
+    def save_checkpoint(self, step: int, callback=None) -> None:
         acc = self.accelerator
         target = self.work_dir / CHECKPOINTS / f"step_{step}"
         acc.save_state(str(target), safe_serialization=True)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (target / STATE_FILE).write_text(json.dumps({"step": step}))  # written last: marks it complete
+            state = {"step": step}
+            if hasattr(callback, "state_dict"):  # e.g. a Monitor's checks so far
+                state["callback"] = callback.state_dict()
+            (target / STATE_FILE).write_text(json.dumps(state))  # written last: marks it complete
             for old in (self.work_dir / CHECKPOINTS).glob("step_*"):
                 if old != target:
                     shutil.rmtree(old, ignore_errors=True)
 
-    def resume(self) -> int:
-        """Load the latest complete checkpoint; return the first step still to run."""
+    def resume(self, callback=None) -> int:
+        """Load the latest complete checkpoint (and the callback's state saved with it); return the first step
+        still to run."""
         ckpt = self.latest_checkpoint()
         if ckpt is None:
             return 0
         self.accelerator.load_state(str(ckpt))
-        return json.loads((ckpt / STATE_FILE).read_text())["step"] + 1
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        if "callback" in state and hasattr(callback, "load_state_dict"):
+            callback.load_state_dict(state["callback"])
+        return state["step"] + 1
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def _flush_logs(self, pending: list, log_file) -> None:
@@ -200,16 +214,18 @@ class Trainer:
         """Run setup (e.g. the saliency mask) and the unlearning steps; returns timings in seconds.
 
         Args:
-            callback: optional `callback(step) -> bool` called after each step (e.g. a benchmark's periodic
-                evaluation, with the network in train mode); its time is excluded from "unlearning", and returning
-                True stops the run early.
+            callback: optional `callback(step) -> bool` called after each step (e.g. a `Monitor`'s in-loop checks,
+                with the network in train mode); its time is excluded from "unlearning" and reported as "checks",
+                and returning True stops the run early. If it has `repairing` True, the next step is a
+                `repair_step` instead of the method's; its `state_dict` is saved with checkpoints and restored on
+                resume.
             finish: call `finish()` at the end; False keeps the process group for work that follows on every
                 process (evaluation), and the caller calls `finish()` after it.
         """
         start = time.perf_counter()
         setup_info = self.method.setup() or {}
         setup_seconds = time.perf_counter() - start
-        first = self.resume()
+        first = self.resume(callback)
         self._clock_start, self._clock_excluded = time.perf_counter(), 0.0
         pending = []
         main = self.accelerator.is_main_process
@@ -217,7 +233,8 @@ class Trainer:
             bar = tqdm(range(first, self.total_steps), initial=first, total=self.total_steps,
                        disable=not self.progress, desc=f"unlearn ({self.cfg.method.name})")
             for step in bar:
-                pending.append((step, self.method.training_step(step)))
+                repair = getattr(callback, "repairing", False)
+                pending.append((step, self.repair_step(step) if repair else self.method.training_step(step)))
                 if callback is not None:
                     tick = time.perf_counter()
                     stop = callback(step)
@@ -230,7 +247,7 @@ class Trainer:
                 if checkpoint or last or (step + 1) % self.train_cfg.log_every == 0:
                     self._flush_logs(pending, log_file)  # raises on a non-finite loss before any checkpoint
                 if checkpoint:
-                    self.save_checkpoint(step)
+                    self.save_checkpoint(step, callback)
         self.accelerator.wait_for_everyone()
         if self._plain_network is not None:  # collective: before the process group goes
             unshard_module(self.model.network, self._plain_network)
@@ -239,7 +256,8 @@ class Trainer:
             self.finish()
         self.model.forward_module = None
         self.model.network.eval()
-        return {"setup": setup_seconds, "unlearning": self.unlearning_seconds(), "first_step": first, **setup_info}
+        return {"setup": setup_seconds, "unlearning": self.unlearning_seconds(), "checks": self._clock_excluded,
+                "first_step": first, **setup_info}
 
     def finish(self) -> None:
         """Close the trackers and destroy the process group (`Accelerator.end_training`)."""

@@ -50,4 +50,5 @@ def tiny_overrides(model_dir, classifier_dir, steps: int = 4) -> list:
     return [f"model.path={model_dir}", f"eval.classifier={classifier_dir}", f"train.steps={steps}",
             "train.batch_size=16", "train.checkpoint_every=2", "train.log_every=1", "method.mask_batches=2",
             "eval.forget_samples=8", "eval.retained_samples_per_class=4", "eval.num_inference_steps=3",
-            "eval.gallery_per_class=2", "eval.batch_size=64"]
+            "eval.gallery_per_class=2", "eval.batch_size=64",
+            "stop.check_every=0"]  # in-loop checks have their own tests (test_monitor.py)

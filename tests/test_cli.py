@@ -33,7 +33,7 @@ def test_end_to_end_run_writes_pipeline_report_gallery_and_card(tmp_path, tiny_d
                 "num_inference_steps", "guidance_scale", "eval_seed", "seed_rule"):
         assert key in proto
     assert proto["forget_targets"] == [3] and proto["fid_generated_images"] == 9 * 4
-    assert set(report["timing"]) == {"mask", "unlearning", "evaluation"}
+    assert set(report["timing"]) == {"mask", "unlearning", "stop_checks", "evaluation"}
     assert report["config"]["forget"]["classes"] == [3] and report["config"]["seed"] == 1
     assert yaml.safe_load((out / "config.yaml").read_text()) == report["config"]
     assert len((out / "losses.jsonl").read_text().splitlines()) == 4

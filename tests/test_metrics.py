@@ -172,3 +172,51 @@ def test_inception_weights_are_read_safely_and_bad_files_are_one_line_errors(inc
     with pytest.raises(UserError, match="are not FID Inception v3 weights") as info:
         inception_extractor(str(wrong))
     assert len(str(info.value).splitlines()) == 1
+
+
+# --- the second signal and the judge's confidence ----------------------------------------------------------------
+def test_fid_forget_and_confidence_follow_their_definitions(tiny_ddpm_dir, tiny_classifier_dir):
+    """fid_forget is pytorch-fid's Frechet distance of the forget samples' features to the forget-class reference;
+    forget_confidence is the judge's mean probability of the forgotten class on the forget samples."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    from conftest import tiny_overrides
+    from diffunlearn.config import load_config
+    from diffunlearn.evaluation.judges import load_judge
+    from diffunlearn.run import make_evaluator
+
+    cfg = load_config("configs/digits/ddpm_sfron.yaml", tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir) +
+                      ["eval.forget_samples=24"])
+    model, judge = tiny_ddpm(), load_judge(cfg.eval)
+    evaluator = make_evaluator(cfg, model, judge, model, str(tiny_ddpm_dir))
+    metrics, _ = evaluator(model)
+    images = evaluator.images(model)
+    forget = images[evaluator.target_index == 0]
+    real = load_digits_splits()[0].select_classes([7]).images
+
+    def stats(x):
+        f = judge.feature_extractor(x).detach().double().numpy()
+        return f.mean(0), __import__("numpy").cov(f, rowvar=False)
+
+    expected = calculate_frechet_distance(*stats(forget), *stats(real))
+    assert metrics["fid_forget"] == pytest.approx(expected, rel=1e-4)
+    assert metrics["forget_confidence"] == pytest.approx(judge.probabilities(forget)[:, 7].double().mean().item(),
+                                                          rel=1e-6)
+    per_target = [evaluator.fid_forget(images[evaluator.target_index == i]) for i in range(1, 10)]
+    assert metrics["fid_forget_nearest_retained"] == pytest.approx(min(per_target))
+
+
+def test_forgetting_signals_agree_and_disagree_as_their_rule_says():
+    from diffunlearn.evaluation.report import forgetting_signals
+
+    base = {"forget_accuracy": 1.0, "forget_confidence": 0.99, "fid_forget": 2.0, "fid_forget_nearest_retained": 200.0}
+    threshold = (2.0 * 200.0) ** 0.5  # 20
+    gone = {"forget_accuracy": 0.0, "forget_confidence": 0.01, "fid_forget": 100.0}
+    stripes = {"forget_accuracy": 0.99, "forget_confidence": 0.67, "fid_forget": 94.0}  # a judge fooled by stripes
+    missed = {"forget_accuracy": 0.0, "forget_confidence": 0.2, "fid_forget": 3.0}  # a judge missing a kept target
+    assert forgetting_signals(base, gone)["agree"] is True
+    assert forgetting_signals(base, gone)["fid_forget_threshold"] == pytest.approx(threshold)
+    fooled = forgetting_signals(base, stripes)
+    assert (fooled["judge"], fooled["distance"], fooled["agree"]) == ("present", "forgotten", False)
+    assert forgetting_signals(base, missed)["agree"] is False
+    assert forgetting_signals({"forget_accuracy": 1.0}, gone)["agree"] is None  # no distance signal: no verdict

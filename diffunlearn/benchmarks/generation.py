@@ -23,6 +23,7 @@ import torch
 
 from ..config import build_config, read_yaml, validate
 from ..errors import UserError
+from ..evaluation.monitor import Monitor, StopRule, cheap_eval_config
 from .memory import PeakMemory
 
 ROW_KEYS = ("method", "train", "model")
@@ -122,13 +123,6 @@ def row_config(bench: GenerationBenchmarkConfig, name: str, steps: Optional[int]
     return cfg
 
 
-def cheap_config(cfg, periodic: PeriodicEval):
-    cheap = copy.deepcopy(cfg)
-    for key, value in dataclasses.asdict(periodic).items():
-        setattr(cheap.eval, key, value)
-    return cheap
-
-
 def assert_same_protocol(protocols: dict) -> dict:
     """The one protocol of all rows {row: protocol dict}; raises if any row was evaluated differently."""
     (first, reference), *others = protocols.items()
@@ -185,8 +179,9 @@ class Bench:
         from ..run import make_evaluator
 
         full = make_evaluator(cfg, self.base_model, self.judge, self.base_model, self.base_path, self.device)
-        cheap = make_evaluator(cheap_config(cfg, self.bench.periodic_eval), self.base_model, self.judge,
-                               self.base_model, self.base_path, self.device)
+        cheap = make_evaluator(cheap_eval_config(cfg, **dataclasses.asdict(self.bench.periodic_eval)),
+                               self.base_model, self.judge, self.base_model, self.base_path, self.device,
+                               second_signal=False)
         self.protocols[name], self.periodic_protocols[name] = full.protocol, cheap.protocol
         return full, cheap
 
@@ -201,28 +196,25 @@ class Bench:
         steps = cfg.train.steps
         full, cheap = self.evaluators(name, cfg)
         model, _ = load_model(cfg)
-        history, every, crit = [], self.bench.eval_every, self.bench.criterion
-        base_fid = self.base_cheap["fid_retained"]
+        crit, base_fid = self.bench.criterion, self.base_cheap["fid_retained"]
+        rule = StopRule(crit.forget_accuracy_max, 1, crit.fid_ratio_max, stop=stop_at_criterion, repair=False)
+        monitor = Monitor(model, cheap, self.base_cheap, rule, self.bench.eval_every, steps, also=self.bench.eval_also,
+                          progress=lambda line: self.progress(f"[{name}] {line}"))
         with tempfile.TemporaryDirectory(prefix=f"bench_{name}_") as work, PeakMemory(self.device) as memory:
             trainer = Trainer(cfg, model, get_method(cfg.method.name), self.forget_set, self.remain_set, work,
                               progress=False)
+            monitor.clock = trainer.unlearning_seconds
 
-            def check(step: int) -> bool:
-                if (step + 1) % every and step + 1 != steps and step + 1 not in self.bench.eval_also:
+            def check(step: int) -> bool:  # the monitor's checks, outside the row's peak memory
+                if not monitor.due(step):
                     return False
-                seconds = trainer.unlearning_seconds()
                 memory.pause()
-                model.network.eval()
-                metrics = cheap(model)[0]
-                model.network.train()
-                history.append({"step": step + 1, "seconds": seconds, "forget_accuracy": metrics["forget_accuracy"],
-                                "fid_retained": metrics["fid_retained"]})
-                self.progress(f"[{name}] step {step + 1}: FA {metrics['forget_accuracy']:.3f}, FID "
-                              f"{metrics['fid_retained']:.3f} (base {base_fid:.3f}), {seconds:.1f} s")
+                stop = monitor(step)
                 memory.resume()
-                return stop_at_criterion and crit.met(metrics["forget_accuracy"], metrics["fid_retained"], base_fid)
+                return stop
 
             timing = trainer.train(callback=check)
+        history = monitor.history
         reached = first_reaching(history, base_fid, crit)
         self.histories[name] = history
         done = history[-1]["step"] if history else steps

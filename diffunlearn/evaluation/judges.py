@@ -45,15 +45,35 @@ class Judge:
     def __init__(self, labels, source: str, device="cpu"):
         self.labels, self.source, self.device = list(labels), source, torch.device(device)
 
-    def _predict_batch(self, images: torch.Tensor) -> torch.Tensor:
+    def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, L + 1) over the labels and, last, "none of them" (0 for judges that always pick one)."""
         raise NotImplementedError
+
+    def _predict_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Label indices (N,), -1 for "none of them": the most probable column of `_probabilities`."""
+        best = self._probabilities(images).argmax(-1)
+        return torch.where(best == len(self.labels), -1, best)
+
+    def _batches(self, images: torch.Tensor, fn) -> list:
+        return [fn(images[i:i + self.batch_size].to(self.device)).cpu() for i in range(0, len(images), self.batch_size)]
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> torch.LongTensor:
         """Label indices (N,) on the CPU of images (N, C, H, W) in [0, 1]; -1 where the judge sees none of them."""
-        preds = [self._predict_batch(images[i:i + self.batch_size].to(self.device)).long().cpu()
-                 for i in range(0, len(images), self.batch_size)]
+        preds = [p.long() for p in self._batches(images, self._predict_batch)]
         return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, L + 1) on the CPU: the judge's probability of each label and, last, of none of them (the verdict of
+        `predict` as one-hot for a judge without probabilities)."""
+        try:
+            probs = [p.float() for p in self._batches(images, self._probabilities)]
+        except NotImplementedError:
+            verdicts = self.predict(images)
+            return torch.nn.functional.one_hot(torch.where(verdicts < 0, len(self.labels), verdicts),
+                                               len(self.labels) + 1).float()
+        return torch.cat(probs) if probs else torch.empty(0, len(self.labels) + 1)
 
     def protocol(self) -> dict:
         """JSON-able description: kind, source, weight digest, what "recognised" means, features."""
@@ -95,9 +115,10 @@ class DigitsJudge(Judge):
         self.classifier = classifier.to(self.device).eval()
         self.feature_extractor = PenultimateFeatures(self.classifier)
 
-    def _predict_batch(self, images):
-        preds = self.classifier(images).argmax(-1)
-        return torch.where(preds >= len(self.labels), -1, preds)
+    def _probabilities(self, images):
+        probs = self.classifier(images).softmax(-1)  # (N, 10 + reject output, if any)
+        none = probs[:, len(self.labels):].sum(-1, keepdim=True)
+        return torch.cat([probs[:, :len(self.labels)], none], dim=1)
 
     def protocol(self) -> dict:
         return {**super().protocol(), "classifier_reject_output": bool(self.classifier.config.reject_class),
@@ -161,8 +182,9 @@ class ImageClassificationJudge(Judge):
         self.model, self.processor = model.to(self.device).eval(), processor
         self.feature_extractor = head_input_features(self.model, processor)
 
-    def _predict_batch(self, images):
-        return self.model(pixel_values=preprocess(self.processor, images)).logits.argmax(-1)
+    def _probabilities(self, images):
+        probs = self.model(pixel_values=preprocess(self.processor, images)).logits.float().softmax(-1)
+        return torch.cat([probs, torch.zeros_like(probs[:, :1])], dim=1)
 
     def protocol(self) -> dict:
         return {**super().protocol(), "architecture": (self.model.config.architectures or [None])[0],
@@ -212,13 +234,18 @@ class CLIPJudge(Judge):
                                                        attention_mask=tokens.get("attention_mask")))
         self.text_embeddings = nn.functional.normalize(text.float(), dim=-1)  # (L, d)
 
+    def similarities(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        """CLIP logits (N, L) of image embeddings (N, d): logit_scale x cosine similarity with the label texts."""
+        image = nn.functional.normalize(image_embeddings.float().to(self.device), dim=-1)
+        return self.model.logit_scale.exp().float() * (image @ self.text_embeddings.T)
+
     def assign(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         """Label indices (N,) of image embeddings (N, d): argmax of cosine similarity with the label texts."""
-        image = nn.functional.normalize(image_embeddings.float().to(self.device), dim=-1)
-        return (image @ self.text_embeddings.T).argmax(-1)
+        return self.similarities(image_embeddings).argmax(-1)
 
-    def _predict_batch(self, images):
-        return self.assign(self.feature_extractor(images))
+    def _probabilities(self, images):
+        probs = self.similarities(self.feature_extractor(images)).softmax(-1)  # CLIP's zero-shot softmax
+        return torch.cat([probs, torch.zeros_like(probs[:, :1])], dim=1)
 
     def protocol(self) -> dict:
         return {**super().protocol(), "labels": self.labels, "template": self.template, "label_texts": self.texts,

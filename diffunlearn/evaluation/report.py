@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torchmetrics
@@ -45,9 +47,13 @@ class Evaluator:
         reference: FID reference images (N, C, H, W) in [0, 1] (real images, or base-model samples): this
             process's share of them (all of them in one process).
         reference_source: what the reference images are, for the protocol.
+        forget_reference: this process's share of reference images of the forget targets (same source): the
+            second, judge-independent signal `fid_forget` (distance of the forget samples to the forgotten target)
+            is computed when given.
     """
 
-    def __init__(self, cfg, judge, forget, retained, reference: torch.Tensor, reference_source: str, device="cpu"):
+    def __init__(self, cfg, judge, forget, retained, reference: torch.Tensor, reference_source: str, device="cpu",
+                 forget_reference: Optional[torch.Tensor] = None):
         self.cfg, self.eval_cfg, self.judge = cfg, cfg.eval, judge
         self.forget, self.retained = list(forget), list(retained)
         check_evaluation(self.eval_cfg, judge, self.retained)
@@ -58,6 +64,10 @@ class Evaluator:
             extractor, extractor_name = judge.feature_extractor, f"{self.eval_cfg.judge}-judge-features"
             extractor_hash = judge.protocol().get("weights_sha256")
         self.fid = FID(extractor.to(device).eval(), reference, self.eval_cfg.batch_size)
+        self.fid_forget = None if forget_reference is None else \
+            FID(extractor, forget_reference, self.eval_cfg.batch_size)
+        if self.fid_forget is not None and self.fid_forget.num_real < 2:  # FID needs a covariance
+            self.fid_forget = None
         self.targets = self.forget + self.retained
         self.sizes = [self.eval_cfg.forget_samples] * len(self.forget)
         self.sizes += [self.eval_cfg.retained_samples_per_class] * len(self.retained)
@@ -78,6 +88,10 @@ class Evaluator:
             "inception_weights": self.eval_cfg.inception_weights, "feature_dim": int(extractor.num_features),
             "fid_real_images": self.fid.num_real, "fid_real_source": reference_source,
             "fid_generated_images": len(rows) - self.num_forget,
+            "fid_forget_real_images": self.fid_forget.num_real if self.fid_forget else None,
+            "second_signal": "fid_forget: FID of the forget samples to reference images of the forgotten target "
+                             "(same features and source as FID_retained); fid_forget_nearest_retained: the smallest "
+                             "FID of one retained target's samples to that reference (how far another target is)",
             "forget_samples_per_target": self.eval_cfg.forget_samples,
             "retained_samples_per_target": self.eval_cfg.retained_samples_per_class,
             "sampler": self.eval_cfg.sampler, "num_inference_steps": self.eval_cfg.num_inference_steps,
@@ -97,19 +111,33 @@ class Evaluator:
         """Metrics of `model` and its gallery images per target {key: (k, C, H, W)}, k = eval.gallery_per_class
         (the first k seeds); in a distributed run every process calls it and gets the same result."""
         images = self.images(model)
-        recognised = (self.judge.predict(images) == self.expected).long()
+        probs = self.judge.probabilities(images)  # (n, L + 1), last column: none of the labels
+        verdicts = probs.argmax(-1)
+        recognised = (verdicts == self.expected).long()
         counts = torch.zeros(2, len(self.targets), dtype=torch.long)  # (recognised, generated) per target
         counts[0].index_add_(0, self.target_index, recognised)
         counts[1].index_add_(0, self.target_index, torch.ones_like(recognised))
         correct, total = sum_over_processes(counts).float()  # float32 c / n: bit-equal to the mean of 0/1 flags
         per_target = {t.key: (correct[i] / total[i]).item() for i, t in enumerate(self.targets)}
         nf = len(self.forget)
+        is_forget = self.target_index < nf
+        confidence = sum_over_processes(torch.stack([
+            probs[is_forget].gather(1, self.expected[is_forget, None]).double().sum(),
+            probs[is_forget, -1].double().sum()]))
         metrics = {
             "forget_accuracy": (correct[:nf].sum() / total[:nf].sum()).item(),
             "retained_accuracy": sum(per_target[t.key] for t in self.retained) / len(self.retained),
-            "fid_retained": self.fid(images[self.target_index >= nf]),
+            "fid_retained": self.fid(images[~is_forget]),
             "per_target_accuracy": per_target,
+            # the judge's mean probability that a forget sample shows the forgotten target, and that it shows none
+            "forget_confidence": (confidence[0] / total[:nf].sum()).item(),
+            "forget_none_probability": (confidence[1] / total[:nf].sum()).item(),
         }
+        if self.fid_forget is not None and self.eval_cfg.forget_samples * nf >= 2:  # FID needs a covariance
+            metrics["fid_forget"] = self.fid_forget(images[is_forget])
+            if self.eval_cfg.retained_samples_per_class >= 2:
+                metrics["fid_forget_nearest_retained"] = min(
+                    self.fid_forget(images[self.target_index == i]) for i in range(nf, len(self.targets)))
         return metrics, self.gather_gallery(images)
 
     def gather_gallery(self, images: torch.Tensor) -> dict:
@@ -130,6 +158,60 @@ class Evaluator:
                       {t.key: unlearned_images[t.key][:k] for t in self.targets}, seeds)
 
 
+JUDGE_MAJORITY = 0.5  # the judge says "present" when it recognises the target in more than this share of samples
+
+
+def forgetting_signals(base: dict, unlearned: dict) -> dict:
+    """Two reads of "is the target gone" and whether they agree.
+
+    The judge's: the target is present when its forget accuracy is above `JUDGE_MAJORITY`. The distance's (judge
+    verdict-independent): the forget samples' FID to reference images of the target (`fid_forget`) against a
+    threshold set by the base model, the geometric mean of its own `fid_forget` (samples of the target) and of
+    `fid_forget_nearest_retained` (samples of the closest other target): halfway on a log scale between "the
+    target" and "another target". A judge that reads degenerate images as the target (stripes called "seven")
+    disagrees with the distance, and so does a judge that misses a target the model still draws.
+    """
+    fa = unlearned["forget_accuracy"]
+    out = {"judge": "present" if fa > JUDGE_MAJORITY else "forgotten", "forget_accuracy": fa,
+           "forget_confidence": unlearned.get("forget_confidence"),
+           "forget_none_probability": unlearned.get("forget_none_probability")}
+    if not all(k in m for m in (base, unlearned) for k in ("fid_forget",)) or \
+            "fid_forget_nearest_retained" not in base:
+        return {**out, "distance": None, "agree": None}
+    threshold = math.sqrt(max(base["fid_forget"], 1e-12) * base["fid_forget_nearest_retained"])
+    distance = "forgotten" if unlearned["fid_forget"] > threshold else "present"
+    return {**out, "distance": distance, "fid_forget": unlearned["fid_forget"], "fid_forget_base": base["fid_forget"],
+            "fid_forget_base_nearest_retained": base["fid_forget_nearest_retained"], "fid_forget_threshold": threshold,
+            "agree": distance == out["judge"]}
+
+
+def signals_line(signals: dict) -> Optional[str]:
+    """One sentence on the two signals, or None when there is no distance signal."""
+    if signals.get("agree") is None:
+        return None
+    verdict = "agree" if signals["agree"] else "DISAGREE: look at the gallery before trusting FA"
+    return (f"judge: target {signals['judge']} (FA {signals['forget_accuracy']:.3f}, mean confidence "
+            f"{signals['forget_confidence']:.3f}); distance: target {signals['distance']} (FID to the target "
+            f"{signals['fid_forget']:.2f}, base {signals['fid_forget_base']:.2f}, nearest other target "
+            f"{signals['fid_forget_base_nearest_retained']:.2f}, threshold {signals['fid_forget_threshold']:.2f}); "
+            f"signals {verdict}")
+
+
+def stop_line(stop: Optional[dict], steps: int) -> str:
+    """One sentence on how long the run trained and why."""
+    if not stop:
+        return f"ran all {steps} steps (no in-loop checks)"
+    rule = stop["rule"]
+    if stop["stopped_at_step"] is None:
+        return (f"ran all {steps} steps: the in-loop checks never met the stop rule (forget estimate <= "
+                f"{rule['forget_accuracy_max']} for {rule['patience']} checks)")
+    repair = f", {stop['repair_checks']} check(s) asked for repair steps" if stop["repair_checks"] else ""
+    return (f"stopped at step {stop['stopped_at_step']} of {steps}: forget estimate <= {rule['forget_accuracy_max']}"
+            f" for {rule['patience']} consecutive checks every {stop['check_every']} steps"
+            + (f", retained FID estimate <= {rule['fid_ratio_max']} x base" if rule["fid_ratio_max"] else "")
+            + repair)
+
+
 def write_model_card(path, cfg, base_path: str, report: dict, load_hint: str) -> None:
     """A Hugging Face model card (`README.md` with YAML front matter) for the unlearned pipeline."""
     base, unl = report.get("base"), report.get("unlearned")
@@ -139,8 +221,8 @@ def write_model_card(path, cfg, base_path: str, report: dict, load_hint: str) ->
              f"tags: [diffunlearn, machine-unlearning, {cfg.method.name}]", "---", "",
              f"# {cfg.model.family} with {what} {forgotten} unlearned ({cfg.method.name})", "",
              f"- Base model: `{base_path}`",
-             f"- Method: `{cfg.method.name}`, {cfg.train.steps} steps, optimizer {cfg.train.optimizer} "
-             f"lr {cfg.train.lr}, seed {cfg.seed}",
+             f"- Method: `{cfg.method.name}`, optimizer {cfg.train.optimizer} lr {cfg.train.lr}, seed {cfg.seed}; "
+             + stop_line(report.get("stop"), cfg.train.steps),
              f"- Forgotten {what}: {forgotten}"
              + (f" (mapped onto {', '.join(cfg.forget.anchors)})" if cfg.forget.is_concept else ""), ""]
     if base and unl:
@@ -152,5 +234,12 @@ def write_model_card(path, cfg, base_path: str, report: dict, load_hint: str) ->
                       f"{proto['guidance_scale']}, FID on {proto['fid_features']} features "
                       f"(dim {proto['feature_dim']}), {proto['fid_real_images']} real vs "
                       f"{proto['fid_generated_images']} generated images; full protocol in `report.json`.", ""]
+        signals = signals_line(report.get("signals") or {})
+        lines += [f"Forgetting signals: {signals}.", ""] if signals else []
+    checks = (report.get("stop") or {}).get("checks") or []
+    if checks:
+        lines += ["In-loop checks (step: forget estimate, retained FID estimate / base, next): "
+                  + "; ".join(f"{c['step']}: {c['forget_accuracy']:.3f}, {c['fid_ratio']:.2f}, {c['action']}"
+                              for c in checks) + ".", ""]
     lines += [f"Load it with {load_hint}.", ""]
     Path(path).write_text("\n".join(lines))

@@ -1,0 +1,142 @@
+"""In-loop checks of an unlearning run: a cheap estimate of forget accuracy and of the retained FID, and what the
+run does next (go on, repair the retained targets, or stop).
+
+One mechanism for two users: `diffunlearn unlearn` stops when forgotten (the `stop` config section), and the
+generation benchmark finds each method's steps-to-criterion with the same checks (it does not stop SFR-on's row).
+A check samples from fixed seeds with few sampling steps and scores against the base model measured under the
+same cheap protocol, so estimates are comparable from check to check and with the base.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+CONTINUE, REPAIR, STOP = "continue", "repair", "stop"
+
+
+@dataclass
+class StopRule:
+    """When a run has forgotten.
+
+    Attributes:
+        forget_accuracy_max: a check's forget estimate passes at or below this.
+        patience: the run stops at the check that ends this many consecutive passing forget estimates ...
+        fid_ratio_max: ... and whose retained FID estimate is at most this x the base's (None: not required).
+        min_steps: no stop before this many steps.
+        stop: False to record checks without ever stopping (a benchmark's full-length row).
+        repair: False to never ask for repair steps (a benchmark compares methods as they are).
+    """
+
+    forget_accuracy_max: float = 0.05
+    patience: int = 1
+    fid_ratio_max: Optional[float] = None
+    min_steps: int = 0
+    stop: bool = True
+    repair: bool = True
+
+    def forget_passes(self, forget_accuracy: float) -> bool:
+        return forget_accuracy <= self.forget_accuracy_max
+
+    def retained_passes(self, fid_ratio: float) -> bool:
+        return self.fid_ratio_max is None or fid_ratio <= self.fid_ratio_max
+
+
+def cheap_eval_config(cfg, forget_samples: int, retained_samples_per_class: int, num_inference_steps: int,
+                      seed: Optional[int] = None):
+    """A copy of the run config whose `eval` section is the cheap protocol of in-loop checks."""
+    cheap = dataclasses.replace(cfg, eval=dataclasses.replace(
+        cfg.eval, forget_samples=forget_samples, retained_samples_per_class=retained_samples_per_class,
+        num_inference_steps=num_inference_steps, seed=cfg.eval.seed if seed is None else seed))
+    return cheap
+
+
+class Monitor:
+    """Checks a model during training and decides what the run does next; a `Trainer.train` callback.
+
+    Args:
+        model: the model being trained (its network is put in eval mode for a check and back in train mode).
+        evaluator: an `Evaluator` of the cheap protocol (see `cheap_eval_config`).
+        base_metrics: that evaluator's metrics of the base model.
+        rule: the `StopRule`.
+        every: check every this many steps; also at the steps in `also` and at the last step `total_steps`.
+        clock: returns the unlearning seconds so far (recorded with each check).
+        progress: called with one line per check (None: silent).
+    """
+
+    def __init__(self, model, evaluator, base_metrics: dict, rule: StopRule, every: int, total_steps: int,
+                 also=(), clock: Optional[Callable[[], float]] = None, progress: Optional[Callable] = None):
+        self.model, self.evaluator, self.rule = model, evaluator, rule
+        self.base = {"forget_accuracy": base_metrics["forget_accuracy"], "fid_retained": base_metrics["fid_retained"]}
+        self.every, self.total_steps, self.also = every, total_steps, set(also)
+        self.clock, self.progress = clock, progress
+        self.history: List[dict] = []
+        self.action = CONTINUE
+
+    @property
+    def repairing(self) -> bool:
+        """True while the retained guard asks for repair steps instead of the method's steps."""
+        return self.action == REPAIR
+
+    @property
+    def stopped_at(self) -> Optional[int]:
+        """The step count after which the run stopped, None if it ran all its steps."""
+        last = self.history[-1] if self.history else None
+        return last["step"] if last and last["action"] == STOP and last["step"] < self.total_steps else None
+
+    def due(self, step: int) -> bool:
+        done = step + 1
+        return done % self.every == 0 or done in self.also or done == self.total_steps
+
+    def __call__(self, step: int) -> bool:
+        """After step `step` (0-based): check if due; returns True when the run should stop."""
+        if not self.due(step):
+            return False
+        seconds = self.clock() if self.clock else None
+        network = self.model.network
+        network.eval()
+        metrics = self.evaluator(self.model)[0]
+        network.train()
+        self.record(step + 1, metrics, seconds)
+        return self.action == STOP
+
+    def record(self, done: int, metrics: dict, seconds: Optional[float] = None) -> dict:
+        """Add the check after `done` steps with `metrics` to the history and set the next action."""
+        rule, fa = self.rule, metrics["forget_accuracy"]
+        ratio = metrics["fid_retained"] / max(self.base["fid_retained"], 1e-12)
+        forget_ok, retained_ok = rule.forget_passes(fa), rule.retained_passes(ratio)
+        streak = (self.history[-1]["forget_streak"] + 1 if self.history else 1) if forget_ok else 0
+        if rule.stop and streak >= rule.patience and retained_ok and done >= rule.min_steps:
+            self.action = STOP
+        elif forget_ok and not retained_ok and rule.repair:
+            self.action = REPAIR
+        else:
+            self.action = CONTINUE
+        entry = {"step": done, "seconds": seconds, "forget_accuracy": fa, "fid_retained": metrics["fid_retained"],
+                 "fid_ratio": ratio, "forget_confidence": metrics.get("forget_confidence"),
+                 "forget_streak": streak, "action": self.action}
+        self.history.append(entry)
+        if self.progress:
+            self.progress(f"step {done}: forget estimate {fa:.3f}, retained FID estimate {metrics['fid_retained']:.3f}"
+                          f" ({ratio:.2f} x base) -> {self.action}")
+        return entry
+
+    # --- resume -------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"history": list(self.history), "action": self.action}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.action = list(state["history"]), state["action"]
+
+    def summary(self) -> dict:
+        """What the report records: the rule, where the run stopped and every estimate seen."""
+        first = next((h["step"] for h in self.history if h["forget_accuracy"] <= self.rule.forget_accuracy_max),
+                     None)
+        return {"rule": dataclasses.asdict(self.rule), "check_every": self.every, "base_estimate": self.base,
+                "stopped_at_step": self.stopped_at, "first_forgotten_at_step": first,
+                "repair_checks": sum(h["action"] == REPAIR for h in self.history),
+                "protocol": {k: self.evaluator.protocol[k] for k in
+                             ("forget_samples_per_target", "retained_samples_per_target", "sampler",
+                              "num_inference_steps", "guidance_scale", "eval_seed")},
+                "checks": self.history}

@@ -1,0 +1,138 @@
+"""Stop when forgotten: the in-loop checks' rule, the retained guard's repair steps, resume, and the run's report."""
+
+import json
+
+import pytest
+
+from conftest import tiny_ddpm, tiny_overrides
+from helpers import make_trainer
+from diffunlearn.config import load_config
+from diffunlearn.errors import UserError
+from diffunlearn.evaluation.monitor import CONTINUE, REPAIR, STOP, Monitor, StopRule
+from diffunlearn.run import unlearn_run
+
+MAIN = "configs/digits/ddpm_sfron.yaml"
+BASE = {"forget_accuracy": 1.0, "fid_retained": 2.0}
+
+
+class Scripted:
+    """An evaluator whose metrics follow a script (forget accuracy, retained FID) per call: the rule and the loop
+    are under test here, not the sampling (which the end-to-end test below runs for real)."""
+
+    protocol = {k: None for k in ("forget_samples_per_target", "retained_samples_per_target", "sampler",
+                                  "num_inference_steps", "guidance_scale", "eval_seed")}
+
+    def __init__(self, script):
+        self.script, self.calls = list(script), 0
+
+    def __call__(self, model):
+        fa, fid = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        return {"forget_accuracy": fa, "fid_retained": fid}, {}
+
+
+def monitor(script, rule, every=2, total=100, model=None):
+    return Monitor(model or tiny_ddpm(), Scripted(script), BASE, rule, every, total)
+
+
+def actions(mon, checks):
+    return [mon.record(2 * (i + 1), mon.evaluator(None)[0])["action"] for i in range(checks)]
+
+
+def test_the_run_stops_at_the_first_check_that_ends_patience_passing_checks():
+    mon = monitor([(0.5, 2.0), (0.04, 2.0), (0.2, 2.0), (0.0, 2.0), (0.05, 2.0), (0.0, 2.0)],
+                  StopRule(0.05, patience=2))
+    assert actions(mon, 5) == [CONTINUE, CONTINUE, CONTINUE, CONTINUE, STOP]  # a failing check resets the streak
+    assert [h["forget_streak"] for h in mon.history] == [0, 1, 0, 1, 2]
+    assert mon.stopped_at == 10
+
+
+def test_min_steps_and_stop_false_keep_the_run_going():
+    assert actions(monitor([(0.0, 2.0)], StopRule(0.05, patience=1, min_steps=5)), 3) == [CONTINUE, CONTINUE, STOP]
+    never = monitor([(0.0, 2.0)], StopRule(0.05, patience=1, stop=False))
+    assert actions(never, 4) == [CONTINUE] * 4 and never.stopped_at is None
+
+
+def test_the_guard_asks_for_repair_while_forgotten_but_retained_quality_is_off():
+    # forgotten from the first check, retained FID 1.5x base (synthetic degradation), then back under 1.25x
+    mon = monitor([(0.0, 3.0), (0.0, 3.0), (0.0, 2.4), (0.0, 2.4)], StopRule(0.05, patience=2, fid_ratio_max=1.25))
+    assert actions(mon, 4) == [REPAIR, REPAIR, STOP, STOP]
+    relapse = monitor([(0.0, 3.0), (0.3, 3.0)], StopRule(0.05, patience=1, fid_ratio_max=1.25))
+    assert actions(relapse, 2) == [REPAIR, CONTINUE], "the target came back: forgetting resumes"
+    no_repair = monitor([(0.0, 3.0)], StopRule(0.05, patience=1, fid_ratio_max=1.25, repair=False))
+    assert actions(no_repair, 1) == [CONTINUE]
+
+
+def _log(path):
+    return [json.loads(line) for line in (path / "losses.jsonl").read_text().splitlines()]
+
+
+def test_the_trainer_stops_at_the_monitors_stop_and_runs_repair_steps_when_asked(tmp_path):
+    model = tiny_ddpm()
+    trainer = make_trainer(model, tmp_path, ["method.saliency_mask=false", "method.forget_every=1",
+                                             "train.steps=20", "train.log_every=1"])
+    # checks after steps 2, 4, 6, 8: present, forgotten with degraded retained (repair), repaired, still fine
+    mon = Monitor(model, Scripted([(1.0, 2.0), (0.0, 3.0), (0.0, 2.0), (0.0, 2.0)]), BASE,
+                  StopRule(0.05, patience=3, fid_ratio_max=1.25), every=2, total_steps=20)
+    timing = trainer.train(callback=mon)
+    log = _log(tmp_path)
+    assert [row["step"] for row in log] == list(range(8)), "stopped right after the check at step 8"
+    assert mon.stopped_at == 8 and timing["checks"] >= 0
+    kinds = [sorted(k for k in row if k != "step") for row in log]
+    assert kinds[:4] == [["forget_loss", "remain_loss"]] * 4
+    assert kinds[4:6] == [["repair_loss"]] * 2, "the two steps after the repair verdict are remain-only"
+    assert kinds[6:] == [["forget_loss", "remain_loss"]] * 2
+
+
+def test_the_monitor_state_is_checkpointed_and_restored_on_resume(tmp_path):
+    overrides = ["method.saliency_mask=false", "train.steps=10", "train.checkpoint_every=4"]
+    script = [(1.0, 2.0), (0.0, 3.0)]
+    first = make_trainer(tiny_ddpm(), tmp_path, overrides)
+    mon = monitor(script, StopRule(0.05, patience=5, fid_ratio_max=1.25), every=2, total=10)
+    real_repair = first.repair_step
+    first.repair_step = lambda step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 5 else real_repair(step)
+    with pytest.raises(KeyboardInterrupt):
+        first.train(callback=mon)
+    saved = json.loads(next((tmp_path / "checkpoints").glob("step_*/trainer_state.json")).read_text())
+    assert saved["step"] == 3 and saved["callback"]["action"] == REPAIR
+    again = make_trainer(tiny_ddpm(), tmp_path, overrides)
+    restored = monitor(script, StopRule(0.05, patience=5, fid_ratio_max=1.25), every=2, total=10)
+    assert again.resume(restored) == 4
+    assert restored.repairing and [h["step"] for h in restored.history] == [2, 4]
+
+
+def test_a_run_with_checks_reports_where_it_stopped_and_why(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
+    # a forget threshold any model meets: the mechanism (real sampling, judge and FID estimate) end to end
+    overrides = tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir, steps=12) + [
+        "stop.check_every=2", "stop.patience=2", "stop.forget_accuracy_max=0.99", "stop.fid_ratio_max=null",
+        "stop.forget_samples=4", "stop.retained_samples_per_class=2", "stop.num_inference_steps=2"]
+    report = unlearn_run(MAIN, tmp_path / "run", overrides, progress=False)
+    stop = report["stop"]
+    assert stop["stopped_at_step"] == 4 and [c["step"] for c in stop["checks"]] == [2, 4]
+    assert stop["protocol"]["forget_samples_per_target"] == 4 and stop["protocol"]["eval_seed"] == 777_000
+    assert all(0 <= c["forget_accuracy"] <= 0.99 and c["fid_retained"] > 0 for c in stop["checks"])
+    assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 4
+    assert report["timing"]["stop_checks"] > 0
+    card = (tmp_path / "run" / "pipeline" / "README.md").read_text()
+    assert "stopped at step 4 of 12" in card
+    assert {"judge", "distance", "agree", "fid_forget_threshold"} <= set(report["signals"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stop.check_every=-1", "stop.check_every"), ("stop.patience=0", "stop.patience"),
+    ("stop.forget_accuracy_max=1.5", "stop.forget_accuracy_max"), ("stop.fid_ratio_max=0", "stop.fid_ratio_max"),
+    ("stop.retained_samples_per_class=1", "stop.retained_samples_per_class=1"), ("stop.every=3", "stop.every"),
+])
+def test_bad_stop_settings_are_refused_with_one_line(override, message):
+    with pytest.raises(UserError, match=message) as err:
+        load_config(MAIN, [override])
+    assert "\n" not in str(err.value)
+
+
+def test_checks_are_refused_under_fsdp(monkeypatch):
+    from diffunlearn.run import check_stop
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UserError, match="stop.check_every=0"):
+        check_stop(load_config(MAIN))
+    check_stop(load_config(MAIN, ["stop.check_every=0"]))
