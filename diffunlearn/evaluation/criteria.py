@@ -1,4 +1,4 @@
-"""Pass/fail criteria for a class-forgetting run, shared by the acceptance sweep and the slow tests."""
+"""Pass/fail criteria of a forgetting run, shared by the acceptance grid and the slow tests."""
 
 from __future__ import annotations
 
@@ -18,17 +18,3 @@ def check_class_forgetting(report: dict, bar: dict = CLASS_FORGETTING) -> dict:
         "fid_ratio": (fid_ratio, fid_ratio <= bar["fid_ratio_max"]),
     }
 
-
-def markdown_table(rows: list) -> str:
-    """rows: (label, report, wall seconds) -> markdown with every criterion and its verdict."""
-    lines = ["| run | base FA | unlearned FA | RA base -> unl. (ratio) | FID base -> unl. (ratio) | wall s | pass |",
-             "|---|---|---|---|---|---|---|"]
-    for label, report, wall in rows:
-        c = check_class_forgetting(report)
-        b, u = report["base"], report["unlearned"]
-        ok = all(passed for _, passed in c.values())
-        lines.append(f"| {label} | {b['forget_accuracy']:.3f} | {u['forget_accuracy']:.3f} | "
-                     f"{b['retained_accuracy']:.3f} -> {u['retained_accuracy']:.3f} ({c['retained_ratio'][0]:.3f}) | "
-                     f"{b['fid_retained']:.3f} -> {u['fid_retained']:.3f} ({c['fid_ratio'][0]:.3f}) | "
-                     f"{wall:.0f} | {'yes' if ok else 'NO'} |")
-    return "\n".join(lines)
