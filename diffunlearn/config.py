@@ -9,6 +9,7 @@ ever silently defaulted (the reference code lost its adaptive-weight setting to 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -160,7 +161,9 @@ class StopConfig:
     with forget accuracy <= `forget_accuracy_max` while the retained FID estimate is <= `fid_ratio_max` x the
     base's. Retained guard: when the target is gone but the retained estimate is over that bound, the following
     steps are repair steps (the plain diffusion loss on D_r, clipped to `repair_clip`) until a check passes;
-    forgetting resumes if the forget estimate rises again. `train.steps` bounds the run either way.
+    forgetting resumes if the forget estimate rises again. After `max_repair_checks` repair checks in a row, or at
+    `train.steps`, the run ends on its best checked state: the lowest retained estimate among checks whose forget
+    estimate passed.
     """
 
     check_every: int = 0  # 0: no checks, run all train.steps
@@ -173,13 +176,14 @@ class StopConfig:
     seed: int = 777_000  # sampling seeds of the checks (image j of target k: seed + 100000 * k + j)
     fid_ratio_max: Optional[float] = 0.95  # retained guard; null: stop on the forget estimate alone
     repair_clip: Optional[float] = 1.0
+    max_repair_checks: int = 5  # then stop and keep the best checked state (lowest retained estimate, forgotten)
 
     def __post_init__(self):
         if self.check_every < 0 or self.min_steps < 0:
             raise UserError(f"stop.check_every and stop.min_steps must be >= 0, got {self.check_every}, "
                             f"{self.min_steps}")
         check_positive("stop", patience=self.patience, forget_samples=self.forget_samples,
-                       num_inference_steps=self.num_inference_steps)
+                       num_inference_steps=self.num_inference_steps, max_repair_checks=self.max_repair_checks)
         if not 0.0 <= self.forget_accuracy_max < 1.0:
             raise UserError(f"stop.forget_accuracy_max must be in [0, 1), got {self.forget_accuracy_max!r}")
         if self.fid_ratio_max is not None and self.fid_ratio_max <= 0:
@@ -295,12 +299,31 @@ def build_config(raw: dict, overrides: List[str] = ()) -> RunConfig:
     return cfg
 
 
+def _check_finite(value, key: str) -> None:
+    """Refuse NaN and infinite numbers anywhere in a config mapping (they pass every `<` / `>` check)."""
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{key}[{i}]")
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            _check_finite(item, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key {key!r} must be a finite number, got {value!r}")
+
+
 def validate(defaults, given: dict):
-    """Merge a plain mapping into a dataclass instance of defaults, checking keys, types and values."""
+    """Merge a plain mapping into a dataclass instance of defaults, checking keys, types and values (finite
+    numbers only)."""
     schema = OmegaConf.structured(defaults)
     _check_known_keys(schema, given)
     try:
-        return OmegaConf.to_object(OmegaConf.merge(schema, given))
+        merged = OmegaConf.merge(schema, given)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise UserError(f"bad value for config key {key!r}: {str(exc).splitlines()[0]}") from None
+    _check_finite(OmegaConf.to_container(merged), "")  # before __post_init__ compares them
+    try:
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
         raise UserError(f"bad value for config key {key!r}: {str(exc).splitlines()[0]}") from None

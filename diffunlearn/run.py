@@ -178,7 +178,8 @@ def make_monitor(cfg, model, judge, base_path: str, device, progress: bool):
                               stop.seed)
     evaluator = make_evaluator(cheap, model, judge, model, base_path, device=device, second_signal=False)
     base_metrics = evaluator(model.to(device))[0]
-    rule = StopRule(stop.forget_accuracy_max, stop.patience, stop.fid_ratio_max, stop.min_steps)
+    rule = StopRule(stop.forget_accuracy_max, stop.patience, stop.fid_ratio_max, stop.min_steps,
+                    max_repair_checks=stop.max_repair_checks)
     return Monitor(model, evaluator, base_metrics, rule, stop.check_every, cfg.train.steps,
                    progress=tqdm.write if progress and PartialState().is_main_process else None)
 

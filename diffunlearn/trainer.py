@@ -37,7 +37,11 @@ def make_optimizer(params, train_cfg):
 
 
 def check_process_split(num_processes: int, batch_size: int, forget_set, remain_set) -> None:
-    """Every process must hold an equal slice of each global batch, and of each set."""
+    """A batch is no larger than the set it is drawn from, and every process holds an equal slice of it."""
+    smaller = min(len(forget_set), len(remain_set))
+    if batch_size > smaller:
+        raise UserError(f"train.batch_size {batch_size} is larger than the forget / remain sets ({len(forget_set)} / "
+                        f"{len(remain_set)} samples); valid: 1..{smaller}")
     if batch_size % num_processes or num_processes > min(len(forget_set), len(remain_set)):
         raise UserError(f"{num_processes} processes cannot split train.batch_size {batch_size} and the forget / "
                         f"remain sets ({len(forget_set)} / {len(remain_set)} samples); valid: a process count "
@@ -170,8 +174,9 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {"step": step}
-            if hasattr(callback, "state_dict"):  # e.g. a Monitor's checks so far
+            if hasattr(callback, "state_dict"):  # e.g. a Monitor's checks so far and its best state
                 state["callback"] = callback.state_dict()
+                callback.save(target)
             (target / STATE_FILE).write_text(json.dumps(state))  # written last: marks it complete
             for old in (self.work_dir / CHECKPOINTS).glob("step_*"):
                 if old != target:
@@ -187,6 +192,7 @@ class Trainer:
         state = json.loads((ckpt / STATE_FILE).read_text())
         if "callback" in state and hasattr(callback, "load_state_dict"):
             callback.load_state_dict(state["callback"])
+            callback.load(ckpt)
         return state["step"] + 1
 
     # --- the loop -----------------------------------------------------------------------------------------------
@@ -217,8 +223,8 @@ class Trainer:
             callback: optional `callback(step) -> bool` called after each step (e.g. a `Monitor`'s in-loop checks,
                 with the network in train mode); its time is excluded from "unlearning" and reported as "checks",
                 and returning True stops the run early. If it has `repairing` True, the next step is a
-                `repair_step` instead of the method's; its `state_dict` is saved with checkpoints and restored on
-                resume.
+                `repair_step` instead of the method's; its `state_dict` (and what its `save` writes) is saved
+                with checkpoints and restored on resume; its `finish` runs after the last step.
             finish: call `finish()` at the end; False keeps the process group for work that follows on every
                 process (evaluation), and the caller calls `finish()` after it.
         """
@@ -248,6 +254,8 @@ class Trainer:
                     self._flush_logs(pending, log_file)  # raises on a non-finite loss before any checkpoint
                 if checkpoint:
                     self.save_checkpoint(step, callback)
+        if hasattr(callback, "finish"):  # e.g. a Monitor falls back on its best state
+            callback.finish()
         self.accelerator.wait_for_everyone()
         if self._plain_network is not None:  # collective: before the process group goes
             unshard_module(self.model.network, self._plain_network)

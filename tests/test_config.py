@@ -26,6 +26,10 @@ def test_main_config_loads_and_overrides_apply():
     (["train.optimizer=lbfgs"], "unknown train.optimizer 'lbfgs'; valid: adam, adamw, sgd"),
     (["eval.sampler=euler"], "unknown eval.sampler 'euler'; valid: ddim, ddpm"),
     (["steps"], "bad override 'steps'; expected key=value"),
+    (["eval.guidance_scale=nan"], "config key 'eval.guidance_scale' must be a finite number, got nan"),
+    (["train.lr=inf"], "config key 'train.lr' must be a finite number, got inf"),
+    (["method.alpha=-inf"], "config key 'method.alpha' must be a finite number, got -inf"),
+    (["stop.fid_ratio_max=.nan"], "config key 'stop.fid_ratio_max' must be a finite number"),
 ])
 def test_bad_config_values_are_one_line_errors_naming_value_and_choices(override, message):
     with pytest.raises(UserError) as info:

@@ -3,12 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from conftest import tiny_ddpm, tiny_overrides
 from helpers import make_trainer
 from diffunlearn.config import load_config
 from diffunlearn.errors import UserError
-from diffunlearn.evaluation.monitor import CONTINUE, REPAIR, STOP, Monitor, StopRule
+from diffunlearn.evaluation.monitor import CONTINUE, REPAIR, SETTLE, STOP, Monitor, StopRule
 from diffunlearn.run import unlearn_run
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
@@ -61,6 +62,15 @@ def test_the_guard_asks_for_repair_while_forgotten_but_retained_quality_is_off()
     assert actions(relapse, 2) == [REPAIR, CONTINUE], "the target came back: forgetting resumes"
     no_repair = monitor([(0.0, 3.0)], StopRule(0.05, patience=1, fid_ratio_max=1.25, repair=False))
     assert actions(no_repair, 1) == [CONTINUE]
+    budget = monitor([(0.0, 3.0)], StopRule(0.05, patience=1, fid_ratio_max=1.25, max_repair_checks=2))
+    assert actions(budget, 3) == [REPAIR, REPAIR, SETTLE], "repair that does not bring it back has a budget"
+
+
+def test_the_best_state_is_the_lowest_retained_estimate_among_forgotten_checks():
+    mon = monitor([(0.5, 1.0), (0.0, 3.0), (0.2, 2.0), (0.0, 2.6), (0.0, 2.8)], StopRule(0.05, patience=9))
+    assert [mon.record(s, mon.evaluator(None)[0])["best"] for s in (2, 4, 6, 8, 10)] == [False, True, False, True,
+                                                                                          False]
+    assert mon.best_step == 8
 
 
 def _log(path):
@@ -84,6 +94,27 @@ def test_the_trainer_stops_at_the_monitors_stop_and_runs_repair_steps_when_asked
     assert kinds[6:] == [["forget_loss", "remain_loss"]] * 2
 
 
+def test_a_run_that_cannot_repair_ends_on_its_best_checked_state(tmp_path):
+    model = tiny_ddpm()
+    trainer = make_trainer(model, tmp_path, ["method.saliency_mask=false", "train.steps=20"])
+    seen = {}
+
+    class Recording(Monitor):
+        def __call__(self, step):
+            seen[step + 1] = {n: p.detach().clone() for n, p in model.trainable_parameters()}
+            return super().__call__(step)
+
+    # forgotten from step 4 on; retained 1.5x, 1.3x, 1.4x base: two repair checks, then the budget is spent
+    mon = Recording(model, Scripted([(1.0, 2.0), (0.0, 3.0), (0.0, 2.6), (0.0, 2.8)]), BASE,
+                    StopRule(0.05, patience=1, fid_ratio_max=1.25, max_repair_checks=2), every=2, total_steps=20)
+    trainer.train(callback=mon)
+    assert [h["action"] for h in mon.history] == [CONTINUE, REPAIR, REPAIR, SETTLE]
+    assert mon.stopped_at == 8 and mon.restored_step == 6 and mon.summary()["restored_best_from_step"] == 6
+    for name, p in model.trainable_parameters():
+        assert torch.equal(p, seen[6][name]), f"{name} is not the state of the best check"
+    assert any(not torch.equal(seen[6][n], seen[8][n]) for n in seen[6])
+
+
 def test_the_monitor_state_is_checkpointed_and_restored_on_resume(tmp_path):
     overrides = ["method.saliency_mask=false", "train.steps=10", "train.checkpoint_every=4"]
     script = [(1.0, 2.0), (0.0, 3.0)]
@@ -99,6 +130,8 @@ def test_the_monitor_state_is_checkpointed_and_restored_on_resume(tmp_path):
     restored = monitor(script, StopRule(0.05, patience=5, fid_ratio_max=1.25), every=2, total=10)
     assert again.resume(restored) == 4
     assert restored.repairing and [h["step"] for h in restored.history] == [2, 4]
+    assert restored.best_step == 4 and set(restored.best) == set(mon.best)  # the best state travels too
+    assert all(torch.equal(restored.best[n], mon.best[n]) for n in mon.best)
 
 
 def test_a_run_with_checks_reports_where_it_stopped_and_why(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):

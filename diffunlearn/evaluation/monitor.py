@@ -1,5 +1,5 @@
 """In-loop checks of an unlearning run: a cheap estimate of forget accuracy and of the retained FID, and what the
-run does next (go on, repair the retained targets, or stop).
+run does next (go on, repair the retained targets, or stop), and the best forgotten state to fall back on.
 
 One mechanism for two users: `diffunlearn unlearn` stops when forgotten (the `stop` config section), and the
 generation benchmark finds each method's steps-to-criterion with the same checks (it does not stop SFR-on's row).
@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, List, Optional
 
-CONTINUE, REPAIR, STOP = "continue", "repair", "stop"
+import torch
+from safetensors.torch import load_file, save_file
+
+CONTINUE, REPAIR, STOP, SETTLE = "continue", "repair", "stop", "stop at best"
+BEST_FILE = "monitor_best.safetensors"
 
 
 @dataclass
@@ -27,6 +32,8 @@ class StopRule:
         min_steps: no stop before this many steps.
         stop: False to record checks without ever stopping (a benchmark's full-length row).
         repair: False to never ask for repair steps (a benchmark compares methods as they are).
+        max_repair_checks: after this many consecutive checks asking for repair, the run stops and falls back on
+            its best state (see `Monitor`).
     """
 
     forget_accuracy_max: float = 0.05
@@ -35,6 +42,7 @@ class StopRule:
     min_steps: int = 0
     stop: bool = True
     repair: bool = True
+    max_repair_checks: int = 5
 
     def forget_passes(self, forget_accuracy: float) -> bool:
         return forget_accuracy <= self.forget_accuracy_max
@@ -55,6 +63,11 @@ def cheap_eval_config(cfg, forget_samples: int, retained_samples_per_class: int,
 class Monitor:
     """Checks a model during training and decides what the run does next; a `Trainer.train` callback.
 
+    It also keeps the best state: the trainable weights at the check with the lowest retained estimate among those
+    whose forget estimate passed. A run that ends without a clean stop (out of steps, or `max_repair_checks`
+    repair checks in a row: repair does not always bring a noisy, drifting retained estimate back) ends on that
+    state (`finish`).
+
     Args:
         model: the model being trained (its network is put in eval mode for a check and back in train mode).
         evaluator: an `Evaluator` of the cheap protocol (see `cheap_eval_config`).
@@ -73,6 +86,7 @@ class Monitor:
         self.clock, self.progress = clock, progress
         self.history: List[dict] = []
         self.action = CONTINUE
+        self.best, self.best_step, self.restored_step = None, None, None
 
     @property
     def repairing(self) -> bool:
@@ -83,7 +97,7 @@ class Monitor:
     def stopped_at(self) -> Optional[int]:
         """The step count after which the run stopped, None if it ran all its steps."""
         last = self.history[-1] if self.history else None
-        return last["step"] if last and last["action"] == STOP and last["step"] < self.total_steps else None
+        return last["step"] if last and last["action"] in (STOP, SETTLE) and last["step"] < self.total_steps else None
 
     def due(self, step: int) -> bool:
         done = step + 1
@@ -98,36 +112,64 @@ class Monitor:
         network.eval()
         metrics = self.evaluator(self.model)[0]
         network.train()
-        self.record(step + 1, metrics, seconds)
-        return self.action == STOP
+        entry = self.record(step + 1, metrics, seconds)
+        if entry["best"]:
+            self.best = {name: p.detach().to("cpu", copy=True) for name, p in self.model.trainable_parameters()}
+        return self.action in (STOP, SETTLE)
 
     def record(self, done: int, metrics: dict, seconds: Optional[float] = None) -> dict:
         """Add the check after `done` steps with `metrics` to the history and set the next action."""
         rule, fa = self.rule, metrics["forget_accuracy"]
         ratio = metrics["fid_retained"] / max(self.base["fid_retained"], 1e-12)
         forget_ok, retained_ok = rule.forget_passes(fa), rule.retained_passes(ratio)
-        streak = (self.history[-1]["forget_streak"] + 1 if self.history else 1) if forget_ok else 0
+        last = self.history[-1] if self.history else {"forget_streak": 0, "repair_streak": 0}
+        streak = last["forget_streak"] + 1 if forget_ok else 0
+        repairs = last["repair_streak"] + 1 if forget_ok and not retained_ok and rule.repair else 0
         if rule.stop and streak >= rule.patience and retained_ok and done >= rule.min_steps:
             self.action = STOP
-        elif forget_ok and not retained_ok and rule.repair:
-            self.action = REPAIR
+        elif repairs:
+            self.action = SETTLE if rule.stop and repairs > rule.max_repair_checks else REPAIR
         else:
             self.action = CONTINUE
+        best_ratio = min((h["fid_ratio"] for h in self.history if h["best"]), default=float("inf"))
+        best = forget_ok and ratio < best_ratio
+        if best:
+            self.best_step = done
         entry = {"step": done, "seconds": seconds, "forget_accuracy": fa, "fid_retained": metrics["fid_retained"],
                  "fid_ratio": ratio, "forget_confidence": metrics.get("forget_confidence"),
-                 "forget_streak": streak, "action": self.action}
+                 "forget_streak": streak, "repair_streak": repairs, "best": best, "action": self.action}
         self.history.append(entry)
         if self.progress:
             self.progress(f"step {done}: forget estimate {fa:.3f}, retained FID estimate {metrics['fid_retained']:.3f}"
                           f" ({ratio:.2f} x base) -> {self.action}")
         return entry
 
-    # --- resume -------------------------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """At the end of training: a run that did not stop cleanly ends on its best state, if it has one."""
+        last = self.history[-1] if self.history else None
+        if last is None or last["action"] == STOP or self.best is None or last["step"] == self.best_step:
+            return
+        params = dict(self.model.trainable_parameters())
+        with torch.no_grad():
+            for name, value in self.best.items():
+                params[name].copy_(value)
+        self.restored_step = self.best_step
+
+    # --- resume ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"history": list(self.history), "action": self.action}
+        return {"history": list(self.history), "action": self.action, "best_step": self.best_step}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history, self.action = list(state["history"]), state["action"]
+        self.history, self.action, self.best_step = list(state["history"]), state["action"], state["best_step"]
+
+    def save(self, folder) -> None:
+        """Write the best state into a checkpoint folder (the trainer calls it on the main process)."""
+        if self.best is not None:
+            save_file({k: v.contiguous() for k, v in self.best.items()}, str(Path(folder) / BEST_FILE))
+
+    def load(self, folder) -> None:
+        path = Path(folder) / BEST_FILE
+        self.best = load_file(str(path)) if path.is_file() else None
 
     def summary(self) -> dict:
         """What the report records: the rule, where the run stopped and every estimate seen."""
@@ -135,6 +177,7 @@ class Monitor:
                      None)
         return {"rule": dataclasses.asdict(self.rule), "check_every": self.every, "base_estimate": self.base,
                 "stopped_at_step": self.stopped_at, "first_forgotten_at_step": first,
+                "restored_best_from_step": self.restored_step,
                 "repair_checks": sum(h["action"] == REPAIR for h in self.history),
                 "protocol": {k: self.evaluator.protocol[k] for k in
                              ("forget_samples_per_target", "retained_samples_per_target", "sampler",

@@ -202,9 +202,14 @@ def stop_line(stop: Optional[dict], steps: int) -> str:
     if not stop:
         return f"ran all {steps} steps (no in-loop checks)"
     rule = stop["rule"]
+    best = (f"; it ended on its best checked state, from step {stop['restored_best_from_step']} (forgotten, lowest "
+            "retained estimate)") if stop.get("restored_best_from_step") else ""
     if stop["stopped_at_step"] is None:
         return (f"ran all {steps} steps: the in-loop checks never met the stop rule (forget estimate <= "
-                f"{rule['forget_accuracy_max']} for {rule['patience']} checks)")
+                f"{rule['forget_accuracy_max']} for {rule['patience']} checks)" + best)
+    if stop["checks"][-1]["action"] != "stop":
+        return (f"stopped at step {stop['stopped_at_step']} of {steps} after {rule['max_repair_checks']} repair "
+                "checks in a row" + best)
     repair = f", {stop['repair_checks']} check(s) asked for repair steps" if stop["repair_checks"] else ""
     return (f"stopped at step {stop['stopped_at_step']} of {steps}: forget estimate <= {rule['forget_accuracy_max']}"
             f" for {rule['patience']} consecutive checks every {stop['check_every']} steps"
