@@ -86,7 +86,8 @@ def summary_markdown(rows: list, bar: dict, config_path: str, overrides=()) -> s
     """How many runs held, and median / worst of each measure over the grid."""
     held = sum(r["passed"] for r in rows)
     worst = {"fa": max, "retained_ratio": min, "fid_ratio": max, "unlearning_s": max}
-    lines = [f"`{config_path}` {' '.join(overrides)}: **{held} of {len(rows)} runs hold** FA <= "
+    setup = f"`{config_path}`" + "".join(f" `{o}`" for o in overrides)
+    lines = [f"{setup}: **{held} of {len(rows)} runs hold** FA <= "
              f"{bar['unlearned_fa_max']}, retained accuracy >= {bar['retained_ratio_min']} x base, FID_retained <= "
              f"{bar['fid_ratio_max']} x base; judge and distance signals agree in "
              f"{sum(r['signals_agree'] is True for r in rows)} of {len(rows)}.", "",
