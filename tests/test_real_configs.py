@@ -89,43 +89,11 @@ def test_fsdp_config_builds_the_plugin_accelerate_launch_would(monkeypatch):
 
 
 def test_fsdp_wrap_classes_exist_in_dit_and_sd_unets():
-    from diffunlearn.benchmarks.step_time import build_case
+    from diffunlearn.benchmarks.gpu.cases import Case
+    from diffunlearn.benchmarks.gpu.specs import get_spec
 
     for family in ("dit", "sd"):
-        case = build_case(family, tiny=True, batch_size=1, device="cpu")
+        case = Case(get_spec(family, tiny=True), "cpu")
         names = {type(m).__name__ for m in case.network.modules()}
         assert {"Attention", "FeedForward"} <= names, family
 
-
-def test_masked_update_keeps_masked_elements_under_adam_momentum():
-    from diffunlearn.benchmarks.step_time import masked_update
-
-    torch.manual_seed(0)
-    net = torch.nn.Linear(4, 3)
-    params = list(net.named_parameters())
-    opt = torch.optim.Adam(net.parameters(), lr=0.1)
-    masked_update(net(torch.randn(8, 4)).pow(2).mean(), params, opt)  # unmasked: builds momentum
-    mask = {n: torch.rand(p.shape) < 0.5 for n, p in params}
-    before = {n: p.detach().clone() for n, p in params}
-    masked_update(-net(torch.randn(8, 4)).pow(2).mean(), params, opt, mask=mask)
-    for n, p in params:
-        assert torch.equal(p[~mask[n]], before[n][~mask[n]])
-        assert not torch.equal(p[mask[n]], before[n][mask[n]])
-
-
-def test_step_bench_tiny_on_cpu(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_step_bench", "eval/gpu_step_bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    out = tmp_path / "bench.json"
-    assert bench.main(["--tiny", "--device", "cpu", "--warmup", "0", "--iters", "1", "--dit-batch", "2",
-                       "--json", str(out)]) == 0
-    table = capsys.readouterr().out
-    assert table.startswith("Device: CPU") and table.count("\n| ") == 5  # header + 4 rows
-    rows = json.loads(out.read_text())
-    assert [(r["model"][:3], r["precision"]) for r in rows] == [("DiT", "fp32"), ("DiT", "bf16"), ("SD-", "fp32"),
-                                                                ("SD-", "bf16")]
-    assert all(r["ms_per_iter"] > 0 and r["peak_mem_GiB"] is None for r in rows)
-    assert bench.main(["--device", "cpu", "--iters", "1"]) == 2  # full size on a CPU is refused
