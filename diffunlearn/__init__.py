@@ -2,9 +2,14 @@
 
 The Python entry points, imported on first use so that `import diffunlearn` stays light:
 
-- `diffunlearn.unlearn(config, output, overrides=(), ...)`: what `diffunlearn unlearn CONFIG --output DIR` runs;
-  returns the report written to `DIR/report.json`.
-- `diffunlearn.evaluate(config, model_path, output, overrides=())`: what `diffunlearn evaluate` runs.
+- `diffunlearn.from_pretrained(path)`: any supported pipeline (Hub id, local folder, `embedded:NAME`, or a run's
+  output folder) as its pipeline class.
+- `diffunlearn.unlearn(pipe, forget=..., method=..., seed=...)`: pipelines in, pipelines out (see `api.py`);
+  `diffunlearn.unlearn(config, output, overrides=(), ...)` is what `diffunlearn unlearn CONFIG --output DIR` runs.
+- `diffunlearn.evaluate(pipe, forget=..., judge=...)`: score a pipeline under its family's protocol;
+  `diffunlearn.evaluate_config(config, model_path, output, overrides=())` is what `diffunlearn evaluate` runs.
+- `ClassConditionalDDPMPipeline`, `ClassConditionalDDPM`, `ClassConditionalDiT`, `StableDiffusion`: the pipeline
+  diffusers lacks and the family wrappers.
 - `diffunlearn.fast_ntk_unlearn(model, forget, retain, subset="head", loss="ce", ...)`: the closed-form Fast-NTK
   scrub of a classifier; returns the unlearned copy. `diffunlearn.fast_ntk_scrub` also returns the details.
 """
@@ -18,8 +23,15 @@ except metadata.PackageNotFoundError:  # run from a source tree that was never i
 
 # public name -> (module, attribute)
 _API = {
-    "unlearn": ("diffunlearn.run", "unlearn_run"),
-    "evaluate": ("diffunlearn.run", "evaluate_model_command"),
+    "from_pretrained": ("diffunlearn.api", "from_pretrained"),
+    "unlearn": ("diffunlearn.api", "unlearn"),
+    "evaluate": ("diffunlearn.api", "evaluate"),
+    "UnlearnResult": ("diffunlearn.api", "UnlearnResult"),
+    "evaluate_config": ("diffunlearn.run", "evaluate_model_command"),
+    "ClassConditionalDDPMPipeline": ("diffunlearn.models.ddpm", "ClassConditionalDDPMPipeline"),
+    "ClassConditionalDDPM": ("diffunlearn.models.ddpm", "ClassConditionalDDPM"),
+    "ClassConditionalDiT": ("diffunlearn.models.dit", "ClassConditionalDiT"),
+    "StableDiffusion": ("diffunlearn.models.sd", "StableDiffusion"),
     "fast_ntk_unlearn": ("diffunlearn.fast_ntk", "fast_ntk_unlearn"),
     "fast_ntk_scrub": ("diffunlearn.fast_ntk", "fast_ntk_scrub"),
 }

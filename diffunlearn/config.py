@@ -49,6 +49,7 @@ class ModelConfig:
     path: str = "embedded:digits/ddpm"  # embedded:NAME, a local diffusers folder, or a Hub id
     subset: str = "all"  # weights unlearning may change: all; sd also cross_attention, lora
     lora_rank: int = 4  # subset=lora only
+    source: Optional[str] = None  # where the base came from (Hub id, embedded:NAME) when path is a copy of it
 
     def __post_init__(self):
         check_positive("model", lora_rank=self.lora_rank)

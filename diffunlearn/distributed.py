@@ -33,6 +33,16 @@ def fsdp_requested() -> bool:
     return parse_flag_from_env("ACCELERATE_USE_FSDP")
 
 
+def use_cpu() -> bool:
+    """Run on the CPU: asked for (ACCELERATE_USE_CPU=1, `accelerate launch --cpu`), or several processes were
+    launched on a machine without CUDA (e.g. configs/accelerate/cpu_2proc.yaml, whose launcher does not set the
+    flag): they then form one gloo group instead of each running alone."""
+    import torch
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or (launched and not torch.cuda.is_available())
+
+
 def make_accelerator(**kwargs) -> Accelerator:
     """An `Accelerator(**kwargs)` that runs FSDP2 wherever FSDP was asked for, CPU process groups included.
 
@@ -40,7 +50,7 @@ def make_accelerator(**kwargs) -> Accelerator:
         UserError: FSDP version 1 (the trainer needs FSDP2's per-parameter shards), or a launch whose processes did
             not join one process group (each would run the whole job alone).
     """
-    accelerator = Accelerator(**kwargs)
+    accelerator = Accelerator(cpu=use_cpu(), **kwargs)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size != accelerator.num_processes:
         raise UserError(f"the launcher started {world_size} processes but each sees {accelerator.num_processes}; on "

@@ -7,27 +7,31 @@ up) and moved into place only when complete. All input checks happen before anyt
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 
 from .assets import resolve_model_path
-from .config import config_to_dict, config_to_yaml, load_config
+from .config import config_to_dict, load_config
+from .distributed import use_cpu
 from .errors import UserError
+from .outputs import check_output, display_path, environment, finalize, prepare_work_dir, scrub, write_json
 from .registry import get_family, get_method
 
-CONFIG_FILE = "config.yaml"
 TRAINED_FILE = "trained.json"  # in a partial run: the unlearned model is saved; a rerun only evaluates it
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def base_source(cfg) -> str:
+    """Where the base model came from, for the report and the card: `model.source` if given (the Python API sets
+    it to the pipeline's origin), else `model.path` (a Hub id, an embedded name, or a local folder shown without
+    its absolute path)."""
+    return display_path(cfg.model.source or cfg.model.path)
 
 
 def refuse_pickle_only(path: str) -> None:
@@ -56,51 +60,6 @@ def load_model(cfg):
                         f"({type(exc).__name__}: {first})") from None
     model.set_trainable(cfg.model.subset, cfg.model.lora_rank)
     return model, path
-
-
-def check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output {str(out)!r} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--output {str(out)!r} already holds a run; pass --overwrite to replace it or pick "
-                        "another folder")
-    parent = out.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"--output {str(out)!r} is not writable: {str(parent)!r} is a file, not a folder")
-    try:  # a real probe: permission bits say nothing for root, read-only file systems or quotas
-        tempfile.TemporaryDirectory(dir=parent, prefix=".diffunlearn-probe-").cleanup()
-    except OSError as exc:
-        raise UserError(f"--output {str(out)!r} is not writable ({str(parent)!r}: {exc.strerror})") from None
-
-
-def prepare_work_dir(work: Path, cfg, overwrite: bool, is_main: bool = True) -> bool:
-    """Create the partial-run folder (main process only), or reuse it to resume; returns True when resuming."""
-    if work.is_dir():
-        saved = yaml.safe_load((work / CONFIG_FILE).read_text()) if (work / CONFIG_FILE).is_file() else None
-        if saved == config_to_dict(cfg):
-            return True
-        if not overwrite:
-            raise UserError(f"an unfinished run with a different config is in {str(work)!r}; rerun with its "
-                            "config to resume, or pass --overwrite to discard it")
-    if is_main:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        (work / CONFIG_FILE).write_text(config_to_yaml(cfg))
-    return False
-
-
-def finalize(work: Path, out: Path) -> None:
-    """Move the finished run into place; an existing folder (only with --overwrite) is replaced at the end."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
 
 
 def check_stop(cfg) -> None:
@@ -184,12 +143,6 @@ def make_monitor(cfg, model, judge, base_path: str, device, progress: bool):
                    progress=tqdm.write if progress and PartialState().is_main_process else None)
 
 
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, evaluate: bool = True,
                 progress: bool = True) -> dict:
     """Run `diffunlearn unlearn`; returns the report written to OUTPUT/report.json."""
@@ -204,9 +157,9 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     check_method(cfg, method_cls)
     model, base_path = load_model(cfg)
     check_target(cfg, model)
-    # one process, or every process of an `accelerate launch` / torchrun; ACCELERATE_USE_CPU=1 (set by
-    # `accelerate launch --cpu`) makes several CPU processes one gloo group, as the Trainer's Accelerator does
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    # one process, or every process of an `accelerate launch` / torchrun; on CPU (ACCELERATE_USE_CPU=1, or several
+    # processes without CUDA) they form one gloo group, as the Trainer's Accelerator does
+    state = PartialState(cpu=use_cpu())
     judge = None
     check_stop(cfg)
     if evaluate or cfg.stop.enabled:  # refused before anything is written: a bad judge, labels it cannot score,
@@ -246,8 +199,9 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
             shutil.rmtree(work / "checkpoints", ignore_errors=True)
     target = {"forget_prompts": list(cfg.forget.prompts), "anchors": list(cfg.forget.anchors)} \
         if cfg.forget.is_concept else {"forget_classes": list(cfg.forget.classes)}
-    report = {"method": cfg.method.name, "model": base_path, **target, "resumed": resumed,
-              "config": config_to_dict(cfg)}
+    report = {"method": cfg.method.name, "model": display_path(base_path), "base_model": base_source(cfg),
+              **target, "resumed": resumed, "config": scrub(config_to_dict(cfg)),
+              "environment": environment(state.num_processes, device, cfg.train.mixed_precision)}
     if evaluate:
         start = time.perf_counter()
         base_model, _ = load_model(cfg)
@@ -255,8 +209,6 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
         evaluator = make_evaluator(cfg, model, judge, base_model, base_path, device=device)
         base_metrics, base_images = evaluator(base_model)
         unl_metrics, unl_images = evaluator(model)
-        if main:
-            evaluator.gallery(work / "gallery", base_images, unl_images)
         timing["evaluation"] = time.perf_counter() - start
         report.update(base=base_metrics, unlearned=unl_metrics, protocol=evaluator.protocol)
     finish()
@@ -268,7 +220,14 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     if evaluate:
         report["signals"] = forgetting_signals(report["base"], report["unlearned"])
     report["method_setup"] = timing
-    write_model_card(work / "pipeline" / "README.md", cfg, base_path, report, model.load_hint)
+    report = scrub(report)
+    write_model_card(work / "pipeline" / "README.md", cfg, report, model.load_hint)
+    if evaluate:  # the page opens with the finished report's numbers
+        from .evaluation.gallery_page import page_head
+        from .evaluation.report import stop_line
+
+        head = page_head(report, work / "losses.jsonl", stop_line(report["stop"], cfg.train.steps))
+        evaluator.gallery(work / "gallery", base_images, unl_images, head)
     write_json(work / "report.json", report)
     finalize(work, out)
     return report
@@ -280,7 +239,7 @@ def evaluate_model_command(config_path, model_path, output, overrides=()) -> dic
     from .evaluation.judges import load_judge
     from .targets import check_target
 
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = PartialState(cpu=use_cpu())
     cfg = load_config(config_path, overrides)
     base_model, base_path = load_model(cfg)
     check_target(cfg, base_model)
@@ -289,7 +248,7 @@ def evaluate_model_command(config_path, model_path, output, overrides=()) -> dic
     evaluator = make_evaluator(cfg, model, load_judge(cfg.eval, device=state.device), base_model.to(state.device),
                                base_path, device=state.device)
     metrics, _ = evaluator(model.to(state.device))
-    result = {"model": path, "metrics": metrics, "protocol": evaluator.protocol}
+    result = scrub({"model": path, "metrics": metrics, "protocol": evaluator.protocol})
     if state.is_main_process:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(output), result)

@@ -48,6 +48,29 @@ def check_process_split(num_processes: int, batch_size: int, forget_set, remain_
                         "that divides the batch size and is at most the smaller set's size")
 
 
+def masked_step(params, optimizer, mask=None, clip_fn=None, partially_frozen=None) -> None:
+    """The update rule after backward: gradients masked by `mask` ({name: bool tensor}), clipped by `clip_fn`
+    (called with the parameters), one optimizer step, then masked-out elements restored from a copy taken before
+    it, so they do not move even when the optimizer carries momentum from earlier (unmasked) steps; gradients
+    cleared. `partially_frozen`: names with a masked-out element (default: every masked name). The trainer and the
+    GPU step benchmark both call it."""
+    if mask is not None:
+        for name, p in params:
+            if p.grad is not None:
+                p.grad.mul_(mask[name])
+    if clip_fn is not None:
+        clip_fn([p for _, p in params])
+    partial = (mask.keys() if partially_frozen is None else partially_frozen) if mask is not None else ()
+    frozen = {name: p.detach().clone() for name, p in params if name in partial}
+    optimizer.step()
+    if frozen:
+        with torch.no_grad():
+            for name, p in params:
+                if name in frozen:
+                    p.copy_(torch.where(mask[name], p, frozen[name]))
+    optimizer.zero_grad(set_to_none=True)
+
+
 def default_tracker():
     """accelerate tracker to log to: tensorboard when it is installed (local files, no network), else none."""
     try:
@@ -132,27 +155,11 @@ class Trainer:
                                           antithetic=self.train_cfg.antithetic, shard=self.shard, **kwargs)
 
     def update(self, loss: torch.Tensor, clip=None, mask=None) -> None:
-        """One optimizer step on `loss`.
-
-        With a `SaliencyMask`, gradients are masked before clipping and masked-out elements are restored after the
-        step, so they do not move even when the optimizer carries momentum from earlier (unmasked) steps.
-        """
+        """One optimizer step on `loss` (see `masked_step`: masked gradients, clipped, masked-out elements kept)."""
         self.accelerator.backward(loss)
-        if mask is not None:
-            for name, p in self.params:
-                if p.grad is not None:
-                    p.grad.mul_(mask.tensors[name])
-        if clip:
-            self.accelerator.clip_grad_norm_([p for _, p in self.params], clip)
-        partial = mask.partially_frozen if mask is not None else ()
-        frozen = {name: p.detach().clone() for name, p in self.params if name in partial}
-        self.optimizer.step()
-        if frozen:
-            with torch.no_grad():
-                for name, p in self.params:
-                    if name in frozen:
-                        p.copy_(torch.where(mask.tensors[name], p, frozen[name]))
-        self.optimizer.zero_grad(set_to_none=True)
+        clip_fn = (lambda params: self.accelerator.clip_grad_norm_(params, clip)) if clip else None
+        masked_step(self.params, self.optimizer, mask.tensors if mask is not None else None, clip_fn,
+                    mask.partially_frozen if mask is not None else None)
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def latest_checkpoint(self):

@@ -157,7 +157,7 @@ def test_an_empty_forget_set_changes_nothing_and_the_input_model_is_never_modifi
 
 def test_the_documented_top_level_entry_points_run_the_library_functions(digits):
     import diffunlearn
-    from diffunlearn.run import evaluate_model_command, unlearn_run
+    from diffunlearn.run import evaluate_model_command
 
     train, _ = digits
     model = tiny_cnn(data=train.images[:64])
@@ -167,7 +167,10 @@ def test_the_documented_top_level_entry_points_run_the_library_functions(digits)
         assert torch.equal(top.state_dict()[key], value), key
     assert not torch.equal(top.head.weight, model.head.weight), "the scrub must change the head"
     assert diffunlearn.fast_ntk_scrub is fast_ntk_scrub
-    assert diffunlearn.unlearn is unlearn_run and diffunlearn.evaluate is evaluate_model_command
+    from diffunlearn import api
+
+    assert diffunlearn.unlearn is api.unlearn and diffunlearn.evaluate is api.evaluate
+    assert diffunlearn.evaluate_config is evaluate_model_command
     assert diffunlearn.__version__ != "unknown"
     with pytest.raises(AttributeError, match="fast_ntk_unlearn"):  # a typo names the API
         diffunlearn.fast_ntk_unlearning  # noqa: B018

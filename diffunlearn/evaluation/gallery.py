@@ -33,8 +33,21 @@ def file_stem(key, index: int) -> str:
     return f"{index:03d}-{slug}"
 
 
-def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict) -> None:
-    """Write `grid.png` (one row per class: base | unlearned) and `index.html`.
+STYLE = ("body{font-family:sans-serif;margin:12px;max-width:100%} img{image-rendering:pixelated}"
+         ".forgotten{background:#fdd} td,th{padding:4px;vertical-align:middle} table{border-collapse:collapse}"
+         "table.rows{width:100%;table-layout:fixed} table.rows td img{width:100%;height:auto}"
+         ".num{text-align:right;font-variant-numeric:tabular-nums} .plots svg{max-width:100%;height:auto}"
+         "p,td{overflow-wrap:anywhere}")
+# records layout facts on the page itself (no horizontal overflow, every image decoded) for automated checks
+SELF_CHECK = ("<script>addEventListener('load',()=>{const d=document.documentElement;"
+              "document.body.dataset.overflow=String(d.scrollWidth>d.clientWidth);"
+              "document.body.dataset.imagesLoaded=String([...document.images].every(i=>i.complete&&"
+              "i.naturalWidth>0))})</script>")
+
+
+def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict, head: str = "") -> None:
+    """Write `grid.png` (one row per class: base | unlearned) and `index.html` (opening with `head`, HTML: the
+    headline numbers, protocol and plots, see `gallery_page.page_head`).
 
     Args:
         folder: output folder (created).
@@ -58,12 +71,14 @@ def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict) 
                      f"<td>{seeds[cls][0]}..{seeds[cls][-1]}</td></tr>")
     labelled_grid(grid_rows).save(folder / "grid.png")
     (folder / "index.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>diffunlearn gallery</title>"
-        "<style>body{font-family:sans-serif} img{image-rendering:pixelated} .forgotten{background:#fdd}"
-        "td{padding:4px}</style><h1>Base vs unlearned, same seeds</h1>"
+        "<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+        f"<title>diffunlearn gallery</title><style>{STYLE}</style>{SELF_CHECK}"
+        f"<h1>Base vs unlearned, same seeds</h1>{head}"
         "<p>Each row: one class; left the base model, right the unlearned model, from identical initial noise."
         " <code>grid.png</code> has all rows (base | gap | unlearned).</p>"
-        "<table><tr><th>class</th><th>status</th><th>base</th><th>unlearned</th><th>seeds</th></tr>"
+        "<table class='rows'><colgroup><col style='width:14%'><col style='width:10%'><col style='width:33%'>"
+        "<col style='width:33%'><col style='width:10%'></colgroup>"
+        "<tr><th>class</th><th>status</th><th>base</th><th>unlearned</th><th>seeds</th></tr>"
         + "".join(table) + "</table>\n")
 
 

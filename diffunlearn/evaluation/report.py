@@ -149,13 +149,14 @@ class Evaluator:
         return {t.key: torch.stack([gathered[i, j] for j in range(min(k, self.sizes[i]))])
                 for i, t in enumerate(self.targets)}
 
-    def gallery(self, folder, base_images: dict, unlearned_images: dict) -> None:
-        """Write the gallery (main process only) from the gallery images two calls of this evaluator returned."""
+    def gallery(self, folder, base_images: dict, unlearned_images: dict, head: str = "") -> None:
+        """Write the gallery (main process only) from the gallery images two calls of this evaluator returned;
+        `head`: HTML opening the page (headline numbers, protocol, plots)."""
         k = self.eval_cfg.gallery_per_class
         rows = [(t.key, t.name, t.forget) for t in self.targets]
         seeds = {t.key: sample_seeds(self.eval_cfg.seed, t.seed_key, k) for t in self.targets}
         write_gallery(folder, rows, {t.key: base_images[t.key][:k] for t in self.targets},
-                      {t.key: unlearned_images[t.key][:k] for t in self.targets}, seeds)
+                      {t.key: unlearned_images[t.key][:k] for t in self.targets}, seeds, head)
 
 
 JUDGE_MAJORITY = 0.5  # the judge says "present" when it recognises the target in more than this share of samples
@@ -217,15 +218,47 @@ def stop_line(stop: Optional[dict], steps: int) -> str:
             + repair)
 
 
-def write_model_card(path, cfg, base_path: str, report: dict, load_hint: str) -> None:
-    """A Hugging Face model card (`README.md` with YAML front matter) for the unlearned pipeline."""
+def card_metadata(cfg, report: dict) -> dict:
+    """The card's YAML front matter: library, `base_model` (only when the base is a Hub repository), tags, and the
+    unlearned model's metrics as `model-index` results with the protocol in each metric's name."""
+    from ..outputs import hub_id
+
+    meta = {"library_name": "diffusers", "tags": ["diffunlearn", "machine-unlearning", cfg.method.name]}
+    if hub_id(report.get("base_model")):
+        meta["base_model"] = report["base_model"]
+    unl, proto = report.get("unlearned"), report.get("protocol")
+    if unl and proto:
+        target = ", ".join(map(str, cfg.forget.prompts or cfg.forget.classes))
+        how = (f"{proto['sampler']} {proto['num_inference_steps']} steps, guidance {proto['guidance_scale']}, "
+               f"eval seed {proto['eval_seed']}")
+        metrics = [{"type": "forget_accuracy", "value": round(unl["forget_accuracy"], 4),
+                    "name": f"forget accuracy ({proto['forget_samples_per_target']} samples per forgotten target, "
+                            f"{how}, judge {proto['judge'].get('kind')} {proto['judge'].get('source')})"},
+                   {"type": "retained_accuracy", "value": round(unl["retained_accuracy"], 4),
+                    "name": f"retained accuracy ({proto['retained_samples_per_target']} samples per retained "
+                            f"target, {how})"},
+                   {"type": "fid", "value": round(unl["fid_retained"], 4),
+                    "name": f"FID of retained targets ({proto['fid_features']}, {proto['fid_real_images']} reference "
+                            f"images: {proto['fid_real_source']})"}]
+        meta["model-index"] = [{"name": f"{cfg.model.family}-{cfg.method.name}-unlearned", "results": [{
+            "task": {"type": "text-to-image" if cfg.forget.is_concept else "unconditional-image-generation",
+                     "name": "machine unlearning"},
+            "dataset": {"name": f"forget: {target}", "type": "diffunlearn-forget-target"},
+            "metrics": metrics}]}]
+    return meta
+
+
+def write_model_card(path, cfg, report: dict, load_hint: str) -> None:
+    """A Hugging Face model card (`README.md` with YAML front matter) for the unlearned pipeline; `report` has no
+    absolute paths (see `outputs.scrub`)."""
+    import yaml
+
     base, unl = report.get("base"), report.get("unlearned")
     what = "prompt(s)" if cfg.forget.is_concept else "class(es)"
     forgotten = ", ".join(str(c) for c in (cfg.forget.prompts or cfg.forget.classes))
-    lines = ["---", "library_name: diffusers", f"base_model: {json.dumps(base_path)}",
-             f"tags: [diffunlearn, machine-unlearning, {cfg.method.name}]", "---", "",
+    lines = ["---", yaml.safe_dump(card_metadata(cfg, report), sort_keys=False, width=1000).strip(), "---", "",
              f"# {cfg.model.family} with {what} {forgotten} unlearned ({cfg.method.name})", "",
-             f"- Base model: `{base_path}`",
+             f"- Base model: `{report.get('base_model')}`",
              f"- Method: `{cfg.method.name}`, optimizer {cfg.train.optimizer} lr {cfg.train.lr}, seed {cfg.seed}; "
              + stop_line(report.get("stop"), cfg.train.steps),
              f"- Forgotten {what}: {forgotten}"

@@ -1,8 +1,8 @@
 """Timing one SFR-on iteration and one plain fine-tuning step, with the operations of `Trainer.update`.
 
-SFR-on iteration = a forget step then a remain step on one optimizer; each step: backward, gradient masked by the
-saliency mask (forget step only), clipped to norm 1, optimizer step, masked-out elements restored from a copy
-taken before the step, gradients cleared. Fine-tuning step = one remain step (no mask) at the same batch.
+SFR-on iteration = a forget step then a remain step on one optimizer; each step: backward, then the trainer's own
+update rule (`trainer.masked_step`: gradient masked by the saliency mask on the forget step, clipped to norm 1,
+optimizer step, masked-out elements restored from a copy taken before the step, gradients cleared). Fine-tuning step = one remain step (no mask) at the same batch.
 Optimizers as the real configs: AdamW for DiT, Adam for the text-to-image families.
 """
 
@@ -15,6 +15,7 @@ from contextlib import nullcontext
 
 import torch
 
+from ...trainer import masked_step
 from .cases import set_subset
 
 KINDS = ("sfr_on", "ft")
@@ -28,19 +29,9 @@ def random_mask(params, density: float = 0.5, seed: int = 0) -> dict:
 
 
 def masked_update(loss, params, optimizer, clip: float = 1.0, mask=None) -> None:
-    """`Trainer.update` in plain torch: backward, mask, clip, step, restore masked-out elements, clear grads."""
+    """`Trainer.update` without accelerate: backward, then the trainer's own `masked_step`."""
     loss.backward()
-    if mask is not None:
-        for name, p in params:
-            p.grad.mul_(mask[name])
-    torch.nn.utils.clip_grad_norm_([p for _, p in params], clip)
-    frozen = {name: p.detach().clone() for name, p in params} if mask is not None else {}
-    optimizer.step()
-    with torch.no_grad():
-        for name, p in params:
-            if name in frozen:
-                p.copy_(torch.where(mask[name], p, frozen[name]))
-    optimizer.zero_grad(set_to_none=True)
+    masked_step(params, optimizer, mask, lambda ps: torch.nn.utils.clip_grad_norm_(ps, clip))
 
 
 def autocast(device, precision: str):

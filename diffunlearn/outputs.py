@@ -1,0 +1,136 @@
+"""A run's output folder: checked before anything runs, built in a hidden partial folder, moved into place when
+complete, and free of the user's file system (no absolute path in any saved file) once it is.
+
+Paths in saved files are shown as `embedded:NAME` (a model shipped in the package), as `./RELATIVE` when inside
+the working folder, else as `<local>/NAME` (none of which reads as a Hub id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from .assets import ASSETS, EMBEDDED_PREFIX, HUB_ID
+from .config import config_to_dict, config_to_yaml
+from .errors import UserError
+
+CONFIG_FILE = "config.yaml"
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {str(out)!r} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--output {str(out)!r} already holds a run; pass --overwrite to replace it or pick "
+                        "another folder")
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--output {str(out)!r} is not writable: {str(parent)!r} is a file, not a folder")
+    try:  # a real probe: permission bits say nothing for root, read-only file systems or quotas
+        tempfile.TemporaryDirectory(dir=parent, prefix=".diffunlearn-probe-").cleanup()
+    except OSError as exc:
+        raise UserError(f"--output {str(out)!r} is not writable ({str(parent)!r}: {exc.strerror})") from None
+
+
+def prepare_work_dir(work: Path, cfg, overwrite: bool, is_main: bool = True) -> bool:
+    """Create the partial-run folder (main process only), or reuse it to resume; returns True when resuming."""
+    if work.is_dir():
+        saved = yaml.safe_load((work / CONFIG_FILE).read_text()) if (work / CONFIG_FILE).is_file() else None
+        if saved == config_to_dict(cfg):
+            return True
+        if not overwrite:
+            raise UserError(f"an unfinished run with a different config is in {str(work)!r}; rerun with its "
+                            "config to resume, or pass --overwrite to discard it")
+    if is_main:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        (work / CONFIG_FILE).write_text(config_to_yaml(cfg))
+    return False
+
+
+def finalize(work: Path, out: Path) -> None:
+    """Scrub absolute paths from the finished run, then move it into place; an existing folder (only with
+    --overwrite) is replaced at the end."""
+    scrub_folder(work)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out)
+
+
+# --- no absolute paths in saved files ---------------------------------------------------------------------------
+def display_path(value):
+    """An absolute path as `embedded:NAME`, a path relative to the working folder, or `<local>/NAME`; any other
+    value unchanged."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    path = Path(value).resolve()
+    for root, prefix in ((ASSETS.resolve(), EMBEDDED_PREFIX), (Path.cwd().resolve(), "./")):
+        if path == root or root in path.parents:
+            return prefix + (str(path.relative_to(root)) or ".")
+    return f"<local>/{path.name}"
+
+
+def scrub(value):
+    """`value` (nested dicts / lists) with every absolute path replaced by `display_path`."""
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return display_path(value)
+
+
+def scrub_folder(folder: Path) -> None:
+    """Rewrite the run's JSON and YAML files (diffusers' `_name_or_path` included) without absolute paths."""
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            clean = scrub(data)
+            if clean != data:
+                write_json(path, clean)
+        elif path.name == CONFIG_FILE:
+            data = yaml.safe_load(path.read_text())
+            path.write_text(yaml.safe_dump(scrub(data), sort_keys=False))
+
+
+def hub_id(source) -> str | None:
+    """`source` when it names a Hub repository (not an embedded model or a local folder), else None."""
+    if isinstance(source, str) and HUB_ID.match(source) and not source.startswith(EMBEDDED_PREFIX) \
+            and not Path(source).exists():
+        return source
+    return None
+
+
+def environment(num_processes: int, device, mixed_precision: str) -> dict:
+    """What ran the job, for report.json."""
+    import accelerate
+    import diffusers
+    import torch
+    import transformers
+
+    from . import __version__
+
+    name = torch.cuda.get_device_name(device) if getattr(device, "type", str(device)) == "cuda" \
+        else (platform.processor() or platform.machine())
+    return {"processes": num_processes, "device": str(device), "device_name": name,
+            "mixed_precision": mixed_precision, "python": platform.python_version(),
+            "versions": {"diffunlearn": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                         "accelerate": accelerate.__version__, "transformers": transformers.__version__}}

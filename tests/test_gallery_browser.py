@@ -1,0 +1,57 @@
+"""The gallery page in a real browser (headless Chromium, Debian's `chromium` package, installed here when missing
+and we are root): at 1000 px wide nothing overflows horizontally, every image loads, and the page opens with the
+headline numbers and the protocol."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import diffunlearn
+from conftest import tiny_ddpm
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    path = shutil.which("chromium")
+    if path is None and hasattr(os, "geteuid") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env, capture_output=True)
+        path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("headless Chromium is needed for the gallery check: apt-get install chromium")
+    return path
+
+
+def browse(chromium, page, *args):
+    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,1400",
+                           "--virtual-time-budget=5000", *args, f"file://{page}"], capture_output=True, text=True,
+                          timeout=120)
+    return done.stdout
+
+
+def test_gallery_fits_1000px_loads_its_images_and_opens_with_the_numbers(chromium, tiny_classifier_dir, tmp_path):
+    pipe = tiny_ddpm().pipeline
+    result = diffunlearn.unlearn(pipe, forget=[7], steps=2, progress=False, output=tmp_path / "run",
+                                 config="configs/digits/ddpm_sfron.yaml",
+                                 overrides={"stop.check_every": 0, "method.mask_batches": 2, "train.batch_size": 8,
+                                            "eval.forget_samples": 8, "eval.retained_samples_per_class": 8,
+                                            "eval.num_inference_steps": 2, "eval.gallery_per_class": 8,
+                                            "eval.classifier": str(tiny_classifier_dir)})
+    page = (tmp_path / "run" / "gallery" / "index.html").resolve()
+    dom = browse(chromium, page, "--dump-dom")
+    assert 'data-overflow="false"' in dom, "the page overflows horizontally at 1000 px"
+    assert 'data-images-loaded="true"' in dom
+    fa = f"{result.report['unlearned']['forget_accuracy']:.4f}"
+    head = dom[:dom.index("class=\"rows\"")]  # before the image table: numbers, protocol, plots
+    assert "forget accuracy" in head and fa in head and "Protocol:" in head and "<svg" in head
+    assert re.search(r"ddim 2 steps, guidance 2\.0", head)
+    shot = tmp_path / "shot.png"
+    browse(chromium, page, f"--screenshot={shot}")
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape[1] == 1000 and pixels.std() > 10, "the screenshot is blank"
