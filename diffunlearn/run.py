@@ -7,6 +7,7 @@ up) and moved into place only when complete. All input checks happen before anyt
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -60,6 +61,36 @@ def load_model(cfg):
                         f"({type(exc).__name__}: {first})") from None
     model.set_trainable(cfg.model.subset, cfg.model.lora_rank)
     return model, path
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process (Linux MemAvailable; else total physical memory)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(cfg, model, num_targets: int) -> None:
+    """Refuse image counts whose float32 images (evaluation, stop checks, generated data sets; held in memory)
+    cannot fit in the memory available, before anything runs."""
+    c, h, w = model.image_shape()
+    per_image = c * h * w * 4
+    counts = {"eval.forget_samples / eval.retained_samples_per_class":
+              num_targets * max(cfg.eval.forget_samples, cfg.eval.retained_samples_per_class),
+              "stop.forget_samples / stop.retained_samples_per_class":
+              num_targets * max(cfg.stop.forget_samples, cfg.stop.retained_samples_per_class),
+              "data.samples_per_target": num_targets * cfg.data.samples_per_target}
+    free = available_memory()
+    for keys, n in counts.items():
+        if n * per_image > 0.8 * free:
+            most = int(0.8 * free / per_image / num_targets)
+            raise UserError(f"{keys} ask for up to {n} images of {c}x{h}x{w} ({n * per_image / 2 ** 30:.1f} GiB) "
+                            f"for {num_targets} targets, more than the {free / 2 ** 30:.1f} GiB of memory "
+                            f"available; valid: at most about {most} per target")
 
 
 def check_stop(cfg) -> None:
@@ -157,6 +188,8 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     check_method(cfg, method_cls)
     model, base_path = load_model(cfg)
     check_target(cfg, model)
+    check_memory(cfg, model, len(cfg.forget.prompts) + len(cfg.forget.remain_prompts) if cfg.forget.is_concept
+                 else model.num_classes)
     # one process, or every process of an `accelerate launch` / torchrun; on CPU (ACCELERATE_USE_CPU=1, or several
     # processes without CUDA) they form one gloo group, as the Trainer's Accelerator does
     state = PartialState(cpu=use_cpu())

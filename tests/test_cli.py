@@ -89,6 +89,8 @@ def _refused(capsys, argv, out_dir, message):
      "eval.retained_samples_per_class=1 gives 1 retained image in all for 1 retained target(s); FID needs at least 2"),
     (["eval.guidance_scale=nan"], "config key 'eval.guidance_scale' must be a finite number, got nan"),
     (["train.batch_size=1000000000"], "train.batch_size 1000000000 is larger than the forget / remain sets"),
+    (["eval.forget_samples=1000000000"], "eval.forget_samples / eval.retained_samples_per_class ask for up to"),
+    (["data.name=generated", "data.samples_per_target=2000000000"], "data.samples_per_target ask for up to"),
     (["stop.check_every=5", "stop.forget_samples=0"], "stop.forget_samples must be > 0, got 0"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tmp_path, tiny_ddpm_dir, tiny_classifier_dir,

@@ -179,3 +179,12 @@ def test_class_only_method_on_a_prompt_target_is_refused(capsys, tmp_path, tiny_
     assert info.value.code == 2 and err.endswith("method 'rl' forgets classes only; for forget.prompts use one "
                                                  "of: esd, sfr_on"), err
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.partial"))
+
+
+@pytest.mark.parametrize("family", ["ddpm", "dit", "sd"])
+def test_image_shape_is_what_sample_returns(family):
+    """`image_shape` (used to refuse image counts that cannot fit in memory) matches a real sample's shape."""
+    model = BUILDERS[family]()
+    cond = model.tokenize(["a handwritten digit one"]) if family == "sd" else torch.tensor([1])
+    images = model.sample(cond, torch.Generator().manual_seed(0), num_inference_steps=1, guidance_scale=1.0)
+    assert tuple(images.shape[1:]) == model.image_shape()

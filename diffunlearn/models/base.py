@@ -73,6 +73,15 @@ class DiffusionModel:
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
+    def image_shape(self) -> tuple:
+        """(C, H, W) of the images `sample` returns (pixel space: through the VAE for latent families)."""
+        cfg, vae = self.network.config, getattr(self.pipeline, "vae", None)
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        if vae is None:
+            return (cfg.in_channels, size, size)
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        return (vae.config.out_channels, size * scale, size * scale)
+
     trainable_subsets: ClassVar[tuple] = ("all",)  # what `model.subset` may name for this family
 
     def set_trainable(self, subset: str = "all", lora_rank: int = 4) -> None:
