@@ -195,7 +195,11 @@ def unlearn(pipe_or_config, forget=None, method=None, anchor=None, seed=None, ou
                              progress=progress)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    if output is not None:
+        shutil.rmtree(work, ignore_errors=True)
     unlearned = from_pretrained(str(out / "pipeline"))
+    if source:  # presets and provenance follow the original base (its card names it as base_model)
+        setattr(unlearned, SOURCE, str(source))
     return UnlearnResult(unlearned, report, out)
 
 
@@ -208,7 +212,7 @@ def evaluate(pipe, forget=None, anchor=None, judge=None, base=None, config=None,
     from .run import evaluate_model_command
 
     family = family_of(pipe)
-    raw = read_yaml(config or preset(family, getattr(pipe, SOURCE, None) or "embedded:"))
+    raw = read_yaml(config or preset(family, getattr(pipe, SOURCE, None) or getattr(pipe, "name_or_path", None)))
     if judge is not None:
         keywords["judge"] = judge
     items = overrides_for(pipe, family, forget, anchor, None, None, overrides, keywords, raw)
