@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import platform
 import time
 from dataclasses import replace
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ...outputs import write_json
 from .cases import Case
 from .compute import compile_row, matmul_tflops, utilisation
 from .fit import fit_subset
@@ -54,9 +54,7 @@ class Bench:
     def save(self) -> None:
         if self.json_path:
             self.json_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.json_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.result, indent=1) + "\n")
-            os.replace(tmp, self.json_path)
+            write_json(self.json_path, self.result)
 
     def guarded(self, section: str, what: str, need_s: float, fn):
         """Run fn() if `need_s` seconds are left; a failure is recorded (not raised) so later sections still run."""
