@@ -120,7 +120,7 @@ def test_cpu_accelerate_config_starts_two_processes_in_one_group(tmp_path):
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                            f"{ACCELERATE}/cpu_2proc.yaml", str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    seen = re.findall(r"PROCESS rank=(\d+) of (\d+) world=(\w+)", done.stdout)  # lines may interleave
+    seen = re.findall(r"PROCESS rank=(\d+) of (\d+) world=(\d+|None)", done.stdout)  # lines may run together
     assert sorted(int(rank) for rank, _, _ in seen) == [0, 1], done.stdout + done.stderr[-3000:]
     assert {(n, w) for _, n, w in seen} == {("2", "2")}
 
