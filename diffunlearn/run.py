@@ -19,20 +19,13 @@ from .assets import resolve_model_path
 from .config import config_to_dict, load_config
 from .distributed import use_cpu
 from .errors import UserError
-from .outputs import check_output, display_path, environment, finalize, prepare_work_dir, scrub, write_json
+from .outputs import check_output, environment, finalize, prepare_work_dir, scrub, write_json
 from .registry import get_family, get_method
 
 TRAINED_FILE = "trained.json"  # in a partial run: the unlearned model is saved; a rerun only evaluates it
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def base_source(cfg) -> str:
-    """Where the base model came from, for the report and the card: `model.source` if given (the Python API sets
-    it to the pipeline's origin), else `model.path` (a Hub id, an embedded name, or a local folder shown without
-    its absolute path)."""
-    return display_path(cfg.model.source or cfg.model.path)
 
 
 def refuse_pickle_only(path: str) -> None:
@@ -74,9 +67,11 @@ def available_memory() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_memory(cfg, model, num_targets: int) -> None:
+def check_memory(cfg, model) -> None:
     """Refuse image counts whose float32 images (evaluation, stop checks, generated data sets; held in memory)
     cannot fit in the memory available, before anything runs."""
+    num_targets = (len(cfg.forget.prompts) + len(cfg.forget.remain_prompts) if cfg.forget.is_concept
+                   else model.num_classes)
     c, h, w = model.image_shape()
     per_image = c * h * w * 4
     counts = {"eval.forget_samples / eval.retained_samples_per_class":
@@ -188,8 +183,7 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     check_method(cfg, method_cls)
     model, base_path = load_model(cfg)
     check_target(cfg, model)
-    check_memory(cfg, model, len(cfg.forget.prompts) + len(cfg.forget.remain_prompts) if cfg.forget.is_concept
-                 else model.num_classes)
+    check_memory(cfg, model)
     # one process, or every process of an `accelerate launch` / torchrun; on CPU (ACCELERATE_USE_CPU=1, or several
     # processes without CUDA) they form one gloo group, as the Trainer's Accelerator does
     state = PartialState(cpu=use_cpu())
@@ -232,8 +226,10 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
             shutil.rmtree(work / "checkpoints", ignore_errors=True)
     target = {"forget_prompts": list(cfg.forget.prompts), "anchors": list(cfg.forget.anchors)} \
         if cfg.forget.is_concept else {"forget_classes": list(cfg.forget.classes)}
-    report = {"method": cfg.method.name, "model": display_path(base_path), "base_model": base_source(cfg),
-              **target, "resumed": resumed, "config": scrub(config_to_dict(cfg)),
+    # base_model: where the base came from (the Python API sets model.source to the pipeline's origin); absolute
+    # paths in the report are replaced below (`scrub`), before the card, gallery and report.json are written
+    report = {"method": cfg.method.name, "model": base_path, "base_model": cfg.model.source or cfg.model.path,
+              **target, "resumed": resumed, "config": config_to_dict(cfg),
               "environment": environment(state.num_processes, device, cfg.train.mixed_precision)}
     if evaluate:
         start = time.perf_counter()

@@ -42,7 +42,7 @@ def check_process_split(num_processes: int, batch_size: int, forget_set, remain_
     if batch_size > smaller:
         raise UserError(f"train.batch_size {batch_size} is larger than the forget / remain sets ({len(forget_set)} / "
                         f"{len(remain_set)} samples); valid: 1..{smaller}")
-    if batch_size % num_processes or num_processes > min(len(forget_set), len(remain_set)):
+    if batch_size % num_processes or num_processes > smaller:
         raise UserError(f"{num_processes} processes cannot split train.batch_size {batch_size} and the forget / "
                         f"remain sets ({len(forget_set)} / {len(remain_set)} samples); valid: a process count "
                         "that divides the batch size and is at most the smaller set's size")

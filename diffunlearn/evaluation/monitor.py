@@ -86,7 +86,12 @@ class Monitor:
         self.clock, self.progress = clock, progress
         self.history: List[dict] = []
         self.action = CONTINUE
-        self.best, self.best_step, self.restored_step = None, None, None
+        self.best, self.restored_step = None, None
+
+    @property
+    def best_step(self) -> Optional[int]:
+        """Step of the best check so far (each `best` check improves on the ones before), None if none."""
+        return max((h["step"] for h in self.history if h["best"]), default=None)
 
     @property
     def repairing(self) -> bool:
@@ -113,7 +118,7 @@ class Monitor:
         metrics = self.evaluator(self.model)[0]
         network.train()
         entry = self.record(step + 1, metrics, seconds)
-        if entry["best"]:
+        if entry["best"] and self.rule.stop:  # only a run that can stop falls back on it (`finish`)
             self.best = {name: p.detach().to("cpu", copy=True) for name, p in self.model.trainable_parameters()}
         return self.action in (STOP, SETTLE)
 
@@ -133,8 +138,6 @@ class Monitor:
             self.action = CONTINUE
         best_ratio = min((h["fid_ratio"] for h in self.history if h["best"]), default=float("inf"))
         best = forget_ok and ratio < best_ratio
-        if best:
-            self.best_step = done
         entry = {"step": done, "seconds": seconds, "forget_accuracy": fa, "fid_retained": metrics["fid_retained"],
                  "fid_ratio": ratio, "forget_confidence": metrics.get("forget_confidence"),
                  "forget_streak": streak, "repair_streak": repairs, "best": best, "action": self.action}
@@ -157,10 +160,10 @@ class Monitor:
 
     # --- resume ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"history": list(self.history), "action": self.action, "best_step": self.best_step}
+        return {"history": list(self.history), "action": self.action}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history, self.action, self.best_step = list(state["history"]), state["action"], state["best_step"]
+        self.history, self.action = list(state["history"]), state["action"]
 
     def save(self, folder) -> None:
         """Write the best state into a checkpoint folder (the trainer calls it on the main process)."""

@@ -16,8 +16,8 @@ from diffusers import AutoencoderKL, DDPMScheduler
 
 from ...errors import UserError
 from ...models.dit import disable_label_dropout
+from ...models.sd import LORA_TARGETS  # the SD family's LoRA targets, on every attention module
 
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the SD family's LoRA targets, on every attention module
 
 
 def cross_attention_modules(spec, network) -> list:
@@ -40,7 +40,7 @@ def set_subset(spec, network, subset: str, lora_rank: int = 4) -> list:
         from peft import LoraConfig, inject_adapter_in_model
 
         if not any(".lora_" in n for n, _ in network.named_parameters()):
-            inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS),
+            inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=list(LORA_TARGETS)),
                                     network)
         for name, p in network.named_parameters():
             p.requires_grad_(".lora_" in name)

@@ -71,11 +71,12 @@ def data_sets(model, case, n: int):
     return PromptImages(images[0], forget, anchor), PromptImages(images[1], remain)
 
 
-def timed(fn):
-    synchronize(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+def timed(device, fn):
+    """(seconds, fn()) with the device synchronized around the call."""
+    synchronize(device)
     start = time.perf_counter()
     out = fn()
-    synchronize(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    synchronize(device)
     return time.perf_counter() - start, out
 
 
@@ -98,14 +99,14 @@ def library_run(case, tiny: bool = False, overrides=(), iters: int = 3, sample_b
         try:
             trainer = Trainer(cfg, model, get_method("sfr_on"), forget, remain, Path(tmp), progress=False)
             m = cfg.method
-            row["mask_pass_s"], info = timed(trainer.method.setup)
+            row["mask_pass_s"], info = timed(case.device, trainer.method.setup)
             row["mask_density"] = round(info["mask_density"], 3)
-            row["mask_hit_s"], (_, again) = timed(lambda: fisher_saliency_mask(
+            row["mask_hit_s"], (_, again) = timed(case.device, lambda: fisher_saliency_mask(
                 trainer, m.mask_batches, m.gamma, m.mask_guidance_scale, m.mask_grad_clip))
             row["mask_cache_hit"] = bool(again["mask_cache_hit"]) and not info["mask_cache_hit"]
             times = []
             for step in range(1 + iters):
-                seconds, logs = timed(lambda: trainer.method.training_step(step))
+                seconds, logs = timed(case.device, lambda: trainer.method.training_step(step))
                 if step:
                     times.append(seconds)
             row["iteration_ms"] = round(1000 * statistics.median(times), 1)
@@ -124,7 +125,7 @@ def library_run(case, tiny: bool = False, overrides=(), iters: int = 3, sample_b
     conditions = (torch.arange(n) if case.spec.key == "dit"
                   else model.tokenize(["a photo of a dog"] * n)).to(case.device)
     gen = torch.Generator(case.device).manual_seed(0)
-    seconds, images = timed(lambda: model.sample(conditions, gen, steps, cfg.eval.guidance_scale))
+    seconds, images = timed(case.device, lambda: model.sample(conditions, gen, steps, cfg.eval.guidance_scale))
     row.update(eval_sample_batch=n, eval_steps=steps, eval_guidance=cfg.eval.guidance_scale,
                eval_dtype=str(next(model.network.parameters()).dtype).replace("torch.", ""),
                eval_images_per_s=round(n / seconds, 2), eval_finite=bool(torch.isfinite(images).all()))
