@@ -14,12 +14,9 @@ The Python entry points, imported on first use so that `import diffunlearn` stay
   scrub of a classifier; returns the unlearned copy. `diffunlearn.fast_ntk_scrub` also returns the details.
 """
 
-from importlib import import_module, metadata
+from importlib import import_module
 
-try:
-    __version__ = metadata.version("diffunlearn")
-except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "unknown"
+from .version import __version__
 
 # public name -> (module, attribute)
 _API = {
@@ -27,13 +24,13 @@ _API = {
     "unlearn": ("diffunlearn.api", "unlearn"),
     "evaluate": ("diffunlearn.api", "evaluate"),
     "UnlearnResult": ("diffunlearn.api", "UnlearnResult"),
-    "evaluate_config": ("diffunlearn.run", "evaluate_model_command"),
+    "evaluate_config": ("diffunlearn.commands.evaluate", "evaluate_model_command"),
     "ClassConditionalDDPMPipeline": ("diffunlearn.models.ddpm", "ClassConditionalDDPMPipeline"),
     "ClassConditionalDDPM": ("diffunlearn.models.ddpm", "ClassConditionalDDPM"),
     "ClassConditionalDiT": ("diffunlearn.models.dit", "ClassConditionalDiT"),
     "StableDiffusion": ("diffunlearn.models.sd", "StableDiffusion"),
-    "fast_ntk_unlearn": ("diffunlearn.fast_ntk", "fast_ntk_unlearn"),
-    "fast_ntk_scrub": ("diffunlearn.fast_ntk", "fast_ntk_scrub"),
+    "fast_ntk_unlearn": ("diffunlearn.ntk.unlearn", "fast_ntk_unlearn"),
+    "fast_ntk_scrub": ("diffunlearn.ntk.unlearn", "fast_ntk_scrub"),
 }
 
 __all__ = ["__version__", *_API]

@@ -167,8 +167,8 @@ def unlearn(pipe_or_config, forget=None, method=None, anchor=None, seed=None, ou
         overrides: {dotted.key: value} applied on top; keywords steps=, lr=, batch_size=, subset=, judge= map onto
             train.steps, train.lr, train.batch_size, model.subset, eval.judge.
     """
-    from .config import build_config, read_yaml
-    from .run import unlearn_run
+    from .commands.unlearn import unlearn_run
+    from .config_loading import build_config, read_yaml
 
     if isinstance(pipe_or_config, (str, Path)):  # the YAML form: diffunlearn.unlearn(config, output, ...)
         if output is None:
@@ -208,8 +208,8 @@ def evaluate(pipe, forget=None, anchor=None, judge=None, base=None, config=None,
     """Score a pipeline under its family's protocol: forget accuracy, retained accuracy, FID against the base
     model `base` (a pipeline; default: the config's model, e.g. the embedded base). Returns report.json's
     `{"model", "metrics", "protocol"}`."""
-    from .config import read_yaml
-    from .run import evaluate_model_command
+    from .commands.evaluate import evaluate_model_command
+    from .config_loading import read_yaml
 
     family = family_of(pipe)
     raw = read_yaml(config or preset(family, getattr(pipe, SOURCE, None) or getattr(pipe, "name_or_path", None)))

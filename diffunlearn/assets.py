@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -74,3 +75,7 @@ def record_in_manifest(name: str, entry: dict) -> None:
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
     manifest[name] = {**entry, "sha256": sha256_folder(ASSETS / name)}
     MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DIFFUNLEARN_CACHE", Path.home() / ".cache" / "diffunlearn"))

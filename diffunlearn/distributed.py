@@ -20,7 +20,7 @@ import os
 import accelerate
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env, reduce
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .errors import UserError
@@ -161,3 +161,15 @@ def unshard_module(module: torch.nn.Module, plain_copy: torch.nn.Module) -> None
     plain_copy.load_state_dict(state, assign=True)  # assign: the meta parameters take the gathered tensors
     module.__class__ = type(plain_copy)
     object.__setattr__(module, "__dict__", plain_copy.__dict__)
+
+
+def process_share(count: int) -> list:
+    """Indices of the rows (of `count`) this process evaluates: i % num_processes == process_index; all of them
+    in one process. The shares of all processes partition range(count)."""
+    state = PartialState()
+    return list(range(state.process_index, count, state.num_processes))
+
+
+def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """`values` summed element-wise over all processes (itself in one process), on the CPU."""
+    return reduce(values.to(PartialState().device), "sum").cpu()

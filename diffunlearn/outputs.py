@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from .assets import ASSETS, EMBEDDED_PREFIX, HUB_ID
-from .config import config_to_dict, config_to_yaml
+from .config_loading import config_to_dict, config_to_yaml
 from .errors import UserError
 
 CONFIG_FILE = "config.yaml"
@@ -126,7 +126,7 @@ def environment(num_processes: int, device, mixed_precision: str) -> dict:
     import torch
     import transformers
 
-    from . import __version__
+    from .version import __version__
 
     name = torch.cuda.get_device_name(device) if getattr(device, "type", str(device)) == "cuda" \
         else (platform.processor() or platform.machine())

@@ -12,7 +12,7 @@ fa_fid_vs_time.png; prints the table and SFR-on's time per step over a plain fin
 import argparse
 import sys
 
-from diffunlearn.cli import parse_args
+from diffunlearn.commands.cli import parse_args
 from diffunlearn.errors import UserError
 
 

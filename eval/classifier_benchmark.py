@@ -8,7 +8,7 @@ Writes OUTPUT/table.md (tables + the acceptance checks, measured) and OUTPUT/res
 import argparse
 import sys
 
-from diffunlearn.cli import parse_args
+from diffunlearn.commands.cli import parse_args
 from diffunlearn.errors import UserError
 
 

@@ -105,7 +105,7 @@ def main():
 def run(recipe_path):
     from diffunlearn.benchmarks.base_model import load_recipe
     from diffunlearn.benchmarks.memory import PeakMemory
-    from diffunlearn.fast_ntk import fast_ntk_scrub
+    from diffunlearn.ntk.unlearn import fast_ntk_scrub
 
     recipe = load_recipe(recipe_path)
 
@@ -167,8 +167,8 @@ def run(recipe_path):
 
     # 2. bn+head on the digits CNN: memory.
     from diffunlearn.assets import resolve_model_path
-    from diffunlearn.classifier import DigitsClassifier
     from diffunlearn.data import load_digits_splits
+    from diffunlearn.models.digits_classifier import DigitsClassifier
 
     cnn = DigitsClassifier.from_pretrained(resolve_model_path("embedded:digits/classifier")).eval()
     train, _ = load_digits_splits()

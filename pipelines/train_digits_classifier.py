@@ -4,7 +4,7 @@
         --output out/digits_classifier [--embed digits/classifier] [key=value ...]
 """
 
-from diffunlearn.cli import recipe_main
+from diffunlearn.commands.cli import recipe_main
 
 if __name__ == "__main__":
     recipe_main("classifier")

@@ -6,7 +6,7 @@ the head init w0 next to it.
 """
 
 from diffunlearn.benchmarks.base_model import train_base_classifier
-from diffunlearn.cli import recipe_main
+from diffunlearn.commands.cli import recipe_main
 
 if __name__ == "__main__":
     recipe_main("classifier_plain", runner=train_base_classifier)

@@ -5,7 +5,7 @@
 
 import sys
 
-from diffunlearn.cli import main
+from diffunlearn.commands.cli import main
 
 if __name__ == "__main__":
     main(["unlearn", *sys.argv[1:]])

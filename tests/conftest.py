@@ -8,8 +8,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
 
-from diffunlearn.classifier import DigitsClassifier  # noqa: E402
-from diffunlearn.models.ddpm import ClassConditionalDDPM, ClassConditionalDDPMPipeline, tiny_unet_config  # noqa: E402
+from diffunlearn.models.ddpm import ClassConditionalDDPM, ClassConditionalDDPMPipeline, tiny_unet_config
+from diffunlearn.models.digits_classifier import DigitsClassifier
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,9 @@
 """Shared builders for tests."""
 
-from diffunlearn.config import build_config, read_yaml
+from diffunlearn.config_loading import build_config, read_yaml
 from diffunlearn.data import load_digits_splits
 from diffunlearn.registry import get_method
-from diffunlearn.trainer import Trainer
+from diffunlearn.training.trainer import Trainer
 
 MAIN_CONFIG = "configs/digits/ddpm_sfron.yaml"
 

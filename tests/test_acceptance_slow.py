@@ -5,7 +5,7 @@ import json
 import pytest
 from diffusers import UNet2DModel
 
-from diffunlearn.cli import main
+from diffunlearn.commands.cli import main
 from diffunlearn.evaluation.criteria import check_class_forgetting
 
 pytestmark = pytest.mark.slow

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_ddpm
 from diffusers import DiTPipeline, StableDiffusionPipeline
 from huggingface_hub import ModelCard
-
-import diffunlearn
-from conftest import tiny_ddpm
 from test_dit import tiny_dit
 from test_sd import tiny_sd
+
+import diffunlearn
 from diffunlearn.errors import UserError
 
 FAST = {"stop.check_every": 0, "method.mask_batches": 2, "train.batch_size": 8, "data.samples_per_target": 8,
@@ -101,7 +101,7 @@ def test_evaluated_run_card_parses_and_push_stages_the_folder(tiny_ddpm_dir, tin
 
 
 def test_card_names_a_hub_base_model_only():
-    from diffunlearn.config import load_config
+    from diffunlearn.config_loading import load_config
     from diffunlearn.evaluation.report import card_metadata
 
     cfg = load_config("configs/sd/sd14_nudity_sfron.yaml")

@@ -7,10 +7,11 @@ import time
 import pytest
 import torch
 import yaml
-
 from conftest import tiny_overrides
-from diffunlearn.benchmarks.generation import (Criterion, assert_same_protocol, baseline_budget, first_reaching,
-                                               load_benchmark_config, row_config, run_benchmark)
+
+from diffunlearn.benchmarks.generation import run_benchmark
+from diffunlearn.benchmarks.generation_config import (Criterion, assert_same_protocol, baseline_budget, first_reaching,
+                                                      load_benchmark_config, row_config)
 from diffunlearn.benchmarks.generation_report import COLUMNS, acceptance, markdown_table
 from diffunlearn.benchmarks.memory import PeakMemory
 from diffunlearn.errors import UserError

@@ -10,16 +10,16 @@ import torch
 from torch import nn
 
 from diffunlearn.benchmarks.base_model import HEAD_INIT_FILE, head_init, load_head_init, load_recipe
-from diffunlearn.benchmarks.classifier import (EngineRun, acceptance, engine_run, load_benchmark_config,
-                                               markdown_table, mean_rows, run_benchmark, write_outputs)
+from diffunlearn.benchmarks.classifier import (EngineRun, acceptance, engine_run, load_benchmark_config, markdown_table,
+                                               mean_rows, run_benchmark, write_outputs)
 from diffunlearn.benchmarks.scenarios import ScenarioConfig, make_split, random_forget_split
-from diffunlearn.classifier import DigitsClassifier
 from diffunlearn.data import load_digits_splits
 from diffunlearn.errors import UserError
-from diffunlearn.fast_ntk import fast_ntk_scrub
+from diffunlearn.models.digits_classifier import DigitsClassifier
 from diffunlearn.models.image_classifier import ImageClassifier
+from diffunlearn.ntk.unlearn import fast_ntk_scrub
 from diffunlearn.registry import get_family, get_method
-from diffunlearn.trainer import Trainer
+from diffunlearn.training.trainer import Trainer
 
 BENCH_CONFIG = "configs/digits/classifier_benchmark.yaml"
 RECIPE = "configs/recipes/digits_classifier_plain.yaml"
@@ -45,7 +45,7 @@ def tiny_transformers():
 
 
 def engine_trainer(model, method, tmp_path, digits, method_overrides=None, forget_classes=(7,), **train):
-    from diffunlearn.config import validate
+    from diffunlearn.config_loading import validate
 
     cfg = load_benchmark_config(BENCH_CONFIG)
     run = engine_run(cfg, method, forget_classes)

@@ -1,17 +1,17 @@
 """The `diffunlearn unlearn` command end to end on tiny models, and its refusals of bad input."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_overrides
 from diffusers import UNet2DModel
 
-from conftest import tiny_overrides
 from diffunlearn.assets import sha256_folder
-from diffunlearn.cli import main
+from diffunlearn.commands.cli import main
 from diffunlearn.models.ddpm import ClassConditionalDDPMPipeline
 
 MAIN = "configs/digits/ddpm_sfron.yaml"

@@ -2,10 +2,10 @@
 the eager run."""
 
 import pytest
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
-from diffunlearn.run import unlearn_run
+from diffunlearn.commands.unlearn import unlearn_run
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
 WEIGHTS = "pipeline/unet/diffusion_pytorch_model.safetensors"

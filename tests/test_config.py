@@ -1,9 +1,10 @@
 """Config loading: dotted overrides, validation, one-line errors; property-based checks of the loader."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from diffunlearn.config import build_config, load_config, read_yaml
+from diffunlearn.config_loading import build_config, load_config, read_yaml
 from diffunlearn.errors import UserError
 
 MAIN = "configs/digits/ddpm_sfron.yaml"

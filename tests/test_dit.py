@@ -150,7 +150,7 @@ def _toy_digits(n=40):
 
 
 def test_vae_recipe_smoke_sets_unit_scaled_latents(tmp_path):
-    from diffunlearn.recipes_latent import VAERecipe, train_vae
+    from diffunlearn.recipes.latent import VAERecipe, train_vae
 
     data = _toy_digits()
     vae = train_vae(VAERecipe(steps=3, batch_size=8, warmup_steps=1, channels=[8, 16]), data, progress=False)
@@ -161,7 +161,7 @@ def test_vae_recipe_smoke_sets_unit_scaled_latents(tmp_path):
 
 
 def test_dit_recipe_smoke_with_excluded_classes(tmp_path):
-    from diffunlearn.recipes_latent import DiTRecipe, train_dit
+    from diffunlearn.recipes.latent import DiTRecipe, train_dit
 
     tiny_vae().save_pretrained(tmp_path / "vae")
     recipe = DiTRecipe(steps=3, batch_size=8, warmup_steps=1, hidden=16, heads=2, num_layers=1,

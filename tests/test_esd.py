@@ -4,16 +4,16 @@ import copy
 
 import pytest
 import torch
-
 from conftest import tiny_ddpm
 from helpers import make_trainer, snapshot
 from test_sd import ONE, SEVEN, tiny_sd
-from diffunlearn.config import build_config, read_yaml
+
+from diffunlearn.config_loading import build_config, read_yaml
 from diffunlearn.data.prompts import PromptImages
 from diffunlearn.errors import UserError
 from diffunlearn.methods.esd import negative_guidance_target
 from diffunlearn.registry import get_method
-from diffunlearn.trainer import Trainer
+from diffunlearn.training.trainer import Trainer
 
 SGD = ["train.optimizer=sgd", "train.momentum=0.0", "train.lr=0.05", "train.batch_size=4"]
 

@@ -5,16 +5,16 @@ import pytest
 import torch
 from accelerate import PartialState, debug_launcher
 from accelerate.state import AcceleratorState
-
 from conftest import tiny_ddpm, tiny_overrides
+
 from diffunlearn.assets import resolve_model_path
-from diffunlearn.classifier import DigitsClassifier, PenultimateFeatures
-from diffunlearn.config import load_config
+from diffunlearn.config_loading import load_config
+from diffunlearn.distributed import process_share
+from diffunlearn.evaluation.evaluator import Evaluator, make_evaluator
+from diffunlearn.evaluation.fid import FID
 from diffunlearn.evaluation.judges import Judge
-from diffunlearn.evaluation.metrics import FID, process_share
-from diffunlearn.evaluation.report import Evaluator
-from diffunlearn.run import make_evaluator
-from diffunlearn.targets import eval_targets, real_reference
+from diffunlearn.evaluation.targets import eval_targets, real_reference
+from diffunlearn.models.digits_classifier import DigitsClassifier, PenultimateFeatures
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
 # Two shares sum the same float64 feature terms in another order, and the extractor sees other batches; measured
@@ -118,7 +118,7 @@ def test_a_process_without_a_share_of_the_base_model_reference_builds_its_evalua
 
 def test_a_judge_without_fid_features_is_refused_before_an_evaluator_exists(tiny_ddpm_dir, tiny_classifier_dir):
     from diffunlearn.errors import UserError
-    from diffunlearn.evaluation.report import check_evaluation
+    from diffunlearn.evaluation.evaluator import check_evaluation
 
     cfg = load_config(MAIN, tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir))
     judge = PixelJudge()

@@ -8,19 +8,19 @@ and a few iterations change the weights. End to end, the CLI's outputs load with
 import json
 
 import pytest
-import yaml
 import torch
-from diffusers import DiTPipeline, StableDiffusionPipeline
-
+import yaml
 from conftest import tiny_ddpm
+from diffusers import DiTPipeline, StableDiffusionPipeline
 from helpers import snapshot
 from test_dit import tiny_dit
 from test_sd import tiny_sd
-from diffunlearn.cli import main
-from diffunlearn.config import build_config, read_yaml
+
+from diffunlearn.commands.cli import main
+from diffunlearn.config_loading import build_config, read_yaml
+from diffunlearn.data.sets import build_sets
 from diffunlearn.registry import get_method
-from diffunlearn.targets import build_sets
-from diffunlearn.trainer import Trainer
+from diffunlearn.training.trainer import Trainer
 
 CONFIGS = {"ddpm": "configs/digits/ddpm_sfron.yaml", "dit": "configs/digits/dit_sfron.yaml",
            "sd": "configs/digits/sd_sfron.yaml"}

@@ -10,14 +10,15 @@ import torch
 from torch import nn
 
 from diffunlearn.assets import resolve_model_path
-from diffunlearn.classifier import DigitsClassifier
+from diffunlearn.commands.fast_ntk import add_fast_ntk_parser
 from diffunlearn.data import LabeledImages, load_digits_splits
 from diffunlearn.errors import UserError
 from diffunlearn.evaluation.classification import kl_to_retrained
-from diffunlearn.fast_ntk import add_fast_ntk_parser, fast_ntk_scrub, fast_ntk_unlearn
+from diffunlearn.models.digits_classifier import DigitsClassifier
 from diffunlearn.ntk.cache import clear_memory_cache
 from diffunlearn.ntk.rows import JacobianRows
 from diffunlearn.ntk.subset import select_subset
+from diffunlearn.ntk.unlearn import fast_ntk_scrub, fast_ntk_unlearn
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def test_an_empty_forget_set_changes_nothing_and_the_input_model_is_never_modifi
 
 def test_the_documented_top_level_entry_points_run_the_library_functions(digits):
     import diffunlearn
-    from diffunlearn.run import evaluate_model_command
+    from diffunlearn.commands.evaluate import evaluate_model_command
 
     train, _ = digits
     model = tiny_cnn(data=train.images[:64])

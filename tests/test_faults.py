@@ -9,12 +9,12 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
-from diffunlearn.cli import main
-from diffunlearn.trainer import Trainer
+from diffunlearn.commands.cli import main
+from diffunlearn.training.trainer import Trainer
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
+from diffunlearn.commands.unlearn import unlearn_run
 from diffunlearn.distributed import kth_largest
-from diffunlearn.run import unlearn_run
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
 WEIGHTS = Path("pipeline") / "unet" / "diffusion_pytorch_model.safetensors"
@@ -37,7 +37,7 @@ WORKER = """import sys
 sys.path.insert(0, {tests!r})
 from test_fsdp import install_hooks
 install_hooks(setattr, **{hooks!r})
-from diffunlearn.cli import main
+from diffunlearn.commands.cli import main
 main(["unlearn", *sys.argv[1:]])
 """
 
@@ -168,7 +168,7 @@ def test_fsdp_salun_has_the_global_threshold_and_masked_elements_do_not_move(tmp
 
 def test_a_method_not_checked_under_fsdp_is_refused_before_writing(capsys, monkeypatch, tmp_path, tiny_ddpm_dir,
                                                                    tiny_classifier_dir):
-    from diffunlearn.cli import main
+    from diffunlearn.commands.cli import main
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     config = tmp_path / "sa.yaml"

@@ -8,11 +8,13 @@ import torch
 from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, ConvNextImageProcessor, ResNetConfig,
                           ResNetForImageClassification, ViTConfig, ViTForImageClassification, ViTImageProcessor)
 
-from diffunlearn.classifier import DigitsClassifier, PenultimateFeatures
 from diffunlearn.config import EvalConfig
 from diffunlearn.errors import UserError
-from diffunlearn.evaluation.judges import CLIP_TEMPLATE, load_judge
-from diffunlearn.evaluation.metrics import FID, classify
+from diffunlearn.evaluation.fid import FID
+from diffunlearn.evaluation.judge_loading import load_judge
+from diffunlearn.evaluation.judges import CLIP_TEMPLATE
+from diffunlearn.evaluation.metrics import classify
+from diffunlearn.models.digits_classifier import DigitsClassifier, PenultimateFeatures
 from diffunlearn.models.text import build_tokenizer
 
 LABELS3 = {0: "tench", 1: "goldfish", 2: "golden retriever"}

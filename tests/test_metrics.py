@@ -3,13 +3,15 @@ from a local pytorch-fid weights file."""
 
 import pytest
 import torch
-
 from conftest import tiny_ddpm
+
 from diffunlearn.assets import resolve_model_path
-from diffunlearn.classifier import DigitsClassifier, PenultimateFeatures
 from diffunlearn.config import EvalConfig
 from diffunlearn.data import load_digits_splits
-from diffunlearn.evaluation.metrics import FID, classify, generate, labels_and_seeds, per_class_accuracy
+from diffunlearn.data.generated import generate, labels_and_seeds
+from diffunlearn.evaluation.fid import FID
+from diffunlearn.evaluation.metrics import classify, per_class_accuracy
+from diffunlearn.models.digits_classifier import DigitsClassifier, PenultimateFeatures
 
 
 class RiggedClassifier(torch.nn.Module):
@@ -63,9 +65,9 @@ def test_sampling_uses_per_image_seeds_independent_of_batch_size():
 
 
 def test_inception_fid_needs_a_local_weights_file(tmp_path):
-    from diffunlearn.config import load_config
+    from diffunlearn.config_loading import load_config
     from diffunlearn.errors import UserError
-    from diffunlearn.evaluation.metrics import inception_extractor
+    from diffunlearn.evaluation.fid import inception_extractor
 
     with pytest.raises(UserError, match="needs eval.inception_weights"):
         load_config("configs/digits/ddpm_sfron.yaml", ["eval.fid_features=inception"])
@@ -108,7 +110,7 @@ def test_inception_features_from_a_local_pytorch_fid_weights_file_match_pytorch_
 
     from pytorch_fid import inception as pf
 
-    from diffunlearn.evaluation.metrics import inception_extractor
+    from diffunlearn.evaluation.fid import inception_extractor
 
     net, path = inception_weights
     ours = inception_extractor(path)
@@ -127,9 +129,10 @@ def test_inception_features_from_a_local_pytorch_fid_weights_file_match_pytorch_
 def test_an_evaluation_with_inception_fid_records_it_in_the_protocol(inception_weights, tiny_ddpm_dir,
                                                                     tiny_classifier_dir):
     from conftest import tiny_overrides
-    from diffunlearn.config import load_config
-    from diffunlearn.evaluation.judges import load_judge
-    from diffunlearn.run import make_evaluator
+
+    from diffunlearn.config_loading import load_config
+    from diffunlearn.evaluation.evaluator import make_evaluator
+    from diffunlearn.evaluation.judge_loading import load_judge
 
     cfg = load_config("configs/digits/ddpm_sfron.yaml", tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir) + [
         "eval.fid_features=inception", f"eval.inception_weights={inception_weights[1]}", "eval.fid_reference=base",
@@ -147,7 +150,7 @@ def test_inception_weights_are_read_safely_and_bad_files_are_one_line_errors(inc
     from safetensors.torch import save_file
 
     from diffunlearn.errors import UserError
-    from diffunlearn.evaluation.metrics import inception_extractor
+    from diffunlearn.evaluation.fid import inception_extractor
 
     net, path = inception_weights
     copy = tmp_path / "inception.safetensors"
@@ -178,12 +181,12 @@ def test_inception_weights_are_read_safely_and_bad_files_are_one_line_errors(inc
 def test_fid_forget_and_confidence_follow_their_definitions(tiny_ddpm_dir, tiny_classifier_dir):
     """fid_forget is pytorch-fid's Frechet distance of the forget samples' features to the forget-class reference;
     forget_confidence is the judge's mean probability of the forgotten class on the forget samples."""
+    from conftest import tiny_overrides
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    from conftest import tiny_overrides
-    from diffunlearn.config import load_config
-    from diffunlearn.evaluation.judges import load_judge
-    from diffunlearn.run import make_evaluator
+    from diffunlearn.config_loading import load_config
+    from diffunlearn.evaluation.evaluator import make_evaluator
+    from diffunlearn.evaluation.judge_loading import load_judge
 
     cfg = load_config("configs/digits/ddpm_sfron.yaml", tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir) +
                       ["eval.forget_samples=24"])

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_ddpm, tiny_overrides
 from helpers import make_trainer
-from diffunlearn.config import load_config
+
+from diffunlearn.commands.unlearn import unlearn_run
+from diffunlearn.config_loading import load_config
 from diffunlearn.errors import UserError
 from diffunlearn.evaluation.monitor import CONTINUE, REPAIR, SETTLE, STOP, Monitor, StopRule
-from diffunlearn.run import unlearn_run
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
 BASE = {"forget_accuracy": 1.0, "fid_retained": 2.0}
@@ -163,7 +163,7 @@ def test_bad_stop_settings_are_refused_with_one_line(override, message):
 
 
 def test_checks_are_refused_under_fsdp(monkeypatch):
-    from diffunlearn.run import check_stop
+    from diffunlearn.evaluation.monitor import check_stop
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(UserError, match="stop.check_every=0"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
-from diffunlearn.config import load_config
+from diffunlearn.config_loading import load_config
 from diffunlearn.registry import get_family
 
 DIT = "configs/imagenet/dit_xl2_sfron.yaml"

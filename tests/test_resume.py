@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from diffusers import UNet2DModel
 
-from conftest import tiny_overrides
+from diffunlearn.commands.unlearn import unlearn_run
 from diffunlearn.methods.sfr_on import SFROn
-from diffunlearn.run import unlearn_run
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
 
@@ -45,7 +45,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
 
 def test_a_run_stopped_in_evaluation_resumes_without_training_again(tmp_path, monkeypatch, tiny_ddpm_dir,
                                                                     tiny_classifier_dir):
-    from diffunlearn.evaluation.report import Evaluator
+    from diffunlearn.evaluation.evaluator import Evaluator
 
     overrides = tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir, steps=4)
     real_call = Evaluator.__call__

@@ -8,9 +8,9 @@ from diffunlearn.errors import UserError
 from diffunlearn.models.latent import tiny_vae_config
 from diffunlearn.models.sd import StableDiffusion, tiny_sd_unet_config
 from diffunlearn.models.text import build_tokenizer, learn_vocabulary, tiny_text_encoder
-from diffunlearn.recipes_t2i import (CAPTION_TEMPLATES, GENERIC_CAPTION, TextToImageRecipe, caption_table,
-                                     caption_vocabulary, digit_prompt, sample_captions, text_to_image_quality,
-                                     train_text_to_image)
+from diffunlearn.recipes.text_to_image import (CAPTION_TEMPLATES, GENERIC_CAPTION, TextToImageRecipe, caption_table,
+                                               caption_vocabulary, digit_prompt, sample_captions, text_to_image_quality,
+                                               train_text_to_image)
 
 SEVEN, ONE = digit_prompt(7), digit_prompt(1)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from diffunlearn.cli import main
+from diffunlearn.commands.cli import main
 from diffunlearn.evaluation.gallery import file_stem
 
 ROOT = Path(__file__).resolve().parents[1]

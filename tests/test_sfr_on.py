@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_ddpm
 from helpers import make_trainer, snapshot
+
 from diffunlearn.methods.base import adaptive_weights
 from diffunlearn.methods.sfr_on import alpha_at
 
@@ -33,7 +33,7 @@ def test_saliency_mask_is_the_fisher_ratio_threshold_and_is_cached(tmp_path):
     trainer = make_trainer(tiny_ddpm(), tmp_path, ["method.gamma=1.0"])
     info = trainer.method.setup()
     assert not info["mask_cache_hit"]
-    from diffunlearn.saliency import fisher_diagonal
+    from diffunlearn.methods.saliency import fisher_diagonal
 
     cfg = trainer.cfg.method
     f_f = fisher_diagonal(trainer, [trainer.forget_batch(i) for i in range(2)], 1001, cfg.mask_guidance_scale,

@@ -13,8 +13,8 @@ from typing import Optional
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
-from ..classifier import DigitsClassifier
 from ..errors import UserError
+from ..models.digits_classifier import DigitsClassifier
 
 HEAD_INIT_FILE = "head_init.safetensors"
 
@@ -43,8 +43,8 @@ def load_recipe(path: str, overrides=()):
     """A validated `ClassifierRecipe` from a YAML file plus `key=value` overrides."""
     from omegaconf import OmegaConf
 
-    from ..config import parse_overrides, read_yaml, validate
-    from ..recipes import ClassifierRecipe
+    from ..config_loading import parse_overrides, read_yaml, validate
+    from ..recipes.classifier import ClassifierRecipe
 
     given = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_yaml(path)),
                                                    parse_overrides(list(overrides))))
@@ -57,7 +57,8 @@ def train_base_classifier(config_path: str, output: str, overrides=(), embed_as:
     Returns:
         the manifest entry (recipe, seed, test accuracy).
     """
-    from ..recipes import classifier_quality, ship_recipe_output, train_classifier
+    from ..recipes import ship_recipe_output
+    from ..recipes.classifier import classifier_quality, train_classifier
 
     recipe = load_recipe(config_path, overrides)
     model = train_classifier(recipe)

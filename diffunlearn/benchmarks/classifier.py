@@ -3,7 +3,7 @@ side on one base classifier, for each forget scenario, scored with FA, RA, TA, M
 
 RT retrains from scratch on D_r with the base model's own recipe. FT, GA, RL and SFR-on run on the same engine as
 diffusion unlearning (`Trainer` + the method files) through the `classifier` model family; Fast-NTK is the closed
-form of `diffunlearn.fast_ntk`. Every row is measured in the same process, one after the other.
+form of `diffunlearn.ntk.unlearn`. Every row is measured in the same process, one after the other.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any, Dict, Optional
 
-from ..config import TrainConfig, check_choice, read_yaml, validate
+from ..config import TrainConfig, check_choice
+from ..config_loading import read_yaml, validate
 from ..errors import UserError
 from ..evaluation.classification import GAP_KEYS, classification_report
 from .scenarios import ScenarioConfig, make_split
@@ -84,7 +85,7 @@ class EngineRun:
 def load_benchmark_config(path, overrides=()) -> ClassifierBenchmarkConfig:
     from omegaconf import OmegaConf
 
-    from ..config import parse_overrides
+    from ..config_loading import parse_overrides
 
     raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_yaml(path)), parse_overrides(list(overrides))))
     scenarios, methods = raw.pop("scenarios", None), raw.pop("methods", None) or {}  # free-form maps: checked here
@@ -125,7 +126,7 @@ def run_engine_method(name: str, run: EngineRun, base, split, work_dir) -> tuple
     """Unlearn a copy of `base` (an `ImageClassifier`) with an engine method; returns (network, seconds)."""
     from ..models.image_classifier import ImageClassifier
     from ..registry import get_method
-    from ..trainer import Trainer
+    from ..training.trainer import Trainer
 
     model = ImageClassifier(copy.deepcopy(base.network), base.pixel_range, base.num_classes)
     start = perf_counter()
@@ -141,8 +142,8 @@ def run_fast_ntk(settings: FastNTKSettings, subset: str, network, split, weight_
     """
     import torch
 
-    from ..fast_ntk import fast_ntk_scrub
     from ..ntk.subset import select_subset
+    from ..ntk.unlearn import fast_ntk_scrub
 
     init = None
     if settings.init != "current":
@@ -159,7 +160,7 @@ def run_fast_ntk(settings: FastNTKSettings, subset: str, network, split, weight_
 def run_trial(cfg: ClassifierBenchmarkConfig, name: str, trial: ScenarioConfig, base, recipe, train, test,
               recorded_w0, progress=print) -> list:
     """All rows of one forget request: dicts with scenario, trial, method and the `METRICS`."""
-    from ..recipes import train_classifier
+    from ..recipes.classifier import train_classifier
 
     split = make_split(trial, train, test, base.num_classes)
     progress(f"[{name}: {trial.describe()}] D_f {len(split.forget)}, D_r {len(split.retain)}, test "

@@ -120,9 +120,9 @@ def classification_report(model, rt_model, forget, retain, test, batch_size: int
 
     Args:
         model: the classifier to evaluate; rt_model: the model retrained on D_r, or None.
-        forget, retain, test: (images, labels) pairs, LabeledImages, datasets or loaders (see `diffunlearn.ntk.data`).
+        forget, retain, test: (images, labels) pairs, LabeledImages, datasets or loaders (see `diffunlearn.data.batches`).
     """
-    from ..ntk.data import LabeledBatches
+    from ..data.batches import LabeledBatches
 
     sets = {name: LabeledBatches(data, batch_size, name).tensors()
             for name, data in (("forget", forget), ("retain", retain), ("test", test))}

@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import torch
+from accelerate import PartialState
 from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from .evaluator import make_evaluator
 
 CONTINUE, REPAIR, STOP, SETTLE = "continue", "repair", "stop", "stop at best"
 BEST_FILE = "monitor_best.safetensors"
@@ -186,3 +190,32 @@ class Monitor:
                              ("forget_samples_per_target", "retained_samples_per_target", "sampler",
                               "num_inference_steps", "guidance_scale", "eval_seed")},
                 "checks": self.history}
+
+
+def check_stop(cfg) -> None:
+    """In-loop checks sample from the model while it trains; under FSDP2 the shards would have to run the same
+    forward calls in every process, which uneven image shares do not guarantee: refused."""
+    from ..distributed import fsdp_requested
+
+    if cfg.stop.enabled and fsdp_requested():
+        raise UserError(f"stop.check_every={cfg.stop.check_every} (in-loop checks) is not supported under FSDP; "
+                        "valid: stop.check_every=0 (run all train.steps), or DDP (configs/accelerate/multi_gpu.yaml)")
+
+
+def make_monitor(cfg, model, judge, base_path: str, device, progress: bool, targets=None):
+    """The in-loop checks of `cfg.stop` (None when off), scored against `model` before it trains (the base).
+    `targets`: the run's (forget, retained) `eval_targets`, when the caller has them."""
+    from tqdm.auto import tqdm
+
+    if not cfg.stop.enabled:
+        return None
+    stop = cfg.stop
+    cheap = cheap_eval_config(cfg, stop.forget_samples, stop.retained_samples_per_class, stop.num_inference_steps,
+                              stop.seed)
+    evaluator = make_evaluator(cheap, model, judge, model, base_path, device=device, second_signal=False,
+                               targets=targets)
+    base_metrics = evaluator(model.to(device))[0]
+    rule = StopRule(stop.forget_accuracy_max, stop.patience, stop.fid_ratio_max, stop.min_steps,
+                    max_repair_checks=stop.max_repair_checks)
+    return Monitor(model, evaluator, base_metrics, rule, stop.check_every, cfg.train.steps,
+                   progress=tqdm.write if progress and PartialState().is_main_process else None)

@@ -10,6 +10,8 @@ from typing import ClassVar, Optional
 
 import torch
 
+from ..errors import UserError
+
 
 class UnlearningMethod:
     """Subclass, set `name` and `config_cls`, register with `@register_method`."""
@@ -44,3 +46,24 @@ def adaptive_weights(losses: torch.Tensor, lam: float, eps: float = 1e-8, accele
         return torch.softmax(logits, dim=0)
     weights = torch.softmax(accelerator.gather(logits), dim=0)
     return weights.view(accelerator.num_processes, -1)[accelerator.process_index]
+
+
+def check_method(cfg, method_cls) -> None:
+    """Refuse a method that cannot forget this kind of target (classes or prompts), or run under FSDP if asked."""
+    from ..distributed import fsdp_requested
+    from ..registry import METHODS
+
+    if fsdp_requested() and not method_cls.supports_fsdp:
+        valid = sorted(n for n, m in METHODS.items() if m.supports_fsdp)
+        raise UserError(f"method {cfg.method.name!r} is not supported under FSDP; use one of: {', '.join(valid)} "
+                        "(or DDP: configs/accelerate/multi_gpu.yaml)")
+
+    concept = cfg.forget.is_concept
+    if concept and not method_cls.supports_concepts:
+        valid = sorted(n for n, m in METHODS.items() if m.supports_concepts)
+        raise UserError(f"method {cfg.method.name!r} forgets classes only; for forget.prompts use one of: "
+                        f"{', '.join(valid)}")
+    if not concept and not method_cls.supports_classes:
+        valid = sorted(n for n, m in METHODS.items() if m.supports_classes)
+        raise UserError(f"method {cfg.method.name!r} forgets prompts only; for forget.classes use one of: "
+                        f"{', '.join(valid)}")

@@ -9,10 +9,10 @@ from typing import Optional
 import torch
 
 from ..config import MethodConfig
+from ..data.sets import remain_classes
 from ..distributed import global_draw
 from ..errors import choice_error
 from ..registry import register_method
-from ..targets import remain_classes
 from .base import UnlearningMethod
 
 RELABEL_TARGETS = ("retained_images", "pseudo_label")

@@ -9,11 +9,11 @@ import torch
 
 from ..config import MethodConfig, check_positive
 from ..data import LabeledImages, StepSampler
+from ..data.sets import remain_classes
 from ..errors import UserError
 from ..registry import register_method
-from ..saliency import mean_squared_gradient
-from ..targets import remain_classes
 from .base import UnlearningMethod
+from .saliency import mean_squared_gradient
 
 
 @dataclass

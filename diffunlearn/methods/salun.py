@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..registry import register_method
-from ..saliency import gradient_saliency_mask
 from .rl import Relabel, RLConfig
+from .saliency import gradient_saliency_mask
 
 
 @dataclass

@@ -11,8 +11,8 @@ import torch
 from ..config import MethodConfig, check_choice, check_positive
 from ..errors import UserError
 from ..registry import register_method
-from ..saliency import fisher_saliency_mask
 from .base import UnlearningMethod, adaptive_weights
+from .saliency import fisher_saliency_mask
 
 
 @dataclass

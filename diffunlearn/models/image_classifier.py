@@ -39,7 +39,7 @@ class ImageClassifier:
     family = "classifier"
     task: ClassVar[str] = "classification"  # methods with a classification variant (RL) check this
     trainable_subsets: ClassVar[tuple] = ("all",)
-    load_hint = ("`DigitsClassifier.from_pretrained(folder)` (diffunlearn.classifier) or, for a transformers "
+    load_hint = ("`DigitsClassifier.from_pretrained(folder)` (diffunlearn.models.digits_classifier) or, for a transformers "
                  "classifier, `AutoModelForImageClassification.from_pretrained(folder)`")
 
     def __init__(self, network: nn.Module, pixel_range: str = "unit", num_classes: Optional[int] = None):
@@ -64,7 +64,7 @@ class ImageClassifier:
                             "transformers AutoModelForImageClassification folder")
         config = json.loads(config_file.read_text())
         if config.get("_class_name") == "DigitsClassifier":
-            from ..classifier import DigitsClassifier
+            from .digits_classifier import DigitsClassifier
 
             return cls(DigitsClassifier.from_pretrained(path, use_safetensors=True, **kwargs).eval(), "unit")
         if config.get("architectures"):

@@ -1,4 +1,4 @@
-"""Building blocks of Fast-NTK unlearning (`diffunlearn.fast_ntk` is the entry point).
+"""Building blocks of Fast-NTK unlearning (`diffunlearn.ntk.unlearn` is the entry point).
 
 - `data`: every accepted form of a labelled set -> mini-batches `(images, labels)`, shape checks, set digests.
 - `subset`: which parameters the NTK is taken over (the linear head, BatchNorm affine, a name pattern).

@@ -3,7 +3,7 @@
 The key covers everything the statistics depend on: all model weights and buffers, the subset, the loss, the
 linearisation point and the identity of D: the multiset of its samples (order-free, and independent of how D is
 split into forget and retain), or a name the caller gives D (skips hashing the data on every request).
-Files live under `diffunlearn.saliency.cache_dir()/fast_ntk` (env DIFFUNLEARN_CACHE).
+Files live under `diffunlearn.assets.cache_dir()/fast_ntk` (env DIFFUNLEARN_CACHE).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..saliency import cache_dir
+from ..assets import cache_dir
 from .rows import Statistics
 
 FORMAT_VERSION = 1

@@ -16,8 +16,7 @@ from diffusers import AutoencoderKL, DDPMScheduler
 
 from ...errors import UserError
 from ...models.dit import disable_label_dropout
-from ...models.sd import LORA_TARGETS  # the SD family's LoRA targets, on every attention module
-
+from ...models.sd import LORA_TARGETS
 
 
 def cross_attention_modules(spec, network) -> list:

@@ -20,15 +20,15 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from ...config import build_config, read_yaml
+from ...config_loading import build_config, read_yaml
 from ...data.digits import LabeledImages
 from ...data.prompts import PromptImages
+from ...methods.saliency import fisher_saliency_mask
 from ...models.dit import ClassConditionalDiT, build_dit_pipeline
 from ...models.sd import StableDiffusion
 from ...models.text import build_tokenizer
 from ...registry import get_method
-from ...saliency import fisher_saliency_mask
-from ...trainer import Trainer
+from ...training.trainer import Trainer
 from .steps import synchronize
 
 CONFIGS = {"dit": "configs/imagenet/dit_xl2_sfron.yaml", "sd": "configs/sd/sd14_nudity_sfron.yaml"}

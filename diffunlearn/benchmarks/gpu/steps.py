@@ -15,7 +15,7 @@ from contextlib import nullcontext
 
 import torch
 
-from ...trainer import masked_step
+from ...training.step import masked_step
 from .cases import set_subset
 
 KINDS = ("sfr_on", "ft")

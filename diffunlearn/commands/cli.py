@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import NonFiniteLossError, UserError
+from ..errors import NonFiniteLossError, UserError
 
 USAGE_EXIT = 2  # bad input: nothing was written
 RUNTIME_EXIT = 3  # the run itself failed (e.g. a non-finite loss); the last good checkpoint is kept
@@ -31,7 +31,7 @@ def summary(report: dict, output: str) -> str:
         for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
             lines.append(f"{key:20s}{report['base'][key]:10.4f}{report['unlearned'][key]:12.4f}")
         lines.append(f"report: {output}/report.json   gallery: {output}/gallery/index.html")
-    from .evaluation.report import signals_line, stop_line
+    from ..evaluation.report import signals_line, stop_line
 
     signals = signals_line(report.get("signals") or {})
     if signals:
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", required=True, help="JSON file for the metrics")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value")
 
-    from .ntk.command import add_fast_ntk_parser
+    from .fast_ntk import add_fast_ntk_parser
 
     add_fast_ntk_parser(commands)
     return parser
@@ -81,21 +81,20 @@ def parse_args(parser: argparse.ArgumentParser, argv):
 def main(argv=None) -> None:
     args = parse_args(build_parser(), argv)
     from diffusers.utils import logging as diffusers_logging
-
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars; our own tqdm bars stay
     transformers_logging.disable_progress_bar()  # "Loading weights" of text encoders and judges
     try:
         if args.command == "unlearn":
-            from .run import unlearn_run
+            from .unlearn import unlearn_run
 
             report = unlearn_run(args.config, args.output, args.overrides, overwrite=args.overwrite,
                                  evaluate=not args.no_eval)
             if report:  # other processes of a launch return {}: the main one reports
                 print(summary(report, args.output))
         elif args.command == "evaluate":
-            from .run import evaluate_model_command
+            from .evaluate import evaluate_model_command
 
             evaluate_model_command(args.config, args.model, args.output, args.overrides)
         elif hasattr(args, "handler"):
@@ -118,7 +117,7 @@ def recipe_main(kind: str, argv=None, runner=None) -> None:
     args = parse_args(parser, argv)
     try:
         if runner is None:
-            from .recipes import run_recipe
+            from ..recipes import run_recipe
 
             entry = run_recipe(kind, args.config, args.output, args.overrides, embed_as=args.embed)
         else:

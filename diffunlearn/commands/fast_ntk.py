@@ -57,10 +57,10 @@ def run_fast_ntk_command(args) -> dict:
             before anything is written.
     """
     from ..assets import resolve_model_path
-    from ..classifier import DigitsClassifier
     from ..data import load_digits_splits
     from ..evaluation.classification import classification_report
-    from ..fast_ntk import fast_ntk_scrub
+    from ..models.digits_classifier import DigitsClassifier
+    from ..ntk.unlearn import fast_ntk_scrub
 
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:

@@ -16,13 +16,13 @@ from typing import List
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-from .config import check_positive
-from .data.digits import DIGIT_NAMES
-from .errors import UserError
-from .models.latent import tiny_vae_config
-from .models.sd import StableDiffusion, tiny_sd_unet_config
-from .models.text import build_tokenizer, tiny_text_encoder
-from .recipes import DenoiserRecipe, fit_denoiser
+from ..config import check_positive
+from ..data.digits import DIGIT_NAMES
+from ..errors import UserError
+from ..models.latent import tiny_vae_config
+from ..models.sd import StableDiffusion, tiny_sd_unet_config
+from ..models.text import build_tokenizer, tiny_text_encoder
+from .denoiser import DenoiserRecipe, fit_denoiser
 
 CAPTION_TEMPLATES = ("a handwritten digit {}", "a drawing of the number {}", "the digit {} written by hand",
                      "handwritten {}")
@@ -67,7 +67,7 @@ class TextToImageRecipe(DenoiserRecipe):
 
 def build_text_to_image(recipe: TextToImageRecipe) -> StableDiffusion:
     """A randomly initialised SD (UNet, text encoder, tokenizer) on the recipe's VAE."""
-    from .assets import resolve_model_path
+    from ..assets import resolve_model_path
 
     if recipe.vae == "random":
         vae = AutoencoderKL(**tiny_vae_config())
@@ -142,10 +142,11 @@ def text_to_image_quality(model: StableDiffusion, recipe: TextToImageRecipe,
     Prompts: "a handwritten digit <name>" for every digit; DDIM 25 steps, guidance 2.0, image j of digit c from seed
     100000 * c + j. Also the share of samples of GENERIC_CAPTION recognised as some digit (any of 0-9).
     """
-    from .assets import resolve_model_path
-    from .classifier import DigitsClassifier
-    from .config import EvalConfig
-    from .evaluation.metrics import classify, generate, labels_and_seeds
+    from ..assets import resolve_model_path
+    from ..config import EvalConfig
+    from ..data.generated import generate, labels_and_seeds
+    from ..evaluation.metrics import classify
+    from ..models.digits_classifier import DigitsClassifier
 
     judge = DigitsClassifier.from_pretrained(resolve_model_path(classifier), use_safetensors=True).eval()
     n, digits = recipe.quality_samples, range(len(DIGIT_NAMES))

@@ -21,11 +21,8 @@ import torch
 from accelerate.utils import broadcast_object_list
 from safetensors.torch import load_file, save_file
 
-from .distributed import count_true, full_tensor, kth_largest, local_tensor, shard_like
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DIFFUNLEARN_CACHE", Path.home() / ".cache" / "diffunlearn"))
+from ..assets import cache_dir
+from ..distributed import count_true, full_tensor, kth_largest, local_tensor, shard_like
 
 
 @dataclass

@@ -10,47 +10,19 @@ forget prompts (each paired with its anchor prompt), D_r its images for the anch
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 
 import torch
 
-from .assets import weights_sha256
-from .data import LabeledImages, load_digits_splits
-from .data.prompts import PromptImages, generate_cached
-from .errors import UserError
-from .evaluation.metrics import image_seed
-
-
-@dataclass
-class Target:
-    """One evaluated condition.
-
-    Attributes:
-        key: class id or prompt, the key of per-target results.
-        name: display name (class name or prompt).
-        condition: what the model is conditioned on: a class id () or prompt token ids (L,).
-        label: the judge label that counts as "recognised" for this target.
-        seed_key: image j of this target uses seed eval.seed + 100000 * seed_key + j.
-        forget: True for forget targets.
-    """
-
-    key: object
-    name: str
-    condition: torch.Tensor
-    label: int
-    seed_key: int
-    forget: bool
+from ..assets import weights_sha256
+from ..errors import UserError
+from . import LabeledImages, load_digits_splits
+from .generated import generate_cached, image_seed
+from .prompts import PromptImages
 
 
 def prompt_seed_key(prompt: str) -> int:
     """A stable per-prompt seed offset (independent of which other prompts a run uses)."""
     return zlib.crc32(prompt.encode()) % 10_000
-
-
-def _label_index(labels, name: str, what: str) -> int:
-    if name not in labels:
-        raise UserError(f"{what} {name!r} is not a label of the judge; valid: {', '.join(labels)}")
-    return list(labels).index(name)
 
 
 def check_target(cfg, model) -> None:
@@ -83,33 +55,6 @@ def remain_classes(cfg, model) -> list:
     if cfg.data.remain_classes is not None:
         return [c for c in cfg.data.remain_classes if 0 <= c < model.num_classes]
     return [c for c in range(model.num_classes) if c not in cfg.forget.classes]
-
-
-def eval_targets(cfg, model, judge_labels) -> tuple:
-    """(forget targets, retained targets) scored by the judge."""
-    if not cfg.forget.is_concept:
-        def target(c, forget):
-            name = judge_labels[c] if c < len(judge_labels) else str(c)
-            return Target(c, name, torch.tensor(c), c, c, forget)
-
-        return ([target(c, True) for c in cfg.forget.classes],
-                [target(c, False) for c in remain_classes(cfg, model)])
-    prompts = dict(cfg.eval.prompts)
-    forget_prompts = list(cfg.forget.prompts)
-    concept = cfg.forget.concept or prompts.get(forget_prompts[0])
-    if concept is None:
-        raise UserError(f"cannot tell which judge label the forget prompt {forget_prompts[0]!r} asks for; set "
-                        f"forget.concept (one of: {', '.join(judge_labels)}) or list the prompt in eval.prompts")
-    forget_label = _label_index(judge_labels, concept, "forget.concept")
-    kept = {p: lab for p, lab in prompts.items() if p not in forget_prompts and lab != concept}
-    if not kept:
-        raise UserError("eval.prompts holds no retained prompt (prompt -> judge label other than the forgotten "
-                        f"concept {concept!r}); list the prompts whose quality must be kept")
-    ids = model.tokenize(forget_prompts + list(kept))
-    forget = [Target(p, p, ids[i], forget_label, prompt_seed_key(p), True) for i, p in enumerate(forget_prompts)]
-    retained = [Target(p, p, ids[len(forget_prompts) + i], _label_index(judge_labels, lab, f"eval.prompts[{p!r}]"),
-                       prompt_seed_key(p), False) for i, (p, lab) in enumerate(kept.items())]
-    return forget, retained
 
 
 def base_model_key(path: str) -> str:
@@ -151,10 +96,3 @@ def build_sets(cfg, model, model_path: str) -> tuple:
     return tuple(sets)
 
 
-def real_reference(cfg, retained) -> torch.Tensor:
-    """Real digits of the retained targets' labels (FID reference, eval.fid_reference=real)."""
-    if cfg.eval.judge != "digits":
-        raise UserError(f"eval.fid_reference=real needs real images of the judge's labels, which only the digits "
-                        f"judge has (eval.judge={cfg.eval.judge!r}); use eval.fid_reference=base")
-    train, _ = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)
-    return train.select_classes(sorted({t.label for t in retained})).images

@@ -16,13 +16,14 @@ from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
 from tqdm.auto import tqdm
 
-from .config import check_positive
-from .data import StepSampler, load_digits_splits
-from .data.digits import DIGIT_NAMES
-from .errors import UserError
-from .models.dit import ClassConditionalDiT, build_dit_pipeline, tiny_dit_config
-from .models.latent import decode_latents, encode_latents, tiny_vae_config
-from .recipes import DenoiserRecipe, classifier_accuracy, fit_denoiser, sample_accuracy
+from ..config import check_positive
+from ..data import StepSampler, load_digits_splits
+from ..data.digits import DIGIT_NAMES
+from ..errors import UserError
+from ..models.dit import ClassConditionalDiT, build_dit_pipeline, tiny_dit_config
+from ..models.latent import decode_latents, encode_latents, tiny_vae_config
+from .classifier import classifier_accuracy
+from .denoiser import DenoiserRecipe, fit_denoiser, sample_accuracy
 
 
 @dataclass
@@ -127,8 +128,8 @@ def train_vae(recipe: VAERecipe, train_set=None, progress: bool = True) -> Autoe
 @torch.no_grad()
 def vae_quality(model: AutoencoderKL, recipe: VAERecipe, classifier: str = "embedded:digits/classifier") -> dict:
     """Test-split reconstruction MSE (pixels in [0, 1]) and the judge classifier's accuracy on reconstructions."""
-    from .assets import resolve_model_path
-    from .classifier import DigitsClassifier
+    from ..assets import resolve_model_path
+    from ..models.digits_classifier import DigitsClassifier
 
     _, test = load_digits_splits(recipe.split_seed)
     model.eval()
@@ -148,7 +149,7 @@ def train_dit(recipe: DiTRecipe, train_set=None, progress: bool = True) -> Class
     The VAE (`recipe.vae`) is frozen; condition dropout (`cond_drop`, for classifier-free guidance) is the
     wrapper's seeded one, the transformer's own label dropout being disabled. Returns the EMA weights.
     """
-    from .assets import resolve_model_path
+    from ..assets import resolve_model_path
 
     accelerator, train_set = recipe.start(train_set)
     vae = AutoencoderKL.from_pretrained(resolve_model_path(recipe.vae), use_safetensors=True).eval()

@@ -23,12 +23,12 @@ from time import perf_counter
 import torch
 from torch import nn
 
-from .errors import UserError, choice_error
-from .ntk.cache import load_statistics, statistics_key, store_statistics
-from .ntk.data import LabeledBatches, check_input_shapes, multiset_digest
-from .ntk.rows import CURVATURES, LOSSES, HeadRows, JacobianRows, accumulate, collect, model_logits
-from .ntk.solve import ridge_dual, ridge_primal
-from .ntk.subset import select_subset, resolve_init
+from ..data.batches import LabeledBatches, check_input_shapes, multiset_digest
+from ..errors import UserError, choice_error
+from .cache import load_statistics, statistics_key, store_statistics
+from .rows import CURVATURES, LOSSES, HeadRows, JacobianRows, accumulate, collect, model_logits
+from .solve import ridge_dual, ridge_primal
+from .subset import resolve_init, select_subset
 
 FORMS = ("auto", "primal", "dual")
 
@@ -225,6 +225,4 @@ def fast_ntk_unlearn(model: nn.Module, forget, retain, subset: str = "head", los
                           cache=cache, form=form, fisher_cap=fisher_cap, seed=seed, curvature=curvature).model
 
 
-from .ntk.command import add_fast_ntk_parser, run_fast_ntk_command  # noqa: E402  (CLI lives in its own file)
-
-__all__ = ["FastNTKResult", "add_fast_ntk_parser", "fast_ntk_scrub", "fast_ntk_unlearn", "run_fast_ntk_command"]
+__all__ = ["FastNTKResult", "fast_ntk_scrub", "fast_ntk_unlearn"]

@@ -1,0 +1,1 @@
+"""Entry commands: what `diffunlearn unlearn / evaluate / fast-ntk`, the recipes and the eval scripts run."""

@@ -1,0 +1,39 @@
+"""Load a run's base model: the family named by the config, from a local folder, `embedded:NAME` or a Hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..assets import resolve_model_path
+from ..errors import UserError
+from ..registry import get_family
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_only(path: str) -> None:
+    """Weights are only loaded from safetensors: a folder whose weights are all pickles is refused."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    pickles = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not any(folder.rglob("*.safetensors")):
+        raise UserError(f"refusing pickle checkpoint(s) {pickles} in {path!r}: only safetensors weights are "
+                        "loaded (convert them with safetensors.torch.save_file)")
+
+
+def load_model(cfg):
+    """Load the base model wrapper named by `cfg.model` (never modified on disk)."""
+    from safetensors import SafetensorError
+
+    family = get_family(cfg.model.family)
+    path = resolve_model_path(cfg.model.path)
+    refuse_pickle_only(path)
+    try:
+        model = family.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load model.path {cfg.model.path!r} as a {cfg.model.family} diffusers folder "
+                        f"({type(exc).__name__}: {first})") from None
+    model.set_trainable(cfg.model.subset, cfg.model.lora_rank)
+    return model, path

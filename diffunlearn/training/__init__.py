@@ -1,0 +1,1 @@
+"""The unlearning loop and the update rule every training loop shares."""
