@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import yaml
@@ -23,10 +24,29 @@ from .errors import UserError
 CONFIG_FILE = "config.yaml"
 
 
+def atomic_write(path, write, commit: bool = True) -> None:
+    """Write the file `path` atomically: `write(tmp)` fills a temporary sibling, which is then renamed over `path`
+    (readers never see a partial file; a killed writer leaves at most a hidden temporary). `commit=False`: call
+    `write` but keep nothing (the processes of a launch that take part in a collective write but do not own it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        if commit:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
+
+
+def markdown_table(header: list, rows: list) -> list:
+    """Markdown table lines: a header row, the separator, one line per row (cells already formatted)."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def check_output(out: Path, overwrite: bool) -> None:

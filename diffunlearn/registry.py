@@ -19,6 +19,10 @@ def register_method(cls):
 
 
 def register_family(cls):
+    """Register a model family; a diffusion family's contract (`DiffusionModel.check_contract`) is checked here."""
+    check = getattr(cls, "check_contract", None)
+    if check is not None:
+        check()
     FAMILIES[cls.family] = cls
     return cls
 

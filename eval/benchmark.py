@@ -30,7 +30,7 @@ def main(argv=None):
     import torch
 
     from diffunlearn.benchmarks.generation import run_benchmark
-    from diffunlearn.benchmarks.generation_report import markdown_table
+    from diffunlearn.benchmarks.generation_report import report_markdown
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -43,7 +43,7 @@ def main(argv=None):
     except UserError as exc:
         print(f"diffunlearn: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(markdown_table(result))
+    print(report_markdown(result))
     print(f"written: {args.output}/table.md, results.csv, benchmark.json, fa_fid_vs_time.png")
 
 

@@ -22,7 +22,7 @@ def main(argv=None):
     args = parse_args(parser, argv)
     import torch
 
-    from diffunlearn.benchmarks.classifier import markdown_table, run_benchmark
+    from diffunlearn.benchmarks.classifier import run_benchmark, scenario_tables
 
     torch.set_num_threads(args.threads)
     try:
@@ -31,7 +31,7 @@ def main(argv=None):
     except UserError as exc:
         print(f"diffunlearn: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(markdown_table(rows))
+    print(scenario_tables(rows))
     for claim, ok in checks:
         print(f"{'holds' if ok else 'DOES NOT HOLD'}: {claim}")
     print(f"written: {args.output}/table.md, {args.output}/results.csv")

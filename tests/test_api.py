@@ -3,7 +3,6 @@ families' tiny models (built from configs), what a run saves (no absolute paths,
 offline part of `push_to_hub`."""
 
 import hashlib
-import json
 import os
 from pathlib import Path
 

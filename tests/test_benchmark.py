@@ -12,7 +12,7 @@ from conftest import tiny_overrides
 from diffunlearn.benchmarks.generation import run_benchmark
 from diffunlearn.benchmarks.generation_config import (Criterion, assert_same_protocol, baseline_budget, first_reaching,
                                                       load_benchmark_config, row_config)
-from diffunlearn.benchmarks.generation_report import COLUMNS, acceptance, markdown_table
+from diffunlearn.benchmarks.generation_report import COLUMNS, acceptance, report_markdown
 from diffunlearn.benchmarks.memory import PeakMemory
 from diffunlearn.errors import UserError
 
@@ -164,7 +164,7 @@ def test_benchmark_end_to_end_on_tiny_models(tmp_path, tiny_ddpm_dir, tiny_class
     saved = json.loads((out / "benchmark.json").read_text())
     assert saved["protocol"] == protocol and saved["settings"]["rt"]["steps"] == 2
     md = (out / "table.md").read_text()
-    assert md == markdown_table(result) + "\n"
+    assert md == report_markdown(result) + "\n"
     assert "| method | FA | retained acc. | FID_retained (x base) | steps | steps-to-criterion |" in md
     assert "time per step (K=2) / plain fine-tuning step" in md
     assert (out / "fa_fid_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from diffunlearn.benchmarks.base_model import HEAD_INIT_FILE, head_init, load_head_init, load_recipe
-from diffunlearn.benchmarks.classifier import (EngineRun, acceptance, engine_run, load_benchmark_config, markdown_table,
-                                               mean_rows, run_benchmark, write_outputs)
+from diffunlearn.benchmarks.classifier import (EngineRun, acceptance, engine_run, load_benchmark_config, mean_rows,
+                                               run_benchmark, scenario_tables, write_outputs)
 from diffunlearn.benchmarks.scenarios import ScenarioConfig, make_split, random_forget_split
 from diffunlearn.data import load_digits_splits
 from diffunlearn.errors import UserError
@@ -268,7 +268,7 @@ def test_acceptance_checks_follow_the_numbers_and_outputs_are_written(tmp_path):
     with open(results) as fh:
         read = list(csv.DictReader(fh))
     assert len(read) == 6 and float(read[0]["TA"]) == 0.99
-    assert markdown_table(_rows(0.0, 0.1)).startswith("**class** (forget class 7)")
+    assert scenario_tables(_rows(0.0, 0.1)).startswith("**class** (forget class 7)")
 
 
 def test_several_trials_are_judged_on_their_means_and_counted_per_trial():
@@ -281,7 +281,7 @@ def test_several_trials_are_judged_on_their_means_and_counted_per_trial():
     claims = dict(acceptance(rows))
     fa = next(c for c in claims if "on FA" in c)
     assert claims[fa] and fa.endswith("0.5000 vs 1.0000 (strictly closer in 1 of 2 trials)")
-    table = markdown_table(rows)
+    table = scenario_tables(rows)
     assert table.startswith("**class** (mean of 2 trials: forget class 7; forget class 3)")
     assert "| Fast-NTK (head) | 50.00 |" in table and table.count("| RT |") == 1
 

@@ -1,9 +1,7 @@
 """Real-model run configs (DiT-XL/2, SD v1.4), accelerate launch configs and the GPU step benchmark (--tiny)."""
 
-import json
 
 import pytest
-import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
 from diffunlearn.config_loading import load_config

@@ -21,6 +21,7 @@ from ..config import TrainConfig, check_choice
 from ..config_loading import read_yaml, validate
 from ..errors import UserError
 from ..evaluation.classification import GAP_KEYS, classification_report
+from ..outputs import markdown_table
 from .scenarios import ScenarioConfig, make_split
 
 METRICS = ("FA", "RA", "TA", "MIA", "D_KL", "Avg.D", "RTE")
@@ -246,19 +247,17 @@ def acceptance(rows: list) -> list:
     return checks
 
 
-def markdown_table(rows: list) -> str:
+def scenario_tables(rows: list) -> str:
     """One markdown table per scenario; accuracies and MIA in %, D_KL in nats, RTE in seconds."""
     out = []
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         summary = summary_rows(rows, scenario)
         trials = list(dict.fromkeys(r["trial"] for r in trial_rows(rows, scenario)))
         what = trials[0] if len(trials) == 1 else f"{MEAN} {len(trials)} trials: " + "; ".join(trials)
-        out += [f"**{scenario}** ({what})", "", "| method | FA | RA | TA | MIA | D_KL | Avg.D | RTE (s) |",
-                "|---|---|---|---|---|---|---|---|"]
-        for r in summary:
-            pct = " | ".join(f"{100 * r[k]:.2f}" for k in ("FA", "RA", "TA", "MIA"))
-            out.append(f"| {r['method']} | {pct} | {r['D_KL']:.3f} | {100 * r['Avg.D']:.2f} | {r['RTE']:.2f} |")
-        out.append("")
+        cells = [[r["method"], *(f"{100 * r[k]:.2f}" for k in ("FA", "RA", "TA", "MIA")), f"{r['D_KL']:.3f}",
+                  f"{100 * r['Avg.D']:.2f}", f"{r['RTE']:.2f}"] for r in summary]
+        out += [f"**{scenario}** ({what})", ""]
+        out += markdown_table(["method", "FA", "RA", "TA", "MIA", "D_KL", "Avg.D", "RTE (s)"], cells) + [""]
     return "\n".join(out)
 
 
@@ -266,7 +265,7 @@ def write_outputs(rows: list, checks: list, output) -> tuple[Path, Path]:
     """Write `table.md` (tables + acceptance) and `results.csv` (raw fractions) into the folder `output`."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    md = markdown_table(rows) + "\n" + "\n".join(f"- {'holds' if ok else 'DOES NOT HOLD'}: {claim}"
+    md = scenario_tables(rows) + "\n" + "\n".join(f"- {'holds' if ok else 'DOES NOT HOLD'}: {claim}"
                                                 for claim, ok in checks) + "\n"
     (output / "table.md").write_text(md)
     with open(output / "results.csv", "w", newline="") as fh:

@@ -7,6 +7,8 @@ import csv
 import json
 from pathlib import Path
 
+from ..outputs import markdown_table
+
 COLUMNS = ("method", "algorithm", "forget_accuracy", "retained_accuracy", "fid_retained", "fid_ratio", "steps",
            "steps_to_criterion", "budget", "seconds_to_criterion", "wall_s", "s_per_step", "peak_mem_mib",
            "criterion_at_end")
@@ -22,15 +24,14 @@ def _also(settings: dict) -> str:
     return f" and at steps {', '.join(map(str, settings['eval_also']))}" if settings.get("eval_also") else ""
 
 
-def markdown_table(result: dict) -> str:
+def report_markdown(result: dict) -> str:
     rows, base = result["rows"], result["base"]["full"]
     crit = result["settings"]["criterion"]
     lines = [f"Base: FA {base['forget_accuracy']:.3f}, retained acc. {base['retained_accuracy']:.3f}, FID_retained "
              f"{base['fid_retained']:.3f}. Criterion: FA <= {crit['forget_accuracy_max']} and FID_retained <= "
              f"{crit['fid_ratio_max']} x base (periodic checks every {result['settings']['eval_every']} steps"
-             f"{_also(result['settings'])}).", "",
-             "| method | FA | retained acc. | FID_retained (x base) | steps | steps-to-criterion | wall s | "
-             "s / step | peak mem MiB | criterion at end |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{_also(result['settings'])}).", ""]
+    cells = []
     for r in rows:
         if r["method"] == "rt":
             reached = "n/a (retrained)"
@@ -38,10 +39,11 @@ def markdown_table(result: dict) -> str:
             reached = f"{r['steps_to_criterion']} ({r['seconds_to_criterion']:.1f} s)"
         else:
             reached = f"never within {r['budget']}"
-        lines.append(f"| {r['method']} | {r['forget_accuracy']:.3f} | {r['retained_accuracy']:.3f} | "
-                     f"{r['fid_retained']:.4g} ({r['fid_ratio']:.2f}) | {r['steps']} | {reached} | "
-                     f"{r['wall_s']:.1f} | {r['s_per_step']:.3f} | {_fmt(r['peak_mem_mib'], '.0f')} | "
-                     f"{'yes' if r['criterion_at_end'] else 'no'} |")
+        cells.append([r["method"], f"{r['forget_accuracy']:.3f}", f"{r['retained_accuracy']:.3f}",
+                      f"{r['fid_retained']:.4g} ({r['fid_ratio']:.2f})", r["steps"], reached, f"{r['wall_s']:.1f}",
+                      f"{r['s_per_step']:.3f}", _fmt(r["peak_mem_mib"], ".0f"), "yes" if r["criterion_at_end"] else "no"])
+    lines += markdown_table(["method", "FA", "retained acc.", "FID_retained (x base)", "steps", "steps-to-criterion",
+                             "wall s", "s / step", "peak mem MiB", "criterion at end"], cells)
     for ratio in result["step_time_ratio"]:
         lines.append(f"\nSFR-on time per step (K={ratio['forget_every']}) / plain fine-tuning step: "
                      f"{ratio['sfr_on_s_per_step']:.4f} / {ratio['ft_s_per_step']:.4f} s = {ratio['ratio']:.2f}")
@@ -128,7 +130,7 @@ def plot(result: dict, path) -> None:
 def write_outputs(result: dict, output) -> None:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(markdown_table(result) + "\n")
+    (out / "table.md").write_text(report_markdown(result) + "\n")
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*COLUMNS, "note"])
         writer.writeheader()

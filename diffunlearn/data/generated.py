@@ -8,6 +8,8 @@ import json
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..outputs import atomic_write
+
 SEED_STRIDE = 100_000
 
 
@@ -62,8 +64,5 @@ def generate_cached(model, conditions: torch.Tensor, seeds: list, eval_cfg, mode
     if path.is_file():
         return load_file(str(path))["images"]
     images = generate(model, conditions, seeds, eval_cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{torch.randint(1 << 30, ()).item()}.tmp")
-    save_file({"images": images.contiguous()}, str(tmp))
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: save_file({"images": images.contiguous()}, str(tmp)))
     return images

@@ -15,6 +15,7 @@ import torch
 
 from ..assets import weights_sha256
 from ..errors import UserError
+from ..registry import FAMILIES
 from . import LabeledImages, load_digits_splits
 from .generated import generate_cached, image_seed
 from .prompts import PromptImages
@@ -28,12 +29,13 @@ def prompt_seed_key(prompt: str) -> int:
 def check_target(cfg, model) -> None:
     """Refuse a forget target the model cannot take (before anything is written)."""
     concept = cfg.forget.is_concept
-    if concept and not hasattr(model, "tokenize"):
-        raise UserError(f"model family {cfg.model.family!r} forgets classes (forget.classes), not prompts; "
-                        "concept forgetting (forget.prompts) needs family sd")
-    if not concept and not hasattr(model, "num_classes"):
-        raise UserError(f"model family {cfg.model.family!r} forgets prompts (forget.prompts / forget.anchors), "
-                        "not classes")
+    if concept != (model.conditioning == "text"):  # the family contract: models/base.py CONDITIONINGS
+        wanted = "text" if concept else "class"
+        valid = sorted(name for name, family in FAMILIES.items() if getattr(family, "conditioning", None) == wanted)
+        what = ("forgets classes (forget.classes), not prompts" if concept
+                else "forgets prompts (forget.prompts / forget.anchors), not classes")
+        raise UserError(f"model family {cfg.model.family!r} {what}; "
+                        f"{'forget.prompts' if concept else 'forget.classes'} needs one of: {', '.join(valid)}")
     if concept:
         if 0 < cfg.eval.guidance_scale < 1:  # the stock StableDiffusionPipeline only guides above 1
             raise UserError(f"eval.guidance_scale {cfg.eval.guidance_scale} is not supported by the sd family; "

@@ -11,6 +11,7 @@ import torch
 from ..config import MethodConfig
 from ..errors import UserError
 from ..registry import register_method
+from ..training.streams import Stream
 from .base import UnlearningMethod
 
 
@@ -108,7 +109,7 @@ class ESD(UnlearningMethod):
     def training_step(self, step: int) -> dict:
         trainer, model = self.trainer, self.model
         batch = trainer.forget_batch(step)
-        _, _, t, x_t = model.noised(batch, trainer.generator(step, 1), trainer.train_cfg.antithetic, trainer.shard)
+        _, _, t, x_t = model.noised(batch, trainer.generator(step, Stream.FORGET), trainer.train_cfg.antithetic, trainer.shard)
         cond = model.condition(batch)
         target = self.targets(x_t, t, cond)
         loss = (model.predict(x_t, t, cond).float() - target.float()).pow(2).flatten(1).sum(1).mean()

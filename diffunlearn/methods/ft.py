@@ -7,6 +7,7 @@ from typing import Optional
 
 from ..config import MethodConfig
 from ..registry import register_method
+from ..training.streams import Stream
 from .base import UnlearningMethod
 
 
@@ -26,6 +27,6 @@ class FineTune(UnlearningMethod):
     config_cls = FTConfig
 
     def training_step(self, step: int) -> dict:
-        loss_r = self.trainer.losses(self.trainer.remain_batch(step), step, stream=2).mean()
+        loss_r = self.trainer.losses(self.trainer.remain_batch(step), step, stream=Stream.REMAIN).mean()
         self.trainer.update(loss_r, clip=self.cfg.clip)
         return {"remain_loss": loss_r.detach()}

@@ -7,6 +7,7 @@ from typing import Optional
 
 from ..config import MethodConfig
 from ..registry import register_method
+from ..training.streams import Stream
 from .base import UnlearningMethod
 
 
@@ -24,6 +25,6 @@ class GradientAscent(UnlearningMethod):
     config_cls = GAConfig
 
     def training_step(self, step: int) -> dict:
-        loss_f = self.trainer.losses(self.trainer.forget_batch(step), step, stream=1).mean()
+        loss_f = self.trainer.losses(self.trainer.forget_batch(step), step, stream=Stream.FORGET).mean()
         self.trainer.update(-loss_f, clip=self.cfg.clip)
         return {"forget_loss": loss_f.detach()}

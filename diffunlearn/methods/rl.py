@@ -13,6 +13,7 @@ from ..data.sets import remain_classes
 from ..distributed import global_draw
 from ..errors import choice_error
 from ..registry import register_method
+from ..training.streams import Stream
 from .base import UnlearningMethod
 
 RELABEL_TARGETS = ("retained_images", "pseudo_label")
@@ -65,19 +66,19 @@ class Relabel(UnlearningMethod):
         trainer = self.trainer
         family_relabel = getattr(self.model, "relabelled", None)
         if family_relabel is not None:
-            relabelled = family_relabel(trainer.forget_batch(step), trainer.generator(step, 3))
-            return trainer.losses(relabelled, step, stream=1).mean()
+            relabelled = family_relabel(trainer.forget_batch(step), trainer.generator(step, Stream.RELABEL))
+            return trainer.losses(relabelled, step, stream=Stream.FORGET).mean()
         if self.cfg.target == "retained_images":
-            relabelled = relabel(trainer.remain_batch(step), trainer.cfg.forget.classes, trainer.generator(step, 3),
+            relabelled = relabel(trainer.remain_batch(step), trainer.cfg.forget.classes, trainer.generator(step, Stream.RELABEL),
                                  trainer.shard)
-            return trainer.losses(relabelled, step, stream=1).mean()
+            return trainer.losses(relabelled, step, stream=Stream.FORGET).mean()
         forget = trainer.forget_batch(step)
-        pseudo = relabel(forget, remain_classes(trainer.cfg, self.model), trainer.generator(step, 3), trainer.shard)
-        return trainer.anchored_losses(forget, step, stream=1, anchor=self.model.condition(pseudo), mean=True).mean()
+        pseudo = relabel(forget, remain_classes(trainer.cfg, self.model), trainer.generator(step, Stream.RELABEL), trainer.shard)
+        return trainer.anchored_losses(forget, step, stream=Stream.FORGET, anchor=self.model.condition(pseudo), mean=True).mean()
 
     def training_step(self, step: int) -> dict:
         trainer = self.trainer
         loss_rl = self.relabel_loss(step)
-        loss_r = trainer.losses(trainer.remain_batch(step), step, stream=2).mean()
+        loss_r = trainer.losses(trainer.remain_batch(step), step, stream=Stream.REMAIN).mean()
         trainer.update(loss_rl + self.cfg.remain_weight * loss_r, clip=self.cfg.clip, mask=self.mask)
         return {"relabel_loss": loss_rl.detach(), "remain_loss": loss_r.detach()}

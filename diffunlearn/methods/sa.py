@@ -12,6 +12,7 @@ from ..data import LabeledImages, StepSampler
 from ..data.sets import remain_classes
 from ..errors import UserError
 from ..registry import register_method
+from ..training.streams import Stream
 from .base import UnlearningMethod
 from .saliency import mean_squared_gradient
 
@@ -89,7 +90,7 @@ class SelectiveAmnesia(UnlearningMethod):
         self.replay = StepSampler(replay, trainer.train_cfg.batch_size, trainer.cfg.seed + 3,
                                   trainer.accelerator.process_index, trainer.accelerator.num_processes)
         first = {k: v.to(trainer.accelerator.device) for k, v in replay[:cfg.fisher_samples].items()}
-        self.fisher = timestep_sum_fisher(trainer, first, cfg.fisher_timesteps, stream=1004)
+        self.fisher = timestep_sum_fisher(trainer, first, cfg.fisher_timesteps, stream=Stream.SA_FISHER)
         self.anchor = {name: p.detach().clone() for name, p in trainer.params}
         return {"replay_images": len(replay)}
 
@@ -99,10 +100,10 @@ class SelectiveAmnesia(UnlearningMethod):
     def training_step(self, step: int) -> dict:
         trainer, cfg = self.trainer, self.cfg
         forget_batch = trainer.forget_batch(step)
-        noise_images = torch.rand(forget_batch["pixel_values"].shape, generator=trainer.generator(step, 4),
+        noise_images = torch.rand(forget_batch["pixel_values"].shape, generator=trainer.generator(step, Stream.SA_NOISE),
                                   device=trainer.accelerator.device) * 2 - 1
-        surrogate = trainer.losses({**forget_batch, "pixel_values": noise_images}, step, stream=1).mean()
-        replay = trainer.losses(self.replay.batch(step, trainer.accelerator.device), step, stream=2).mean()
+        surrogate = trainer.losses({**forget_batch, "pixel_values": noise_images}, step, stream=Stream.FORGET).mean()
+        replay = trainer.losses(self.replay.batch(step, trainer.accelerator.device), step, stream=Stream.REMAIN).mean()
         ewc = self.ewc_penalty()
         trainer.update(surrogate + cfg.replay_weight * replay + cfg.ewc_lambda * ewc, clip=cfg.clip)
         return {"surrogate_loss": surrogate.detach(), "replay_loss": replay.detach(), "ewc": ewc.detach()}

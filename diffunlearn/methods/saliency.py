@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from ..assets import cache_dir
 from ..distributed import count_true, full_tensor, kth_largest, local_tensor, shard_like
+from ..outputs import atomic_write
+from ..training.streams import Stream
 
 
 @dataclass
@@ -107,16 +108,12 @@ def fisher_saliency_mask(trainer, num_batches: int, gamma: float, guidance_scale
     if hit:
         mask = SaliencyMask.load(path, trainer.params)
     else:
-        f_forget = fisher_diagonal(trainer, forget, stream=1001, guidance_scale=guidance_scale, clip=clip)
-        f_remain = fisher_diagonal(trainer, remain, stream=1002, guidance_scale=guidance_scale, clip=clip)
+        f_forget = fisher_diagonal(trainer, forget, stream=Stream.MASK_FORGET, guidance_scale=guidance_scale, clip=clip)
+        f_remain = fisher_diagonal(trainer, remain, stream=Stream.MASK_REMAIN, guidance_scale=guidance_scale, clip=clip)
         mask = SaliencyMask({name: (f_forget[name] + eps) / (f_remain[name] + eps) >= gamma for name in f_forget})
         if use_cache:
             main = trainer.accelerator.is_main_process
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            mask.save(tmp, main_process=main)
-            if main:
-                os.replace(tmp, path)
+            atomic_write(path, lambda tmp: mask.save(tmp, main_process=main), commit=main)
     return mask, {"mask_cache": str(path), "mask_cache_hit": hit, "mask_density": mask.density()}
 
 
@@ -125,7 +122,7 @@ def gradient_saliency_mask(trainer, num_batches: int, keep_fraction: float) -> S
     accumulated over `num_batches` forget batches on the current (original) weights, one global threshold (over
     all shards under FSDP)."""
     for i in range(num_batches):
-        losses = trainer.model.training_losses(trainer.forget_batch(i), generator=trainer.generator(i, 1003),
+        losses = trainer.model.training_losses(trainer.forget_batch(i), generator=trainer.generator(i, Stream.SALUN_MASK),
                                                shard=trainer.shard)
         trainer.accelerator.backward(losses.mean() / num_batches)
     grads = {name: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p) for name, p in trainer.params}

@@ -11,6 +11,7 @@ import torch
 from ..config import MethodConfig, check_choice, check_positive
 from ..errors import UserError
 from ..registry import register_method
+from ..training.streams import Stream
 from .base import UnlearningMethod, adaptive_weights
 from .saliency import fisher_saliency_mask
 
@@ -90,8 +91,8 @@ class SFROn(UnlearningMethod):
         trainer = self.trainer
         batch = trainer.forget_batch(step)
         if trainer.cfg.forget.is_concept:
-            return trainer.anchored_losses(batch, step, stream=1).mean()
-        losses = trainer.losses(batch, step, stream=1)
+            return trainer.anchored_losses(batch, step, stream=Stream.FORGET).mean()
+        losses = trainer.losses(batch, step, stream=Stream.FORGET)
         lam = self.cfg.lam if self.cfg.adaptive_weights else 0.0
         weights = adaptive_weights(losses, lam, accelerator=trainer.accelerator)
         # DDP averages gradients over processes; scale so the sum over the global batch is what is ascended
@@ -106,7 +107,7 @@ class SFROn(UnlearningMethod):
             trainer.update(alpha * loss_f, clip=cfg.forget_clip, mask=self.mask)
             logs["forget_loss"] = loss_f.detach() if self.trainer.cfg.forget.is_concept else -loss_f.detach()
         if cfg.remain:
-            loss_r = trainer.losses(trainer.remain_batch(step), step, stream=2).mean()
+            loss_r = trainer.losses(trainer.remain_batch(step), step, stream=Stream.REMAIN).mean()
             trainer.update(cfg.remain_weight * loss_r, clip=cfg.remain_clip)
             logs["remain_loss"] = loss_r.detach()
         if before is not None:

@@ -30,16 +30,58 @@ def sampling_scheduler(config, sampler: str):
     return classes[sampler].from_config(config)
 
 
+def class_guided_loop(scheduler, x: torch.Tensor, predict_eps, labels: torch.Tensor, null: torch.Tensor,
+                      guidance_scale: float, step_kwargs: dict, timesteps=None) -> torch.Tensor:
+    """The denoising loop of the class-conditional families (DDPM, DiT): x (B, C, H, W) from noise to x_0.
+
+    `predict_eps(x_in, t, class_labels)` is the network's noise prediction (C channels). Scale 1 runs the conditional
+    pass only, 0 the unconditional (null class) pass only, any other scale both in one batch, combined by
+    `cfg_combine`. `timesteps`: an iterable over `scheduler.timesteps` (e.g. wrapped in a progress bar)."""
+    for t in scheduler.timesteps if timesteps is None else timesteps:
+        x_in = scheduler.scale_model_input(x, t)
+        if guidance_scale in (0.0, 1.0):
+            eps = predict_eps(x_in, t, labels if guidance_scale == 1.0 else null)
+        else:
+            both = predict_eps(torch.cat([x_in, x_in]), t, torch.cat([labels, null]))
+            eps = cfg_combine(*both.chunk(2), guidance_scale)
+        x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+    return x
+
+
+# conditioning kind -> what a family of that kind provides beyond the base class (the forget target it takes:
+# "class" forgets `forget.classes`, "text" maps `forget.prompts` onto `forget.anchors`)
+CONDITIONINGS = {"class": ("num_classes",), "text": ("tokenize", "anchor_condition")}
+
+
 class DiffusionModel:
     """Base of the model-family wrappers.
 
-    Subclasses set `family`, `pipeline_class`, implement `network`, `predict`, `null_condition`, `condition` and
-    `sample`, and override `encode` when they work in a latent space.
+    Subclasses set `family`, `pipeline_class` and `conditioning`, implement `network`, `predict`, `condition`,
+    `null_condition`, `drop_condition` and `sample` (and what their conditioning kind needs, `CONDITIONINGS`), and
+    override `encode` when they work in a latent space. `register_family` checks all of it (`check_contract`).
     """
 
     family: ClassVar[str]
     pipeline_class: ClassVar[type]
+    conditioning: ClassVar[str]  # a key of CONDITIONINGS
     load_hint: ClassVar[str] = ""  # how a user loads the saved folder, for the model card
+    REQUIRED: ClassVar[tuple] = ("network", "predict", "condition", "null_condition", "drop_condition", "sample")
+
+    @classmethod
+    def check_contract(cls) -> None:
+        """Refuse (TypeError) a family class that lacks a name, a known conditioning kind, or an override of what
+        the trainer, the methods and the evaluation call."""
+        unnamed = [n for n in ("family", "pipeline_class", "conditioning") if not hasattr(cls, n)]
+        if unnamed:
+            raise TypeError(f"model family {cls.__name__} does not set {', '.join(unnamed)}")
+        if cls.conditioning not in CONDITIONINGS:
+            raise TypeError(f"model family {cls.family!r}: conditioning {cls.conditioning!r} is not one of "
+                            f"{', '.join(CONDITIONINGS)}")
+        needed = cls.REQUIRED + CONDITIONINGS[cls.conditioning]
+        missing = [n for n in needed if getattr(cls, n, None) is getattr(DiffusionModel, n, None)]
+        if missing:
+            raise TypeError(f"model family {cls.family!r} ({cls.conditioning} conditioning) does not implement "
+                            f"{', '.join(missing)}")
 
     def __init__(self, pipeline):
         self.pipeline = pipeline

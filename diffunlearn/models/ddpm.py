@@ -16,7 +16,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import UserError
 from ..registry import register_family
-from .base import DiffusionModel, cfg_combine, sampling_scheduler
+from .base import DiffusionModel, class_guided_loop, sampling_scheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -72,17 +72,9 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         image = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
         null = torch.full_like(labels, self.null_class_label)
         self.scheduler.set_timesteps(num_inference_steps)
-        step_kwargs = self._step_kwargs(generator, eta)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            x_in = self.scheduler.scale_model_input(image, t)
-            if guidance_scale == 1.0:
-                eps = self.unet(x_in, t, class_labels=labels).sample
-            elif guidance_scale == 0.0:
-                eps = self.unet(x_in, t, class_labels=null).sample
-            else:
-                both = self.unet(torch.cat([x_in, x_in]), t, class_labels=torch.cat([labels, null])).sample
-                eps = cfg_combine(*both.chunk(2), guidance_scale)
-            image = self.scheduler.step(eps, t, image, **step_kwargs).prev_sample
+        image = class_guided_loop(self.scheduler, image, lambda x, t, y: self.unet(x, t, class_labels=y).sample,
+                                  labels, null, guidance_scale, self._step_kwargs(generator, eta),
+                                  self.progress_bar(self.scheduler.timesteps))
         image = (image / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).float().numpy()
@@ -98,6 +90,7 @@ class ClassConditionalDDPM(DiffusionModel):
     """Wrapper of `ClassConditionalDDPMPipeline` for unlearning (pixel space, class labels)."""
 
     family = "ddpm"
+    conditioning = "class"
     pipeline_class = ClassConditionalDDPMPipeline
     load_hint = ("`from diffunlearn.models.ddpm import ClassConditionalDDPMPipeline; "
                  "ClassConditionalDDPMPipeline.from_pretrained(folder)`, or the UNet alone with stock diffusers: "

@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import UserError
 from ..registry import register_family
-from .base import DiffusionModel, cfg_combine, sampling_scheduler
+from .base import DiffusionModel, class_guided_loop, sampling_scheduler
 from .latent import LatentModelMixin
 
 NULL_CLASS = 1000  # DiTPipeline's hard-coded unconditional label
@@ -65,6 +65,7 @@ class ClassConditionalDiT(LatentModelMixin, DiffusionModel):
     """
 
     family = "dit"
+    conditioning = "class"
     pipeline_class = DiTPipeline
     load_hint = ("stock diffusers: `pipe = DiTPipeline.from_pretrained(folder); "
                  "pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config); "
@@ -143,16 +144,11 @@ class ClassConditionalDiT(LatentModelMixin, DiffusionModel):
         null = self.null_condition(labels)
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         scheduler.set_timesteps(num_inference_steps)
-        for t in scheduler.timesteps:
-            x_in = scheduler.scale_model_input(latents, t)
-            if guidance_scale in (0.0, 1.0):
-                y = labels if guidance_scale == 1.0 else null
-                eps = net(x_in, timestep=t.expand(len(y)).to(self.device), class_labels=y).sample
-            else:
-                both = net(torch.cat([x_in, x_in]), timestep=t.expand(2 * len(labels)).to(self.device),
-                           class_labels=torch.cat([labels, null])).sample
-                eps = cfg_combine(*both.chunk(2), guidance_scale)
-            latents = scheduler.step(eps[:, :cfg.in_channels], t, latents, **step_kwargs).prev_sample
+
+        def predict_eps(x, t, y):  # the learned-variance half of DiT's output is not used
+            return net(x, timestep=t.expand(len(y)).to(self.device), class_labels=y).sample[:, :cfg.in_channels]
+
+        latents = class_guided_loop(scheduler, latents, predict_eps, labels, null, guidance_scale, step_kwargs)
         return self.decode(latents)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..assets import resolve_model_path
 from ..errors import UserError
 from ..registry import get_family
@@ -35,5 +37,7 @@ def load_model(cfg):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model.path {cfg.model.path!r} as a {cfg.model.family} diffusers folder "
                         f"({type(exc).__name__}: {first})") from None
-    model.set_trainable(cfg.model.subset, cfg.model.lora_rank)
+    with torch.random.fork_rng(devices=[]):  # new weights (LoRA adapters) drawn from the run's seed, not from
+        torch.manual_seed(cfg.seed)  # whatever state imports left the global generator in
+        model.set_trainable(cfg.model.subset, cfg.model.lora_rank)
     return model, path

@@ -29,6 +29,7 @@ class StableDiffusion(LatentModelMixin, DiffusionModel):
     """Wrapper of a stock `StableDiffusionPipeline` for concept forgetting (prompt -> anchor prompt)."""
 
     family = "sd"
+    conditioning = "text"
     pipeline_class = StableDiffusionPipeline
     load_hint = ("`from diffusers import StableDiffusionPipeline; StableDiffusionPipeline.from_pretrained(folder)` "
                  "(a LoRA run also saves its adapter under `lora/`: `pipe.load_lora_weights(folder + '/lora')` on "

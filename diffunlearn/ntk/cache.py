@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from typing import Optional
 
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..assets import cache_dir
+from ..outputs import atomic_write
 from .rows import Statistics
 
 FORMAT_VERSION = 1
@@ -76,12 +76,9 @@ def store_statistics(key: str, stats: Statistics, disk: bool = True) -> None:
     cpu = Statistics(stats.gram.cpu(), stats.rhs.cpu(), stats.fisher.cpu(), stats.count, stats.solved)
     _remember(key, cpu)
     if disk:
-        path = _path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"gram": cpu.gram.contiguous(), "rhs": cpu.rhs.contiguous(), "fisher": cpu.fisher.contiguous(),
-                   "count": torch.tensor(cpu.count)}, str(tmp))
-        os.replace(tmp, path)
+        tensors = {"gram": cpu.gram.contiguous(), "rhs": cpu.rhs.contiguous(), "fisher": cpu.fisher.contiguous(),
+                   "count": torch.tensor(cpu.count)}
+        atomic_write(_path(key), lambda tmp: save_file(tensors, str(tmp)))
 
 
 def clear_memory_cache() -> None:

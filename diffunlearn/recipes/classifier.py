@@ -8,13 +8,13 @@ from typing import List, Optional
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 from ..config import check_choice, check_positive
 from ..data import StepSampler, load_digits_splits
 from ..data.outliers import KINDS as OUTLIER_KINDS
 from ..data.outliers import mixed_outliers
 from ..models.digits_classifier import DigitsClassifier
+from ..training.fit import fit
 
 
 @dataclass
@@ -71,7 +71,8 @@ def train_classifier(recipe: ClassifierRecipe, train_set=None, progress: bool = 
     sampler = StepSampler(train_set, recipe.batch_size, recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     model.train()
-    for step in tqdm(range(total), disable=not (progress and accelerator.is_main_process), desc="train classifier"):
+
+    def loss_fn(step):
         idx = sampler.indices(step)
         images, labels = _shift(train_set.images[idx], recipe.max_shift, gen), train_set.labels[idx]
         if recipe.reject_class:
@@ -80,10 +81,9 @@ def train_classifier(recipe: ClassifierRecipe, train_set=None, progress: bool = 
             images = torch.cat([images, outliers])
             labels = torch.cat([labels, torch.full((len(outliers),), num_classes, dtype=labels.dtype)])
         loss = torch.nn.functional.cross_entropy(model(images.to(accelerator.device)), labels.to(accelerator.device))
-        accelerator.backward(loss)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        return loss, None
+
+    fit(accelerator, optimizer, lr_schedule, total, loss_fn, "train classifier", progress, shown=None)
     model = accelerator.unwrap_model(model)
     return model.eval()
 

@@ -11,6 +11,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from ..config import check_positive
 from ..models.ddpm import ClassConditionalDDPM, ClassConditionalDDPMPipeline, tiny_unet_config
 from .denoiser import DenoiserRecipe, fit_denoiser, sample_accuracy
+from ..training.fit import warmup_schedule
 
 
 @dataclass
@@ -30,7 +31,7 @@ def train_ddpm(recipe: DDPMRecipe, train_set=None, progress: bool = True) -> Cla
                               prediction_type=recipe.prediction_type, clip_sample=recipe.clip_sample)
     model = ClassConditionalDDPM(ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler))
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=0.0)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / recipe.warmup_steps))
+    lr_schedule = warmup_schedule(optimizer, recipe.warmup_steps)
     fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, "train ddpm", progress)
     return model
 

@@ -9,10 +9,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from ..data import StepSampler, load_digits_splits
 from ..models.digits_classifier import DigitsClassifier
+from ..training.fit import fit
 
 
 @dataclass
@@ -64,20 +64,16 @@ def fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, 
     sampler = StepSampler(train_set, recipe.batch_size, recipe.seed, accelerator.process_index,
                           accelerator.num_processes)
     model.network.train()
-    bar = tqdm(range(recipe.steps), disable=not (progress and accelerator.is_main_process), desc=desc)
-    for step in bar:
+
+    def loss_fn(step):
         gen = torch.Generator(accelerator.device).manual_seed(recipe.seed * 7919 + step)
         batch = sampler.batch(step, accelerator.device)
         condition = {"cond_drop": recipe.cond_drop} if encoder is None else {"cond": encode(prepared[1], batch, step)}
         loss = model.training_losses(batch, generator=gen, antithetic=True, **condition,
                                      shard=(accelerator.process_index, accelerator.num_processes)).mean()
-        accelerator.backward(loss)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(params)
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        return loss, loss
+
+    fit(accelerator, optimizer, lr_schedule, recipe.steps, loss_fn, desc, progress, ema=ema, ema_params=params)
     ema.copy_to(params)
     model.network.eval()
     model.forward_module = None

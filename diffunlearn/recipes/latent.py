@@ -6,7 +6,6 @@ retrain-from-scratch reference (RT) of DiT class forgetting.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import List
 
@@ -14,7 +13,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
-from tqdm.auto import tqdm
 
 from ..config import check_positive
 from ..data import StepSampler, load_digits_splits
@@ -24,6 +22,7 @@ from ..models.dit import ClassConditionalDiT, build_dit_pipeline, tiny_dit_confi
 from ..models.latent import decode_latents, encode_latents, tiny_vae_config
 from .classifier import classifier_accuracy
 from .denoiser import DenoiserRecipe, fit_denoiser, sample_accuracy
+from ..training.fit import fit, warmup_schedule
 
 
 @dataclass
@@ -74,17 +73,6 @@ class VAELoss(torch.nn.Module):
         return rec + self.kl_weight * posterior.kl(), rec
 
 
-def _lr_schedule(optimizer, warmup_steps: int, cosine_steps: int = 0):
-    """Linear warmup, then constant (cosine_steps=0) or cosine decay to 0 at step `cosine_steps`."""
-
-    def factor(step):
-        if step < warmup_steps or not cosine_steps:
-            return min(1.0, (step + 1) / warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / max(1, cosine_steps - warmup_steps))))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 @torch.no_grad()
 def latent_std(vae, images: torch.Tensor, batch_size: int = 512) -> float:
     """Standard deviation of the unscaled posterior means of images (N, C, H, W) in [-1, 1]."""
@@ -106,20 +94,17 @@ def train_vae(recipe: VAERecipe, train_set=None, progress: bool = True) -> Autoe
         train_set, _ = load_digits_splits(recipe.split_seed)
     vae = AutoencoderKL(**tiny_vae_config(latent_channels=recipe.latent_channels, channels=tuple(recipe.channels)))
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
-    lr_schedule = _lr_schedule(optimizer, recipe.warmup_steps, cosine_steps=recipe.steps)
+    lr_schedule = warmup_schedule(optimizer, recipe.warmup_steps, cosine_steps=recipe.steps)
     module, optimizer, lr_schedule = accelerator.prepare(VAELoss(vae, recipe.kl_weight), optimizer, lr_schedule)
     sampler = StepSampler(train_set, recipe.batch_size, recipe.seed, accelerator.process_index,
                           accelerator.num_processes)
-    bar = tqdm(range(recipe.steps), disable=not (progress and accelerator.is_main_process), desc="train vae")
-    for step in bar:
+
+    def loss_fn(step):
         gen = torch.Generator(accelerator.device).manual_seed(recipe.seed * 7919 + step)
         losses, rec = module(sampler.batch(step, accelerator.device)["pixel_values"], gen)
-        accelerator.backward(losses.mean())
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 100 == 0:
-            bar.set_postfix(rec=f"{rec.mean().item():.4f}")
+        return losses.mean(), rec.mean()
+
+    fit(accelerator, optimizer, lr_schedule, recipe.steps, loss_fn, "train vae", progress, shown="rec")
     vae = accelerator.unwrap_model(module).vae.eval()
     vae.register_to_config(scaling_factor=1.0 / latent_std(vae, train_set.images * 2 - 1))
     return vae
@@ -163,7 +148,7 @@ def train_dit(recipe: DiTRecipe, train_set=None, progress: bool = True) -> Class
     model = ClassConditionalDiT(build_dit_pipeline(transformer, vae, scheduler, DIGIT_NAMES))
     model.to(accelerator.device)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=recipe.lr, weight_decay=0.0)
-    lr_schedule = _lr_schedule(optimizer, recipe.warmup_steps)
+    lr_schedule = warmup_schedule(optimizer, recipe.warmup_steps)
     fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, "train dit", progress)
     return model
 

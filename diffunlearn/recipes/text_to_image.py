@@ -108,7 +108,11 @@ def sample_captions(table: tuple, labels: torch.Tensor, recipe: TextToImageRecip
 
 
 def warmup_cosine(step: int, recipe: TextToImageRecipe) -> float:
-    """Learning-rate factor: linear warmup over `warmup_steps`, then cosine decay to 0 at `steps`."""
+    """Learning-rate factor: linear warmup over `warmup_steps`, then cosine decay to 0 at `steps`.
+
+    The same schedule as `training.fit.warmup_schedule(..., cosine_steps=steps)` up to float rounding (pi x (step -
+    warmup) / span here, pi x ((step - warmup) / span) there): kept so the shipped SD model's recipe run stays
+    bit-identical; move it onto `warmup_schedule` when that model is next retrained."""
     if step < recipe.warmup_steps:
         return (step + 1) / recipe.warmup_steps
     return 0.5 * (1 + math.cos(math.pi * (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)))

@@ -24,6 +24,7 @@ from ..data import StepSampler
 from ..distributed import make_accelerator, parameter_free_copy, unshard_module
 from ..errors import NonFiniteLossError
 from .step import check_process_split, make_optimizer, masked_step
+from .streams import Stream
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -128,7 +129,7 @@ class Trainer:
     def repair_step(self, step: int) -> dict:
         """A remain-only step (the plain diffusion loss on D_r), what the retained guard runs instead of the
         method's step while the target is gone but the retained estimate is not back (see `Monitor`)."""
-        loss = self.losses(self.remain_batch(step), step, stream=2).mean()
+        loss = self.losses(self.remain_batch(step), step, stream=Stream.REMAIN).mean()
         self.update(loss, clip=self.cfg.stop.repair_clip)
         return {"repair_loss": loss.detach()}
 

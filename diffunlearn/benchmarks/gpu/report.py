@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ...outputs import markdown_table
+
 
 def _fmt(value) -> str:
     if value is None:
@@ -15,11 +17,8 @@ def _fmt(value) -> str:
 
 def table(rows: list, columns: list) -> list:
     """Markdown lines; `columns` are (header, key or function of the row)."""
-    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        cells = [_fmt(key(r) if callable(key) else r.get(key)) for _, key in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return markdown_table([h for h, _ in columns],
+                          [[_fmt(key(r) if callable(key) else r.get(key)) for _, key in columns] for r in rows])
 
 
 def step_pairs(rows: list) -> list:
