@@ -1,5 +1,8 @@
 """Shared builders for tests."""
 
+import hashlib
+from pathlib import Path
+
 from diffunlearn.config_loading import build_config, read_yaml
 from diffunlearn.data import load_digits_splits
 from diffunlearn.registry import get_method
@@ -24,3 +27,12 @@ def make_trainer(model, tmp_path, overrides=(), forget_classes=(7,), method=None
 
 def snapshot(trainer):
     return {name: p.detach().clone() for name, p in trainer.params}
+
+
+def folder_digest(folder) -> str:
+    """sha256 over every file's relative path and bytes: equal digests mean an unchanged folder."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -1,9 +1,9 @@
 """The README's Python snippet, exactly as shown, on the embedded DDPM, DiT and SD models (full runs: slow)."""
 
 import pytest
+from test_api import weights_hash
 
 import diffunlearn
-from test_api import weights_hash
 
 pytestmark = pytest.mark.slow
 

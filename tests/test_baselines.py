@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from conftest import tiny_ddpm
 from helpers import make_trainer, snapshot
+
 from diffunlearn.errors import UserError
 from diffunlearn.methods.rl import relabel
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import tiny_ddpm
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from conftest import tiny_ddpm
 from diffunlearn.errors import UserError
 from diffunlearn.models.base import cfg_combine
 from diffunlearn.models.ddpm import ClassConditionalDDPMPipeline

@@ -8,15 +8,16 @@ import subprocess
 import sys
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import tiny_overrides
+from safetensors.torch import load_file
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
 # Float sums over a batch split in two differ in the last bits. SGD keeps that difference at round-off level
-# (measured: 1.5e-7 with the weights moved by 0.09); Adam divides by sqrt(v) and amplifies it on coordinates whose
-# gradient is near zero (measured: 3.3e-5 with the weights moved by 8.8e-3), so the exactness check uses SGD.
+# (measured: 1.5e-7 with the weights moved by 0.09): checked against 1e-5. Adam (the configs' default) divides by
+# sqrt(v) and amplifies it on coordinates whose gradient is near zero (measured: 3.3e-5 with the weights moved by
+# 8.8e-3): checked against 2% of how far the run moved the weights.
 TOLERANCE = 1e-5
+ADAM_SHARE = 0.02
 
 
 def _free_port() -> int:
@@ -33,10 +34,10 @@ def _run(argv, tmp_path):
     return done
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_match_one_process(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
+@pytest.mark.parametrize("optimizer", [pytest.param("sgd", marks=pytest.mark.slow), "adam"])
+def test_two_cpu_processes_match_one_process(optimizer, tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
     overrides = [*tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir, steps=6), "train.cond_drop=0.1",
-                 "train.optimizer=sgd", "train.lr=0.05"]
+                 f"train.optimizer={optimizer}", "train.lr=0.05" if optimizer == "sgd" else "train.lr=0.001"]
     _run([sys.executable, "-m", "diffunlearn", "unlearn", MAIN, "--output", str(tmp_path / "one"), "--no-eval",
           *overrides], tmp_path)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -52,7 +53,8 @@ def test_two_cpu_processes_match_one_process(tmp_path, tiny_ddpm_dir, tiny_class
     moved = max((one[k] - base[k]).abs().max().item() for k in one)
     gap = max((one[k] - two[k]).abs().max().item() for k in one)
     assert moved > 100 * TOLERANCE, "the run must change the weights for the comparison to mean anything"
-    assert gap < TOLERANCE, f"2-process weights differ from 1-process by {gap} (moved {moved})"
+    limit = TOLERANCE if optimizer == "sgd" else ADAM_SHARE * moved
+    assert gap < limit, f"2-process weights differ from 1-process by {gap} (moved {moved}, limit {limit})"
 
 
 @pytest.mark.slow

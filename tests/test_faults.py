@@ -1,5 +1,6 @@
 """Faults: bad model folders are refused, a non-finite loss stops the run, SIGKILL + same command resumes."""
 
+import json
 import os
 import shutil
 import signal
@@ -87,7 +88,10 @@ def test_sigkill_then_same_command_resumes_to_identical_weights(tmp_path, tiny_d
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run must be killed mid-way (it finished first)"
     assert not (tmp_path / "killed").exists()
+    done = [int(d.name.split("_")[1]) for d in marker.parents[1].glob("step_*") if (d / "trainer_state.json").exists()]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
+    report = json.loads((tmp_path / "killed" / "report.json").read_text())
+    assert report["resumed"] and report["method_setup"]["first_step"] == max(done) + 1 > 0, (done, report)
     a = UNet2DModel.from_pretrained(tmp_path / "straight" / "pipeline", subfolder="unet")
     b = UNet2DModel.from_pretrained(tmp_path / "killed" / "pipeline", subfolder="unet")
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_overrides
+from helpers import folder_digest
 from safetensors.torch import load_file
 
 from diffunlearn.commands.unlearn import unlearn_run
@@ -122,6 +123,7 @@ def test_kth_largest_is_the_topk_threshold():
 @needs_gloo
 def test_fsdp_sfr_on_matches_one_process_and_resumes(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
     overrides = _overrides(tiny_ddpm_dir, tiny_classifier_dir)
+    base_digest = folder_digest(tiny_ddpm_dir)
     unlearn_run(MAIN, tmp_path / "one", overrides, evaluate=False, progress=False)
     stopped = _fsdp_run(tmp_path, MAIN, tmp_path / "two", overrides, check=False, stop_at=3)
     assert stopped.returncode != 0 and "Interrupted" in stopped.stderr, stopped.stderr[-3000:]
@@ -140,6 +142,7 @@ def test_fsdp_sfr_on_matches_one_process_and_resumes(tmp_path, tiny_ddpm_dir, ti
     mask_one = load_file(next((Path(os.environ["DIFFUNLEARN_CACHE"]) / "masks").glob("*.safetensors")))
     mask_two = load_file(next((tmp_path / "cache_fsdp" / "masks").glob("*.safetensors")))
     assert _agreement(mask_one, mask_two) > MASK_AGREEMENT
+    assert folder_digest(tiny_ddpm_dir) == base_digest, "an FSDP run (and its resume) changed the base folder"
 
 
 @pytest.mark.slow

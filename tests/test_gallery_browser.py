@@ -9,10 +9,10 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import tiny_ddpm
 from PIL import Image
 
 import diffunlearn
-from conftest import tiny_ddpm
 
 
 @pytest.fixture(scope="session")

@@ -223,3 +223,44 @@ def test_forgetting_signals_agree_and_disagree_as_their_rule_says():
     assert (fooled["judge"], fooled["distance"], fooled["agree"]) == ("present", "forgotten", False)
     assert forgetting_signals(base, missed)["agree"] is False
     assert forgetting_signals({"forget_accuracy": 1.0}, gone)["agree"] is None  # no distance signal: no verdict
+
+
+def test_fa_ra_and_fid_match_an_oracle_built_from_the_protocol_alone(tiny_ddpm_dir, tiny_classifier_dir):
+    """Nothing here comes from the evaluator: each image is sampled from its documented seed (eval.seed + 100000 x
+    class + j) with the model's own sampler, judged by the classifier's argmax, and FID is pytorch-fid's
+    `calculate_frechet_distance` of the classifier's penultimate features against the real train digits of the
+    retained classes (the config's FID reference)."""
+    import numpy as np
+    from conftest import tiny_overrides
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    from diffunlearn.config_loading import load_config
+    from diffunlearn.evaluation.evaluator import make_evaluator
+    from diffunlearn.evaluation.judge_loading import load_judge
+
+    cfg = load_config("configs/digits/ddpm_sfron.yaml", tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir) +
+                      ["eval.forget_samples=12", "eval.retained_samples_per_class=6", "eval.batch_size=7"])
+    model = tiny_ddpm()
+    metrics, _ = make_evaluator(cfg, model, load_judge(cfg.eval), model, str(tiny_ddpm_dir))(model)
+
+    e = cfg.eval
+    classifier = DigitsClassifier.from_pretrained(tiny_classifier_dir).eval()
+
+    def sample(c, n):
+        generators = [torch.Generator().manual_seed(e.seed + 100_000 * c + j) for j in range(n)]
+        return model.sample(torch.full((n,), c), generators, e.num_inference_steps, e.guidance_scale, e.sampler)
+
+    with torch.no_grad():
+        fa = (classifier(sample(7, 12)).argmax(-1) == 7).double().mean().item()
+        retained = [c for c in range(10) if c != 7]
+        kept = {c: sample(c, 6) for c in retained}
+        ra = float(np.mean([(classifier(kept[c]).argmax(-1) == c).double().mean().item() for c in retained]))
+        real = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)[0].select_classes(retained).images
+        features = PenultimateFeatures(classifier)
+        fake_f = features(torch.cat([kept[c] for c in retained])).double().numpy()
+        real_f = features(real).double().numpy()
+    expected = calculate_frechet_distance(fake_f.mean(0), np.cov(fake_f, rowvar=False),
+                                          real_f.mean(0), np.cov(real_f, rowvar=False))
+    assert metrics["forget_accuracy"] == pytest.approx(fa, abs=1e-9)
+    assert metrics["retained_accuracy"] == pytest.approx(ra, abs=1e-9)
+    assert metrics["fid_retained"] == pytest.approx(expected, rel=1e-4), (metrics["fid_retained"], expected)
