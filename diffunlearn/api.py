@@ -26,9 +26,6 @@ from .assets import EMBEDDED_PREFIX, resolve_model_path
 from .errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # a source checkout or an editable install
-PRESETS = {("ddpm", True): "digits/ddpm_sfron.yaml", ("dit", True): "digits/dit_sfron.yaml",
-           ("sd", True): "digits/sd_sfron.yaml", ("ddpm", False): "digits/ddpm_sfron.yaml",
-           ("dit", False): "imagenet/dit_xl2_sfron.yaml", ("sd", False): "sd/sd14_nudity_sfron.yaml"}
 KEYWORDS = {"steps": "train.steps", "lr": "train.lr", "batch_size": "train.batch_size", "subset": "model.subset",
             "judge": "eval.judge"}
 SOURCE = "_diffunlearn_source"  # attribute from_pretrained sets on the pipelines it loads
@@ -76,7 +73,11 @@ def from_pretrained(path: str, **kwargs):
 
 
 def preset(family: str, source) -> Path:
-    path = CONFIGS / PRESETS[(family, str(source or "").startswith(EMBEDDED_PREFIX))]
+    """The shipped run config a family's `presets` name for an embedded model or for any other checkpoint."""
+    from .registry import get_family
+
+    presets = get_family(family).presets
+    path = CONFIGS / presets["embedded" if str(source or "").startswith(EMBEDDED_PREFIX) else "checkpoint"]
     if not path.is_file():
         raise UserError(f"no shipped config at {str(path)!r} (a source checkout or editable install has them); "
                         "pass config=PATH to a run config")

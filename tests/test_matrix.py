@@ -263,3 +263,32 @@ def test_lora_adapters_come_from_the_run_seed_not_the_global_generator(tmp_path,
     reseeded, _ = load_model(load_config(FAMILY_ROWS["sd-lora"].config,
                                          [f"model.path={base_folders['sd']}", "model.subset=lora", "seed=5"]))
     assert any(not torch.equal(p.detach(), adapters[0][n]) for n, p in reseeded.trainable_parameters())
+
+
+def test_the_family_contract_is_checked_where_a_family_registers():
+    """A family class without a conditioning kind, or without what its kind needs, is refused by
+    `register_family` (one place), naming what is missing."""
+    from diffunlearn.models.base import DiffusionModel
+    from diffunlearn.registry import FAMILIES, register_family
+
+    ddpm = get_family("ddpm")
+
+    class NoKind(ddpm):
+        family = "no-kind"
+        conditioning = "audio"
+
+    class TextWithoutTokenizer(ddpm):
+        family = "text-without-tokenizer"
+        conditioning = "text"
+
+    class Bare(DiffusionModel):
+        family, pipeline_class, conditioning = "bare", object, "class"
+        presets = {"embedded": "x.yaml", "checkpoint": "x.yaml"}
+
+    for cls, message in [(NoKind, "conditioning 'audio' is not one of class, text"),
+                         (TextWithoutTokenizer, "does not implement tokenize, anchor_condition"),
+                         (Bare, "does not implement network, predict, condition, null_condition, drop_condition, "
+                                "sample, num_classes")]:
+        with pytest.raises(TypeError, match=message):
+            register_family(cls)
+        assert cls.family not in FAMILIES

@@ -32,7 +32,9 @@ class BaseWeights:
     Only the trainable subset can differ from the base model, so only it is stored: with ESD-x
     (`model.subset=cross_attention`, the `attn2` modules) that is a few percent of the UNet, where a frozen copy of
     the network would double its weight memory. LoRA needs no copy at all: disabling the adapters is the base model.
-    One scratch buffer holds the current weights during the swap (2x the subset in all, allocated once).
+    One scratch buffer holds the current weights during the swap (2x the subset in all, allocated once). Not
+    diffusers' `EMAModel.store/restore`: `store` copies the weights to the CPU on every call, a host round trip per
+    training step here.
     """
 
     def __init__(self, model, params):

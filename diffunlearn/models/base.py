@@ -53,7 +53,40 @@ def class_guided_loop(scheduler, x: torch.Tensor, predict_eps, labels: torch.Ten
 CONDITIONINGS = {"class": ("num_classes",), "text": ("tokenize", "anchor_condition")}
 
 
-class DiffusionModel:
+class TrainableModel:
+    """What the trainer needs of every model family (diffusion or classifier): the network, the module to call while
+    training, its device, and which weights unlearning may change."""
+
+    family: ClassVar[str]
+    trainable_subsets: ClassVar[tuple] = ("all",)  # what `model.subset` may name for this family
+    load_hint: ClassVar[str] = ""  # how a user loads the saved folder, for the model card
+    forward_module = None  # set by the trainer to the accelerate-prepared network while it trains
+
+    @property
+    def network(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @property
+    def module(self):
+        """The network to call in training: the accelerate-prepared (DDP / FSDP / compiled) one while training,
+        else the plain network (never `forward_module or network`: a compiled module refuses truth tests)."""
+        return self.forward_module if self.forward_module is not None else self.network
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def set_trainable(self, subset: str = "all", lora_rank: int = 4) -> None:
+        """Choose which weights unlearning may change (`model.subset`); families with more subsets override."""
+        if subset not in self.trainable_subsets:
+            raise choice_error(f"model.subset for the {self.family} family", subset, self.trainable_subsets)
+
+    def trainable_parameters(self):
+        """(name, parameter) pairs that unlearning may change."""
+        return [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
+
+
+class DiffusionModel(TrainableModel):
     """Base of the model-family wrappers.
 
     Subclasses set `family`, `pipeline_class` and `conditioning`, implement `network`, `predict`, `condition`,
@@ -61,10 +94,10 @@ class DiffusionModel:
     override `encode` when they work in a latent space. `register_family` checks all of it (`check_contract`).
     """
 
-    family: ClassVar[str]
     pipeline_class: ClassVar[type]
     conditioning: ClassVar[str]  # a key of CONDITIONINGS
-    load_hint: ClassVar[str] = ""  # how a user loads the saved folder, for the model card
+    # the run configs (under configs/) the Python API starts from: for an embedded model, for any other checkpoint
+    presets: ClassVar[dict] = {}
     REQUIRED: ClassVar[tuple] = ("network", "predict", "condition", "null_condition", "drop_condition", "sample")
 
     @classmethod
@@ -72,6 +105,7 @@ class DiffusionModel:
         """Refuse (TypeError) a family class that lacks a name, a known conditioning kind, or an override of what
         the trainer, the methods and the evaluation call."""
         unnamed = [n for n in ("family", "pipeline_class", "conditioning") if not hasattr(cls, n)]
+        unnamed += [] if {"embedded", "checkpoint"} <= set(cls.presets) else ["presets (embedded, checkpoint)"]
         if unnamed:
             raise TypeError(f"model family {cls.__name__} does not set {', '.join(unnamed)}")
         if cls.conditioning not in CONDITIONINGS:
@@ -86,13 +120,6 @@ class DiffusionModel:
     def __init__(self, pipeline):
         self.pipeline = pipeline
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        self.forward_module = None  # set by the trainer to the accelerate-prepared network
-
-    @property
-    def module(self):
-        """The network to call in training: the accelerate-prepared (DDP / FSDP / compiled) one while training,
-        else the plain network (never `forward_module or network`: a compiled module refuses truth tests)."""
-        return self.forward_module if self.forward_module is not None else self.network
 
     # --- loading and saving -------------------------------------------------------------------------------------
     @classmethod
@@ -107,14 +134,6 @@ class DiffusionModel:
         return self
 
     # --- what the methods use -----------------------------------------------------------------------------------
-    @property
-    def network(self) -> torch.nn.Module:
-        raise NotImplementedError
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
-
     def image_shape(self) -> tuple:
         """(C, H, W) of the images `sample` returns (pixel space: through the VAE for latent families)."""
         cfg, vae = self.network.config, getattr(self.pipeline, "vae", None)
@@ -123,17 +142,6 @@ class DiffusionModel:
             return (cfg.in_channels, size, size)
         scale = 2 ** (len(vae.config.block_out_channels) - 1)
         return (vae.config.out_channels, size * scale, size * scale)
-
-    trainable_subsets: ClassVar[tuple] = ("all",)  # what `model.subset` may name for this family
-
-    def set_trainable(self, subset: str = "all", lora_rank: int = 4) -> None:
-        """Choose which weights unlearning may change (`model.subset`); families with more subsets override."""
-        if subset not in self.trainable_subsets:
-            raise choice_error(f"model.subset for the {self.family} family", subset, self.trainable_subsets)
-
-    def trainable_parameters(self):
-        """(name, parameter) pairs that unlearning may change."""
-        return [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Map images in [-1, 1] to the space the network works in (identity for pixel-space models)."""

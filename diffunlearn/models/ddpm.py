@@ -89,9 +89,8 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
 class ClassConditionalDDPM(DiffusionModel):
     """Wrapper of `ClassConditionalDDPMPipeline` for unlearning (pixel space, class labels)."""
 
-    family = "ddpm"
-    conditioning = "class"
-    pipeline_class = ClassConditionalDDPMPipeline
+    family, conditioning, pipeline_class = "ddpm", "class", ClassConditionalDDPMPipeline
+    presets = {"embedded": "digits/ddpm_sfron.yaml", "checkpoint": "digits/ddpm_sfron.yaml"}
     load_hint = ("`from diffunlearn.models.ddpm import ClassConditionalDDPMPipeline; "
                  "ClassConditionalDDPMPipeline.from_pretrained(folder)`, or the UNet alone with stock diffusers: "
                  "`UNet2DModel.from_pretrained(folder, subfolder=\"unet\")`")

@@ -64,9 +64,8 @@ class ClassConditionalDiT(LatentModelMixin, DiffusionModel):
         UserError: the transformer's `num_embeds_ada_norm` is not 1000 (see the module docstring).
     """
 
-    family = "dit"
-    conditioning = "class"
-    pipeline_class = DiTPipeline
+    family, conditioning, pipeline_class = "dit", "class", DiTPipeline
+    presets = {"embedded": "digits/dit_sfron.yaml", "checkpoint": "imagenet/dit_xl2_sfron.yaml"}
     load_hint = ("stock diffusers: `pipe = DiTPipeline.from_pretrained(folder); "
                  "pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config); "
                  "pipe(class_labels=pipe.get_label_ids([\"seven\"]), guidance_scale=2.0, num_inference_steps=25)` "

@@ -21,12 +21,13 @@ from torch import nn
 
 from ..errors import UserError, choice_error
 from ..registry import register_family
+from .base import TrainableModel
 
 PIXEL_RANGES = ("unit", "signed")  # [0, 1] or [-1, 1]
 
 
 @register_family
-class ImageClassifier:
+class ImageClassifier(TrainableModel):
     """Wrapper of a classifier network (logits (B, C) from images (B, C_in, H, W)) for unlearning.
 
     Args:
@@ -38,7 +39,6 @@ class ImageClassifier:
 
     family = "classifier"
     task: ClassVar[str] = "classification"  # methods with a classification variant (RL) check this
-    trainable_subsets: ClassVar[tuple] = ("all",)
     load_hint = ("`DigitsClassifier.from_pretrained(folder)` (diffunlearn.models.digits_classifier) or, for a transformers "
                  "classifier, `AutoModelForImageClassification.from_pretrained(folder)`")
 
@@ -48,7 +48,6 @@ class ImageClassifier:
         self._network, self.pixel_range = network, pixel_range
         config = getattr(network, "config", None)
         self.num_classes = num_classes or _config_classes(config) or _output_size(network)
-        self.forward_module = None  # set by the trainer to the accelerate-prepared network
 
     # --- loading and saving -------------------------------------------------------------------------------------
     @classmethod
@@ -87,23 +86,10 @@ class ImageClassifier:
     def network(self) -> nn.Module:
         return self._network
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
-
-    def set_trainable(self, subset: str = "all", lora_rank: int = 4) -> None:
-        if subset not in self.trainable_subsets:
-            raise choice_error(f"model.subset for the {self.family} family", subset, self.trainable_subsets)
-
-    def trainable_parameters(self):
-        """(name, parameter) pairs that unlearning may change."""
-        return [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
-
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) of images (B, C_in, H, W) in [-1, 1], through the trainer's module when one is set."""
-        module = self.forward_module if self.forward_module is not None else self.network
         images = pixel_values.to(self.device)
-        out = module((images + 1) / 2 if self.pixel_range == "unit" else images)
+        out = self.module((images + 1) / 2 if self.pixel_range == "unit" else images)
         return getattr(out, "logits", out)
 
     def training_losses(self, batch: dict, generator: Optional[torch.Generator] = None, cond_drop: float = 0.0,

@@ -28,9 +28,8 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections of 
 class StableDiffusion(LatentModelMixin, DiffusionModel):
     """Wrapper of a stock `StableDiffusionPipeline` for concept forgetting (prompt -> anchor prompt)."""
 
-    family = "sd"
-    conditioning = "text"
-    pipeline_class = StableDiffusionPipeline
+    family, conditioning, pipeline_class = "sd", "text", StableDiffusionPipeline
+    presets = {"embedded": "digits/sd_sfron.yaml", "checkpoint": "sd/sd14_nudity_sfron.yaml"}
     load_hint = ("`from diffusers import StableDiffusionPipeline; StableDiffusionPipeline.from_pretrained(folder)` "
                  "(a LoRA run also saves its adapter under `lora/`: `pipe.load_lora_weights(folder + '/lora')` on "
                  "the base pipeline)")

@@ -46,8 +46,12 @@ class VAERecipe:
 
 @dataclass
 class DiTRecipe(DenoiserRecipe):
+    """The embedded digits DiT: a `DiTTransformer2DModel` (`tiny_dit_config`) trained on a frozen VAE's latents."""
+
     lr: float = 3e-4
     hidden: int = 128
+    """Transformer width; `heads`, `num_layers` and `patch_size` complete `tiny_dit_config`, and `vae` is the frozen
+    VAE whose scaled latents the transformer models."""
     heads: int = 4
     num_layers: int = 6
     patch_size: int = 2
