@@ -207,6 +207,7 @@ class EvalConfig:
     retained_samples_per_class: int = 60  # ... on each retained class or prompt
     fid_features: str = "classifier"  # penultimate features of the judge, or "inception"
     inception_weights: Optional[str] = None  # local weights file for fid_features=inception
+    attacks: List[str] = field(default_factory=list)  # robustness attacks run on the unlearned model (diffunlearn attack)
     fid_reference: str = "real"  # real: the digits train images of the retained targets; base: base-model samples
     batch_size: int = 512
     seed: int = 1234  # sampling seeds; identical for the base and the unlearned model

@@ -1,7 +1,7 @@
-"""Name -> class registries for unlearning methods and model families.
+"""Name -> class registries for unlearning methods, model families and robustness attacks.
 
-A method or a family registers itself with a decorator in its own file; the packages `diffunlearn.methods` and
-`diffunlearn.models` import every module they contain, so adding a method is adding one file.
+A method, a family or an attack registers itself with a decorator in its own file; `get_method`, `get_family` and
+`get_attack` import every module of their package first, so adding one is adding one file.
 """
 
 import importlib
@@ -11,6 +11,7 @@ from .errors import choice_error
 
 METHODS: dict = {}
 FAMILIES: dict = {}
+ATTACKS: dict = {}
 
 
 def register_method(cls):
@@ -24,6 +25,11 @@ def register_family(cls):
     if check is not None:
         check()
     FAMILIES[cls.family] = cls
+    return cls
+
+
+def register_attack(cls):
+    ATTACKS[cls.name] = cls
     return cls
 
 
@@ -46,3 +52,10 @@ def get_family(name: str):
     if name not in FAMILIES:
         raise choice_error("model family", name, FAMILIES)
     return FAMILIES[name]
+
+
+def get_attack(name: str):
+    import_submodules("diffunlearn.robustness")
+    if name not in ATTACKS:
+        raise choice_error("attack", name, ATTACKS)
+    return ATTACKS[name]

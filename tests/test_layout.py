@@ -19,6 +19,7 @@ LAYERS = [
     {"ntk"},           # Fast-NTK (closed-form classifier unlearning)
     {"evaluation"},    # judges, targets, FID, the Evaluator, in-loop monitor, report, gallery
     {"recipes"},       # training the embedded base models (and RT)
+    {"robustness"},    # attacks that try to bring a forgotten target back, and their suite
     {"benchmarks"},    # side-by-side tables
     {"commands", "api", "__init__", "__main__"},  # entry points
 ]

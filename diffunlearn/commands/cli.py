@@ -60,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", required=True, help="JSON file for the metrics")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value")
 
+    from .attack import add_attack_parser
     from .fast_ntk import add_fast_ntk_parser
 
     add_fast_ntk_parser(commands)
+    add_attack_parser(commands)
     return parser
 
 

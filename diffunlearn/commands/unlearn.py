@@ -37,6 +37,7 @@ from ..methods.base import check_method
 from ..models.loading import load_model
 from ..outputs import check_output, environment, finalize, prepare_work_dir, scrub, write_json
 from ..registry import get_method
+from ..robustness.suite import attack_settings, run_suite
 from ..training.step import check_process_split
 from ..training.trainer import Trainer
 
@@ -106,6 +107,8 @@ def prepare(config_path, output, overrides=(), overwrite: bool = False, evaluate
     check_target(cfg, model)
     check_memory(cfg, model)
     check_stop(cfg)
+    if cfg.eval.attacks:  # names, and whether they fit the family
+        attack_settings(list(cfg.eval.attacks), [], model.conditioning, cfg.model.family)
     # one process, or every process of an `accelerate launch` / torchrun; on CPU (ACCELERATE_USE_CPU=1, or several
     # processes without CUDA) they form one gloo group, as the Trainer's Accelerator does
     state = PartialState(cpu=use_cpu())
@@ -183,6 +186,18 @@ def build_report(run: Run, timing: dict, device, evaluation=None) -> dict:
     return scrub(report)
 
 
+def attack(run: Run, progress: bool = True) -> dict:
+    """The robustness suite (`eval.attacks`, default settings) on the unlearned pipeline, inside the work folder (a
+    rerun resumes it with the run); returns the ASR summary for the report and the model card."""
+    folder = run.work / "robustness"
+    done = folder / "robustness.json"
+    result = json.loads(done.read_text()) if done.is_file() else run_suite(
+        run.config_path, run.work / "pipeline", folder, list(run.cfg.eval.attacks), run.overrides, overwrite=True,
+        progress=print if progress else None)
+    return {name: {key: entry.get(key) for key in ("asr", "base_asr", "rt_asr")}
+            for name, entry in result["attacks"].items()}
+
+
 def write(run: Run, report: dict, evaluation=None) -> None:
     """Model card, gallery (opening with the report's numbers) and report.json; then the folder moves into place."""
     work, cfg = run.work, run.cfg
@@ -210,5 +225,7 @@ def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, eval
     if not run.state.is_main_process:
         return {}
     report = build_report(run, timing, device, evaluation)
+    if run.cfg.eval.attacks:
+        report["robustness"] = attack(run, progress)
     write(run, report, evaluation)
     return report

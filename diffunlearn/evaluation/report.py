@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from ..outputs import markdown_table
+
 JUDGE_MAJORITY = 0.5  # the judge says "present" when it recognises the target in more than this share of samples
 
 
@@ -111,9 +113,9 @@ def write_model_card(path, cfg, report: dict, load_hint: str) -> None:
              f"- Forgotten {what}: {forgotten}"
              + (f" (mapped onto {', '.join(cfg.forget.anchors)})" if cfg.forget.is_concept else ""), ""]
     if base and unl:
-        lines += ["| metric | base | unlearned |", "|---|---|---|"]
-        for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
-            lines.append(f"| {key} | {base[key]:.4f} | {unl[key]:.4f} |")
+        lines += markdown_table(["metric", "base", "unlearned"],
+                                [[key, f"{base[key]:.4f}", f"{unl[key]:.4f}"]
+                                 for key in ("forget_accuracy", "retained_accuracy", "fid_retained")])
         proto = report["protocol"]
         lines += ["", f"Protocol: {proto['sampler']} {proto['num_inference_steps']} steps, guidance "
                       f"{proto['guidance_scale']}, FID on {proto['fid_features']} features "
@@ -126,5 +128,11 @@ def write_model_card(path, cfg, report: dict, load_hint: str) -> None:
         lines += ["In-loop checks (step: forget estimate, retained FID estimate / base, next): "
                   + "; ".join(f"{c['step']}: {c['forget_accuracy']:.3f}, {c['fid_ratio']:.2f}, {c['action']}"
                               for c in checks) + ".", ""]
+    robustness = report.get("robustness") or {}
+    if robustness:
+        lines += ["Robustness (attack success rate: share of attacked samples the judge recognises as the forgotten "
+                  "target; `robustness/robustness.json` has budgets, protocols and curves):", ""]
+        lines += markdown_table(["attack", "unlearned", "base"], [[name, f"{e['asr']:.3f}", f"{e['base_asr']:.3f}"]
+                                                                  for name, e in robustness.items()]) + [""]
     lines += [f"Load it with {load_hint}.", ""]
     Path(path).write_text("\n".join(lines))

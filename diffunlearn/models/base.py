@@ -32,11 +32,13 @@ def sampling_scheduler(config, sampler: str):
 
 def class_guided_loop(scheduler, x: torch.Tensor, predict_eps, labels: torch.Tensor, null: torch.Tensor,
                       guidance_scale: float, step_kwargs: dict, timesteps=None) -> torch.Tensor:
-    """The denoising loop of the class-conditional families (DDPM, DiT): x (B, C, H, W) from noise to x_0.
+    """The denoising loop of the class-conditional families (DDPM, DiT): x (B, C, H, W) from noise to x_0; the
+    completion probe runs it for every family from a partly noised x.
 
-    `predict_eps(x_in, t, class_labels)` is the network's noise prediction (C channels). Scale 1 runs the conditional
-    pass only, 0 the unconditional (null class) pass only, any other scale both in one batch, combined by
-    `cfg_combine`. `timesteps`: an iterable over `scheduler.timesteps` (e.g. wrapped in a progress bar)."""
+    `predict_eps(x_in, t, condition)` is the network's prediction (C channels) for a batch of conditions (class ids,
+    or prompt embeddings). Scale 1 runs the conditional pass only, 0 the unconditional (null) pass only, any other
+    scale both in one batch, combined by `cfg_combine`. `timesteps`: an iterable over (a tail of)
+    `scheduler.timesteps` (e.g. wrapped in a progress bar)."""
     for t in scheduler.timesteps if timesteps is None else timesteps:
         x_in = scheduler.scale_model_input(x, t)
         if guidance_scale in (0.0, 1.0):
@@ -146,6 +148,15 @@ class DiffusionModel(TrainableModel):
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Map images in [-1, 1] to the space the network works in (identity for pixel-space models)."""
         return pixel_values
+
+    def class_embeddings(self) -> list:
+        """The class-embedding tables of the network (`nn.Embedding` modules named `class...`: DDPM's
+        `class_embedding`, each DiT block's label embedder); empty for text-conditioned families."""
+        return [m for name, m in self.network.named_modules() if isinstance(m, torch.nn.Embedding) and "class" in name]
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] from the network's space (pixel-space models: x in [-1, 1])."""
+        return (x.float() / 2 + 0.5).clamp(0, 1)
 
     def condition(self, batch: dict):
         """The conditioning of a batch (class labels, prompt embeddings...)."""

@@ -1,0 +1,144 @@
+"""What every attack shares: the context it runs in, its result, and how its success is judged.
+
+An attack tries to bring the forgotten target back out of one model. Its attack success rate (ASR) is the share of
+the images it produces that the run's judge recognises as the forgotten target (the label forget accuracy counts),
+so an ASR and an FA are read on the same scale. Every random draw is seeded from the attack's `seed`: the same
+seed gives the same ASR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, List, Optional
+
+import torch
+
+from ..data.generated import generate, image_seed
+from ..errors import UserError
+
+CONDITIONINGS = ("class", "text")
+
+
+@dataclass
+class AttackConfig:
+    """Base of every attack's settings (`attack.NAME.key=value` on the command line)."""
+
+    seed: int = 0
+
+    def check(self) -> None:
+        """Refuse settings out of range (one-line `UserError`)."""
+
+
+def check_positive(attack: str, **values) -> None:
+    bad = {k: v for k, v in values.items() if not (isinstance(v, (int, float)) and v > 0)}
+    if bad:
+        key, value = next(iter(bad.items()))
+        raise UserError(f"attack.{attack}.{key} must be > 0, got {value!r}")
+
+
+def check_fractions(attack: str, key: str, values) -> None:
+    if not values or any(not 0 < v < 1 for v in values):
+        raise UserError(f"attack.{attack}.{key} must be a non-empty list of numbers in (0, 1), got {list(values)!r}")
+
+
+@dataclass
+class AttackContext:
+    """One attacked model and what an attack needs around it.
+
+    Attributes:
+        cfg: the run config (forget target, judge, evaluation protocol).
+        model: the attacked model wrapper (unlearned, base or RT), on `device`.
+        load: a function giving a fresh copy of the attacked model (attacks that train change their copy only).
+        judge: the run's judge.
+        forget: the forget targets (`evaluation.targets.Target`), each with its judge label and condition.
+        forget_set: D_f (real forget images, or the base model's samples of the forget prompts).
+    """
+
+    cfg: Any
+    model: Any
+    load: Callable
+    judge: Any
+    forget: list
+    forget_set: Any
+    device: Any = "cpu"
+
+    def condition(self, model, target, n: int):
+        """The model's condition for `n` samples of `target`: class ids (n,) or prompt embeddings (n, L, D)."""
+        cond = target.condition.to(model.device)
+        if model.conditioning == "class":
+            return cond.reshape(1).expand(n).clone()
+        return model.encode_prompt_ids(cond.unsqueeze(0).expand(n, -1))
+
+    def forget_batch(self, k: int, seed: int) -> dict:
+        """k samples of D_f (a seeded draw; repeated when D_f has fewer), as one batch of tensors."""
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self.forget_set), generator=generator)
+        index = order[torch.arange(k) % len(order)]
+        items = [self.forget_set[int(i)] for i in index]
+        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+    def recognised(self, images: torch.Tensor, target) -> torch.Tensor:
+        """Per image (N,): does the judge recognise `target` (its label) in images (N, C, H, W) in [0, 1]?"""
+        return self.judge.predict(images).cpu() == target.label
+
+    def sample_share(self, model, samples: int, seed: int, num_inference_steps: int, guidance_scale: float):
+        """(share recognised, images) of `samples` plain samples per forget target, image j from seed
+        image_seed(seed, target.seed_key, j), under the run's sampler."""
+        eval_cfg = _EvalSettings(self.cfg.eval.sampler, num_inference_steps, guidance_scale,
+                                 self.cfg.eval.batch_size)
+        hits, images = [], []
+        for target in self.forget:
+            conds = target.condition.unsqueeze(0).expand(samples, *target.condition.shape)
+            seeds = [image_seed(seed, target.seed_key, j) for j in range(samples)]
+            batch = generate(model, conds, seeds, eval_cfg)
+            hits.append(self.recognised(batch, target))
+            images.append(batch)
+        return torch.cat(hits).double().mean().item(), torch.cat(images)
+
+
+@dataclass
+class _EvalSettings:
+    sampler: str
+    num_inference_steps: int
+    guidance_scale: float
+    batch_size: int
+
+
+@dataclass
+class AttackResult:
+    """What one attack found on one model.
+
+    Attributes:
+        asr: share of the attacked samples the judge recognises as the forgotten target (worst case over the
+            attack's settings grid when it has one).
+        budget: what the attack spent (steps, passes, samples...).
+        protocol: how it was run (settings, seeds, judge).
+        curve: per-setting results (relearning: FA after each step count).
+        images: the attack's best images (N, C, H, W) in [0, 1], for the gallery.
+    """
+
+    asr: float
+    budget: dict
+    protocol: dict
+    curve: List[dict] = field(default_factory=list)
+    images: Optional[torch.Tensor] = None
+
+    def to_dict(self) -> dict:
+        return {"asr": self.asr, "budget": self.budget, "protocol": self.protocol, "curve": self.curve}
+
+
+class Attack:
+    """Base of the attacks: a registered class with `name`, `config_cls`, the conditioning kinds it applies to,
+    and `run(ctx) -> AttackResult`. `trains` marks attacks that change model weights (they work on
+    `ctx.load()` copies)."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type] = AttackConfig
+    conditionings: ClassVar[tuple] = CONDITIONINGS
+    trains: ClassVar[bool] = False
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def run(self, ctx: AttackContext) -> AttackResult:
+        raise NotImplementedError

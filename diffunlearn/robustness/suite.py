@@ -1,0 +1,173 @@
+"""The robustness suite: run attacks against an unlearned model and, beside it, its base model (and RT when given).
+
+`diffunlearn attack CONFIG --model DIR --output OUT [--attacks a,b] [--rt DIR] [key=value ...]`: CONFIG is the run
+config that unlearned DIR (its forget target, judge and evaluation protocol); `attack.NAME.key=value` overrides set
+an attack's settings, other overrides go to the run config. Every check runs before anything is written. Results
+are built in `.OUT.partial` one attack at a time (`NAME.json`), so a rerun of the same command resumes after the
+last finished attack; the folder moves into place when all are done. Outputs: `robustness.json` (per attack: ASR on
+the unlearned model, on the base, on RT if given, budget, protocol, curves), `robustness.md` (the table) and
+`gallery/NAME.png` (the attack's best images on the unlearned model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from ..config_loading import config_to_dict, load_config, parse_overrides, validate
+from ..data.sets import build_sets, check_target
+from ..errors import UserError
+from ..evaluation.judge_loading import load_judge
+from ..evaluation.targets import eval_targets
+from ..models.loading import load_model
+from ..outputs import atomic_write, check_output, finalize, markdown_table, scrub, write_json
+from ..registry import ATTACKS, get_attack, import_submodules
+from .base import AttackContext
+
+SUITE_FILE = "suite.yaml"  # identity of a partial suite: a rerun with the same one resumes
+
+
+def applicable(conditioning: str) -> list:
+    import_submodules("diffunlearn.robustness")
+    return sorted(name for name, cls in ATTACKS.items() if conditioning in cls.conditionings)
+
+
+def attack_settings(names: list, overrides: list, conditioning: str, family: str) -> dict:
+    """{name: validated config} of the chosen attacks; `overrides` are the `attack.NAME.key=value` words."""
+    for name in names:
+        cls = get_attack(name)
+        if conditioning not in cls.conditionings:
+            raise UserError(f"attack {name!r} does not apply to the {family} family ({conditioning} conditioning); "
+                            f"valid: {', '.join(applicable(conditioning))}")
+    given = parse_overrides(overrides) if overrides else {}
+    given = dict(given.get("attack", {})) if given else {}
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise UserError(f"settings for attack(s) {unknown} that are not run; running: {', '.join(names)}")
+    settings = {}
+    for name in names:
+        cls = get_attack(name)
+        values = given.get(name, {})
+        values = dict(values) if hasattr(values, "items") else values
+        config = validate(cls.config_cls(), {k: (list(v) if hasattr(v, "__iter__") and not isinstance(v, str)
+                                                 else v) for k, v in values.items()})
+        config.check()
+        settings[name] = config
+    return settings
+
+
+def _model_folder(path: str) -> str:
+    folder = Path(path)
+    return str(folder / "pipeline") if (folder / "pipeline" / "model_index.json").is_file() else str(path)
+
+
+def run_suite(config_path, model_path, output, attacks=None, overrides=(), overwrite: bool = False, rt_path=None,
+              progress=print) -> dict:
+    """Run the suite; returns what `robustness.json` holds."""
+    run_overrides = [o for o in overrides if not o.startswith("attack.")]
+    cfg = load_config(config_path, run_overrides)
+    base, base_path = load_model(cfg)
+    check_target(cfg, base)
+    names = list(dict.fromkeys(attacks)) if attacks else applicable(base.conditioning)
+    settings = attack_settings(names, [o for o in overrides if o.startswith("attack.")], base.conditioning,
+                               cfg.model.family)
+    out = Path(output)
+    check_output(out, overwrite)
+    models = {"unlearned": _model_folder(model_path), "base": base_path}
+    if rt_path:
+        models["rt"] = _model_folder(rt_path)
+    loaded = {"base": base}
+    for role in ("unlearned", "rt"):
+        if role in models:
+            loaded[role] = _load(config_path, run_overrides, models[role], role)
+    judge = load_judge(cfg.eval)
+    forget, _ = eval_targets(cfg, base, judge.labels)
+    forget_set, _ = build_sets(cfg, base, base_path)
+
+    work = out.parent / f".{out.name}.partial"
+    identity = {"config": config_to_dict(cfg), "models": models,
+                "attacks": {n: dataclasses.asdict(c) for n, c in settings.items()}}
+    _prepare(work, identity, overwrite)
+    results = {}
+    for name in names:
+        done = work / f"{name}.json"
+        if done.is_file():  # finished before an interruption: resumed
+            results[name] = json.loads(done.read_text())
+            continue
+        cls, entry = get_attack(name), {}
+        for role, model in loaded.items():
+            start = time.perf_counter()
+            context = AttackContext(cfg, model, lambda r=role: _load(config_path, run_overrides, models[r], r),
+                                    judge, forget, forget_set)
+            result = cls(settings[name]).run(context)
+            entry[role] = {**result.to_dict(), "seconds": time.perf_counter() - start}
+            if role == "unlearned" and result.images is not None:
+                _save_grid(work / "gallery" / f"{name}.png", result.images)
+            if progress:
+                progress(f"{name} on {role}: ASR {result.asr:.3f} ({entry[role]['seconds']:.1f} s)")
+        results[name] = entry
+        write_json(done, entry)
+    report = scrub({"models": models, "forget_targets": [t.name for t in forget], "judge": judge.protocol(),
+                    "attacks": {n: {"asr": e["unlearned"]["asr"], "base_asr": e["base"]["asr"],
+                                    "rt_asr": e.get("rt", {}).get("asr"), **e} for n, e in results.items()}})
+    write_json(work / "robustness.json", report)
+    atomic_write(work / "robustness.md", lambda tmp: tmp.write_text(summary_table(report) + "\n"))
+    atomic_write(work / "gallery" / "index.html", lambda tmp: tmp.write_text(gallery_page(report)))
+    finalize(work, out)
+    return report
+
+
+def summary_table(report: dict) -> str:
+    rows = []
+    for name, entry in report["attacks"].items():
+        rt = entry.get("rt_asr")
+        seconds = entry["unlearned"]["seconds"]
+        rows.append([name, f"{entry['asr']:.3f}", f"{entry['base_asr']:.3f}", "-" if rt is None else f"{rt:.3f}",
+                     f"{seconds:.1f}", json.dumps(entry["unlearned"]["budget"])])
+    return "\n".join(markdown_table(["attack", "ASR unlearned", "ASR base", "ASR RT", "seconds", "budget"], rows))
+
+
+def gallery_page(report: dict) -> str:
+    """`gallery/index.html`: each attack's best images on the unlearned model, with its ASR beside the base's."""
+    from html import escape
+
+    rows = "".join(f"<h2>{escape(name)}</h2><p>ASR {e['asr']:.3f} on the unlearned model, {e['base_asr']:.3f} on "
+                   f"the base</p><img src=\"{escape(name)}.png\" alt=\"{escape(name)}\">"
+                   for name, e in report["attacks"].items())
+    return (f"<!doctype html><meta charset=\"utf-8\"><title>robustness</title><h1>Attacks on the unlearned model "
+            f"(forget targets: {escape(', '.join(report['forget_targets']))})</h1>{rows}\n")
+
+
+def _load(config_path, run_overrides, folder, role):
+    try:
+        model, _ = load_model(load_config(config_path, list(run_overrides) + [f"model.path={folder}"]))
+    except UserError as exc:
+        raise UserError(f"--{'model' if role == 'unlearned' else role}: {exc}") from None
+    return model
+
+
+def _prepare(work: Path, identity: dict, overwrite: bool) -> None:
+    import shutil
+
+    saved = work / SUITE_FILE
+    if work.is_dir() and saved.is_file() and yaml.safe_load(saved.read_text()) == json.loads(json.dumps(identity)):
+        return
+    if work.is_dir() and not overwrite:
+        raise UserError(f"an unfinished attack suite with other settings is in {str(work)!r}; rerun its command to "
+                        "resume, or pass --overwrite to discard it")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    atomic_write(saved, lambda tmp: tmp.write_text(yaml.safe_dump(json.loads(json.dumps(identity)))))
+
+
+def _save_grid(path: Path, images) -> None:
+    from diffusers.utils import make_image_grid
+
+    from ..evaluation.gallery import to_pil
+
+    pils = to_pil(images[:16])
+    atomic_write(path, lambda tmp: make_image_grid(pils, 1, len(pils)).save(tmp, format="PNG"))
