@@ -174,3 +174,19 @@ def test_unlearn_refuses_an_attack_that_does_not_exist_before_writing(capsys, tm
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and err.endswith("unknown attack 'prompting'; valid: completion, inversion, relearning")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_side_by_side_benchmark_has_a_row_per_method_and_the_base(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
+    from diffunlearn.commands.robustness_benchmark import run_robustness_benchmark
+
+    bench = tmp_path / "bench.yaml"
+    bench.write_text("run: configs/digits/ddpm_sfron.yaml\nmethods:\n  ga: {}\n")
+    result = run_robustness_benchmark(bench, tmp_path / "out", ["completion"],
+                                      overrides=tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir),
+                                      attack_overrides=["attack.completion.samples=4",
+                                                        "attack.completion.strengths=[0.5]"], progress=None)
+    assert list(result["rows"]) == ["base", "sfr_on", "ga"]
+    table = (tmp_path / "out" / "robustness_table.md").read_text()
+    assert table.startswith("| row | FA | FID ratio | unlearning s | stopped at | completion ASR (wall) |")
+    ga = json.loads((tmp_path / "out" / "runs" / "ga" / "report.json").read_text())
+    assert result["rows"]["ga"]["metrics"]["fid_retained"] == ga["unlearned"]["fid_retained"] and ga["method"] == "ga"

@@ -19,6 +19,15 @@ def _fail(message: str) -> None:
     sys.exit(USAGE_EXIT)
 
 
+def call(fn, *args, **kwargs):
+    """Run `fn(*args, **kwargs)` for a script of eval/ or pipelines/: a `UserError` becomes the one-line error and
+    exit code 2, as in `main`."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError as exc:
+        _fail(str(exc))
+
+
 def summary(report: dict, output: str) -> str:
     """A few lines for the terminal: what was forgotten, the metrics before and after, where the outputs are."""
     if "forget_prompts" in report:

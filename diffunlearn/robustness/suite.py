@@ -66,8 +66,9 @@ def _model_folder(path: str) -> str:
 
 
 def run_suite(config_path, model_path, output, attacks=None, overrides=(), overwrite: bool = False, rt_path=None,
-              progress=print) -> dict:
-    """Run the suite; returns what `robustness.json` holds."""
+              progress=print, with_base: bool = True) -> dict:
+    """Run the suite; returns what `robustness.json` holds. `with_base=False` attacks `model_path` (and RT) only
+    (a benchmark attacks the base once, as a row of its own)."""
     run_overrides = [o for o in overrides if not o.startswith("attack.")]
     cfg = load_config(config_path, run_overrides)
     base, base_path = load_model(cfg)
@@ -77,10 +78,10 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
                                cfg.model.family)
     out = Path(output)
     check_output(out, overwrite)
-    models = {"unlearned": _model_folder(model_path), "base": base_path}
+    models = {"unlearned": _model_folder(model_path), **({"base": base_path} if with_base else {})}
     if rt_path:
         models["rt"] = _model_folder(rt_path)
-    loaded = {"base": base}
+    loaded = {"base": base} if with_base else {}
     for role in ("unlearned", "rt"):
         if role in models:
             loaded[role] = _load(config_path, run_overrides, models[role], role)
@@ -112,7 +113,7 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
         results[name] = entry
         write_json(done, entry)
     report = scrub({"models": models, "forget_targets": [t.name for t in forget], "judge": judge.protocol(),
-                    "attacks": {n: {"asr": e["unlearned"]["asr"], "base_asr": e["base"]["asr"],
+                    "attacks": {n: {"asr": e["unlearned"]["asr"], "base_asr": e.get("base", {}).get("asr"),
                                     "rt_asr": e.get("rt", {}).get("asr"), **e} for n, e in results.items()}})
     write_json(work / "robustness.json", report)
     atomic_write(work / "robustness.md", lambda tmp: tmp.write_text(summary_table(report) + "\n"))
@@ -126,7 +127,9 @@ def summary_table(report: dict) -> str:
     for name, entry in report["attacks"].items():
         rt = entry.get("rt_asr")
         seconds = entry["unlearned"]["seconds"]
-        rows.append([name, f"{entry['asr']:.3f}", f"{entry['base_asr']:.3f}", "-" if rt is None else f"{rt:.3f}",
+        base = entry.get("base_asr")
+        rows.append([name, f"{entry['asr']:.3f}", "-" if base is None else f"{base:.3f}",
+                     "-" if rt is None else f"{rt:.3f}",
                      f"{seconds:.1f}", json.dumps(entry["unlearned"]["budget"])])
     return "\n".join(markdown_table(["attack", "ASR unlearned", "ASR base", "ASR RT", "seconds", "budget"], rows))
 
@@ -135,9 +138,11 @@ def gallery_page(report: dict) -> str:
     """`gallery/index.html`: each attack's best images on the unlearned model, with its ASR beside the base's."""
     from html import escape
 
-    rows = "".join(f"<h2>{escape(name)}</h2><p>ASR {e['asr']:.3f} on the unlearned model, {e['base_asr']:.3f} on "
-                   f"the base</p><img src=\"{escape(name)}.png\" alt=\"{escape(name)}\">"
-                   for name, e in report["attacks"].items())
+    def beside(e):
+        return "" if e.get("base_asr") is None else f", {e['base_asr']:.3f} on the base"
+
+    rows = "".join(f"<h2>{escape(name)}</h2><p>ASR {e['asr']:.3f} on the attacked model{beside(e)}</p>"
+                   f"<img src=\"{escape(name)}.png\" alt=\"{escape(name)}\">" for name, e in report["attacks"].items())
     return (f"<!doctype html><meta charset=\"utf-8\"><title>robustness</title><h1>Attacks on the unlearned model "
             f"(forget targets: {escape(', '.join(report['forget_targets']))})</h1>{rows}\n")
 
