@@ -170,7 +170,7 @@ def test_benchmark_end_to_end_on_tiny_models(tmp_path, tiny_ddpm_dir, tiny_class
     assert (out / "fa_fid_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_concept_benchmark_runs_sfr_on_and_esd_x(tmp_path, tiny_classifier_dir):
+def test_concept_benchmark_runs_sfr_on_esd_x_and_uce(tmp_path, tiny_classifier_dir):
     from test_sd import tiny_sd
 
     tiny_sd().save_pretrained(tmp_path / "sd")
@@ -182,10 +182,10 @@ def test_concept_benchmark_runs_sfr_on_and_esd_x(tmp_path, tiny_classifier_dir):
                  "train.batch_size=4", "method.mask_batches=1", "data.samples_per_target=4",
                  "forget.remain_prompts=['a handwritten digit zero']", "eval.forget_samples=4",
                  "eval.retained_samples_per_class=2", "eval.num_inference_steps=2"]
-    with pytest.raises(UserError, match=r"--methods \[.ga.\] not in the benchmark config; valid: esd \(SFR-on"):
+    with pytest.raises(UserError, match=r"--methods \[.ga.\] not in the benchmark config; valid: esd, uce \(SFR-on"):
         run_benchmark(config, tmp_path / "bad", overrides, only=["ga"], progress=lambda m: None)
     result = run_benchmark(config, tmp_path / "out", overrides, progress=lambda m: None)
-    assert [r["method"] for r in result["rows"]] == ["sfr_on", "esd"]
+    assert [r["method"] for r in result["rows"]] == ["sfr_on", "esd", "uce"]
     assert result["settings"]["methods"]["esd"]["model"] == {"subset": "cross_attention"}
     assert result["protocol"]["forget_targets"] == ["a handwritten digit seven"]
     assert all(r["steps"] >= 1 for r in result["rows"]) and result["step_time_ratio"] == []

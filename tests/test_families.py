@@ -154,7 +154,7 @@ def test_class_only_method_on_a_prompt_target_is_refused(capsys, tmp_path, tiny_
               *[o for o in SMALL if not o.startswith("method.")]])
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and err.endswith("method 'rl' forgets classes only; for forget.prompts use one "
-                                                 "of: esd, sfr_on"), err
+                                                 "of: esd, sfr_on, uce"), err
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.partial"))
 
 

@@ -62,8 +62,11 @@ def _cases() -> list:
     cases = []
     for row_name, row in FAMILY_ROWS.items():
         text = get_family(row.family).conditioning == "text"
+        subset = next((o.split("=", 1)[1] for o in row.overrides if o.startswith("model.subset=")),
+                      read_yaml(row.config)["model"].get("subset", "all"))
         cases += [(row_name, name) for name, method in sorted(METHODS.items())
-                  if (method.supports_concepts if text else method.supports_classes)]
+                  if (method.supports_concepts if text else method.supports_classes)
+                  and (method.supported_subsets is None or subset in method.supported_subsets)]
     return cases
 
 

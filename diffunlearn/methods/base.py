@@ -21,6 +21,7 @@ class UnlearningMethod:
     supports_concepts: ClassVar[bool] = False  # True if it can forget prompts (forget.prompts -> anchors)
     supports_classes: ClassVar[bool] = True  # False for prompt-only methods (ESD)
     supports_fsdp: ClassVar[bool] = True  # False where a run under FSDP2 is known to fail or was never checked
+    supported_subsets: ClassVar[Optional[tuple]] = None  # the model.subset values it works on; None: any
 
     def __init__(self, cfg, trainer):
         self.cfg, self.trainer, self.model = cfg, trainer, trainer.model
@@ -58,6 +59,10 @@ def check_method(cfg, method_cls) -> None:
         raise UserError(f"method {cfg.method.name!r} is not supported under FSDP; use one of: {', '.join(valid)} "
                         "(or DDP: configs/accelerate/multi_gpu.yaml)")
 
+    subsets = method_cls.supported_subsets
+    if subsets is not None and cfg.model.subset not in subsets:
+        raise UserError(f"method {cfg.method.name!r} does not work on model.subset={cfg.model.subset}; valid: "
+                        f"{', '.join(subsets)}")
     concept = cfg.forget.is_concept
     if concept and not method_cls.supports_concepts:
         valid = sorted(n for n, m in METHODS.items() if m.supports_concepts)
