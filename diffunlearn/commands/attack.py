@@ -14,7 +14,9 @@ def add_attack_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="output folder (robustness.json, robustness.md, gallery/)")
     parser.add_argument("--attacks", default=None,
                         help="comma-separated attack names (default: every attack that applies to the family)")
-    parser.add_argument("--rt", default=None, help="a model retrained without the target, for relearning beside it")
+    parser.add_argument("--rt", default=None,
+                        help="a model retrained without the target, attacked beside the unlearned one (what 'never "
+                             "learnt it' scores)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished suite in --output")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="run-config overrides, and attack settings as attack.NAME.key=value")
