@@ -24,6 +24,7 @@ import yaml
 
 from .assets import EMBEDDED_PREFIX, resolve_model_path
 from .errors import UserError
+from .outputs import pipeline_folder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # a source checkout or an editable install
 KEYWORDS = {"steps": "train.steps", "lr": "train.lr", "batch_size": "train.batch_size", "subset": "model.subset",
@@ -47,16 +48,10 @@ def family_of(pipe) -> str:
     raise UserError(f"unsupported pipeline {type(pipe).__name__}; valid: {', '.join(sorted(by_class))}")
 
 
-def _pipeline_folder(path: str) -> str:
-    """An output folder of `diffunlearn unlearn` holds its pipeline under `pipeline/`."""
-    folder = Path(path)
-    return str(folder / "pipeline") if (folder / "pipeline" / "model_index.json").is_file() else path
-
-
 def from_pretrained(path: str, **kwargs):
     """Load a diffusers folder, Hub id, `embedded:NAME` or diffunlearn output folder as its pipeline class
     (`ClassConditionalDDPMPipeline`, `DiTPipeline`, `StableDiffusionPipeline`; safetensors only)."""
-    local = resolve_model_path(_pipeline_folder(str(path)))
+    local = resolve_model_path(pipeline_folder(path))
     index = Path(local) / "model_index.json"
     if index.is_file():
         class_name = json.loads(index.read_text()).get("_class_name")

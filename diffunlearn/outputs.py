@@ -18,7 +18,6 @@ from pathlib import Path
 import yaml
 
 from .assets import ASSETS, EMBEDDED_PREFIX, HUB_ID
-from .config_loading import config_to_dict, config_to_yaml
 from .errors import UserError
 
 CONFIG_FILE = "config.yaml"
@@ -66,20 +65,29 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise UserError(f"--output {str(out)!r} is not writable ({str(parent)!r}: {exc.strerror})") from None
 
 
-def prepare_work_dir(work: Path, cfg, overwrite: bool, is_main: bool = True) -> bool:
-    """Create the partial-run folder (main process only), or reuse it to resume; returns True when resuming."""
+def prepare_work_dir(work: Path, identity: dict, overwrite: bool, is_main: bool = True, file: str = CONFIG_FILE,
+                     what: str = "run with a different config", rerun: str = "with its config") -> bool:
+    """Create a partial-output folder (main process only) holding `identity` (plain YAML data: a run's resolved
+    config, a suite's settings) as `file`, or reuse one holding the same identity to resume; returns True when
+    resuming. Another identity there is refused unless `overwrite`."""
     if work.is_dir():
-        saved = yaml.safe_load((work / CONFIG_FILE).read_text()) if (work / CONFIG_FILE).is_file() else None
-        if saved == config_to_dict(cfg):
+        saved = yaml.safe_load((work / file).read_text()) if (work / file).is_file() else None
+        if saved == identity:
             return True
         if not overwrite:
-            raise UserError(f"an unfinished run with a different config is in {str(work)!r}; rerun with its "
-                            "config to resume, or pass --overwrite to discard it")
+            raise UserError(f"an unfinished {what} is in {str(work)!r}; rerun {rerun} to resume, or pass "
+                            "--overwrite to discard it")
     if is_main:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        (work / CONFIG_FILE).write_text(config_to_yaml(cfg))
+        (work / file).write_text(yaml.safe_dump(identity, sort_keys=False))
     return False
+
+
+def pipeline_folder(path) -> str:
+    """The pipeline of a model path: an output folder of `diffunlearn unlearn` holds it under `pipeline/`."""
+    folder = Path(path)
+    return str(folder / "pipeline") if (folder / "pipeline" / "model_index.json").is_file() else str(path)
 
 
 def finalize(work: Path, out: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..benchmarks.generation_config import load_benchmark_config, row_config
 from ..config_loading import config_to_yaml, load_config
 from ..outputs import atomic_write, markdown_table, write_json
-from ..robustness.suite import run_suite
+from ..robustness.suite import suite_result
 from .evaluate import evaluate_model_command
 from .unlearn import unlearn_run
 
@@ -40,13 +40,6 @@ def _asr_entries(suite: dict) -> dict:
             "steps_to_fa": attacks.get("relearning", {}).get("unlearned", {}).get("protocol", {}).get("steps_to_fa")}
 
 
-def _attacks(config, model, folder: Path, attacks, overrides, progress) -> dict:
-    done = folder / "robustness.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    return run_suite(config, model, folder, attacks, overrides, overwrite=True, with_base=False, progress=progress)
-
-
 def run_robustness_benchmark(config_path, output, attacks=None, rt=None, overrides=(), attack_overrides=(),
                              progress=print) -> dict:
     """Run every row; writes OUTPUT/robustness_table.md and robustness_benchmark.json and returns the latter."""
@@ -55,6 +48,7 @@ def run_robustness_benchmark(config_path, output, attacks=None, rt=None, overrid
     configs = {name: row_config(bench, name, overrides=list(overrides)) for name in _row_names(bench)}  # all checks
     rows = {}
     base_eval = None
+    beside = {"with_base": False, "progress": progress}  # the base is a row of its own
     for name, cfg in configs.items():
         config = root / "configs" / f"{name}.yaml"
         atomic_write(config, lambda tmp, c=cfg: tmp.write_text(config_to_yaml(c)))
@@ -63,7 +57,7 @@ def run_robustness_benchmark(config_path, output, attacks=None, rt=None, overrid
         report = json.loads(report_file.read_text()) if report_file.is_file() else \
             unlearn_run(str(config), run, overwrite=True, progress=False)
         base_eval = base_eval or report["base"]
-        suite = _attacks(str(config), run, root / "attacks" / name, attacks, list(attack_overrides), progress)
+        suite = suite_result(str(config), run, root / "attacks" / name, attacks, attack_overrides, **beside)
         rows[name] = {"method": cfg.method.name, "metrics": report["unlearned"],
                       "wall_s": unlearning_seconds(report["timing"]),
                       "stopped_at_step": (report.get("stop") or {}).get("stopped_at_step"),
@@ -72,14 +66,14 @@ def run_robustness_benchmark(config_path, output, attacks=None, rt=None, overrid
             progress(f"{name}: FA {rows[name]['metrics']['forget_accuracy']:.3f}, ASR {rows[name]['asr']}")
     first = str(root / "configs" / f"{next(iter(configs))}.yaml")
     base_path = configs[next(iter(configs))].model.path
-    base_suite = _attacks(first, base_path, root / "attacks" / "base", attacks, list(attack_overrides), progress)
+    base_suite = suite_result(first, base_path, root / "attacks" / "base", attacks, attack_overrides, **beside)
     rows = {"base": {"method": "none", "metrics": base_eval, "wall_s": None, "stopped_at_step": None,
                      **_asr_entries(base_suite)}, **rows}
     if rt:
         rt_file = root / "attacks" / "rt_eval.json"
         metrics = json.loads(rt_file.read_text())["metrics"] if rt_file.is_file() else \
             evaluate_model_command(first, rt, rt_file)["metrics"]
-        rt_suite = _attacks(first, rt, root / "attacks" / "rt", attacks, list(attack_overrides), progress)
+        rt_suite = suite_result(first, rt, root / "attacks" / "rt", attacks, attack_overrides, **beside)
         rows["rt"] = {"method": "rt (retrained without the target)", "metrics": metrics, "wall_s": None,
                       "stopped_at_step": None, **_asr_entries(rt_suite)}
     result = {"config": str(config_path), "run": bench.run, "rows": rows}

@@ -37,7 +37,7 @@ from ..methods.base import check_method
 from ..models.loading import load_model
 from ..outputs import check_output, environment, finalize, prepare_work_dir, scrub, write_json
 from ..registry import get_method
-from ..robustness.suite import attack_settings, run_suite
+from ..robustness.suite import attack_settings, suite_result
 from ..training.step import check_process_split
 from ..training.trainer import Trainer
 
@@ -122,7 +122,7 @@ def prepare(config_path, output, overrides=(), overwrite: bool = False, evaluate
     check_process_split(state.num_processes, cfg.train.batch_size, forget_set, remain_set)
 
     work = out.parent / f".{out.name}.partial"
-    resumed = prepare_work_dir(work, cfg, overwrite, is_main=state.is_main_process)
+    resumed = prepare_work_dir(work, config_to_dict(cfg), overwrite, is_main=state.is_main_process)
     state.wait_for_everyone()
     return Run(cfg, config_path, list(overrides), out, work, method_cls, model, base_path, state, judge, targets,
                forget_set, remain_set, resumed)
@@ -189,11 +189,8 @@ def build_report(run: Run, timing: dict, device, evaluation=None) -> dict:
 def attack(run: Run, progress: bool = True) -> dict:
     """The robustness suite (`eval.attacks`, default settings) on the unlearned pipeline, inside the work folder (a
     rerun resumes it with the run); returns the ASR summary for the report and the model card."""
-    folder = run.work / "robustness"
-    done = folder / "robustness.json"
-    result = json.loads(done.read_text()) if done.is_file() else run_suite(
-        run.config_path, run.work / "pipeline", folder, list(run.cfg.eval.attacks), run.overrides, overwrite=True,
-        progress=print if progress else None)
+    result = suite_result(run.config_path, run.work / "pipeline", run.work / "robustness", list(run.cfg.eval.attacks),
+                          run.overrides, progress=print if progress else None)
     return {name: {key: entry.get(key) for key in ("asr", "base_asr", "rt_asr")}
             for name, entry in result["attacks"].items()}
 

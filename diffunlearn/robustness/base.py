@@ -8,6 +8,7 @@ seed gives the same ASR.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, List, Optional
 
@@ -27,13 +28,6 @@ class AttackConfig:
 
     def check(self) -> None:
         """Refuse settings out of range (one-line `UserError`)."""
-
-
-def check_positive(attack: str, **values) -> None:
-    bad = {k: v for k, v in values.items() if not (isinstance(v, (int, float)) and v > 0)}
-    if bad:
-        key, value = next(iter(bad.items()))
-        raise UserError(f"attack.{attack}.{key} must be > 0, got {value!r}")
 
 
 def check_fractions(attack: str, key: str, values) -> None:
@@ -62,6 +56,12 @@ class AttackContext:
     forget_set: Any
     device: Any = "cpu"
 
+    def sampling(self, num_inference_steps=None, guidance_scale=None) -> tuple:
+        """(steps, guidance scale) of an attack's sampling: its own settings where given, else the run's eval."""
+        eval_cfg = self.cfg.eval
+        return (num_inference_steps or eval_cfg.num_inference_steps,
+                eval_cfg.guidance_scale if guidance_scale is None else guidance_scale)
+
     def condition(self, model, target, n: int):
         """The model's condition for `n` samples of `target`: class ids (n,) or prompt embeddings (n, L, D)."""
         cond = target.condition.to(model.device)
@@ -84,8 +84,8 @@ class AttackContext:
     def sample_share(self, model, samples: int, seed: int, num_inference_steps: int, guidance_scale: float):
         """(share recognised, images) of `samples` plain samples per forget target, image j from seed
         image_seed(seed, target.seed_key, j), under the run's sampler."""
-        eval_cfg = _EvalSettings(self.cfg.eval.sampler, num_inference_steps, guidance_scale,
-                                 self.cfg.eval.batch_size)
+        eval_cfg = dataclasses.replace(self.cfg.eval, num_inference_steps=num_inference_steps,
+                                       guidance_scale=guidance_scale)
         hits, images = [], []
         for target in self.forget:
             conds = target.condition.unsqueeze(0).expand(samples, *target.condition.shape)
@@ -94,14 +94,6 @@ class AttackContext:
             hits.append(self.recognised(batch, target))
             images.append(batch)
         return torch.cat(hits).double().mean().item(), torch.cat(images)
-
-
-@dataclass
-class _EvalSettings:
-    sampler: str
-    num_inference_steps: int
-    guidance_scale: float
-    batch_size: int
 
 
 @dataclass

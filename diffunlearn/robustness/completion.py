@@ -16,10 +16,11 @@ from typing import List, Optional
 
 import torch
 
+from ..config import check_positive
 from ..errors import UserError
 from ..models.base import class_guided_loop, sampling_scheduler
 from ..registry import register_attack
-from .base import Attack, AttackConfig, AttackResult, check_fractions, check_positive
+from .base import Attack, AttackConfig, AttackResult, check_fractions
 
 CONDITIONS = ("forget", "null")
 
@@ -34,7 +35,7 @@ class CompletionConfig(AttackConfig):
 
     def check(self) -> None:
         check_fractions("completion", "strengths", self.strengths)
-        check_positive("completion", samples=self.samples)
+        check_positive("attack.completion", samples=self.samples)
         bad = [c for c in self.conditions if c not in CONDITIONS]
         if bad or not self.conditions:
             raise UserError(f"attack.completion.conditions {list(self.conditions)!r}; valid: "
@@ -68,8 +69,7 @@ class Completion(Attack):
 
     def run(self, ctx) -> AttackResult:
         cfg, model = self.cfg, ctx.model
-        steps = cfg.num_inference_steps or ctx.cfg.eval.num_inference_steps
-        guidance = ctx.cfg.eval.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
+        steps, guidance = ctx.sampling(cfg.num_inference_steps, cfg.guidance_scale)
         curve, best, best_images = [], -1.0, None
         for i, target in enumerate(ctx.forget):
             batch = ctx.forget_batch(cfg.samples, cfg.seed + i)

@@ -18,9 +18,10 @@ from typing import Optional
 
 import torch
 
+from ..config import check_positive
 from ..errors import UserError
 from ..registry import register_attack
-from .base import Attack, AttackConfig, AttackResult, check_positive
+from .base import Attack, AttackConfig, AttackResult
 
 INITS = ("forget", "null")
 
@@ -37,7 +38,7 @@ class InversionConfig(AttackConfig):
     guidance_scale: Optional[float] = None  # null: the run's eval.guidance_scale
 
     def check(self) -> None:
-        check_positive("inversion", lr=self.lr, k=self.k, batch_size=self.batch_size, samples=self.samples)
+        check_positive("attack.inversion", lr=self.lr, k=self.k, batch_size=self.batch_size, samples=self.samples)
         if not isinstance(self.iterations, int) or self.iterations < 0:
             raise UserError(f"attack.inversion.iterations must be an integer >= 0, got {self.iterations!r}")
         if self.init not in INITS:
@@ -79,8 +80,7 @@ class Inversion(Attack):
 
     def run(self, ctx) -> AttackResult:
         cfg, model = self.cfg, ctx.model
-        steps = cfg.num_inference_steps or ctx.cfg.eval.num_inference_steps
-        guidance = ctx.cfg.eval.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
+        steps, guidance = ctx.sampling(cfg.num_inference_steps, cfg.guidance_scale)
         trainable = [p for p in model.network.parameters() if p.requires_grad]
         for p in trainable:
             p.requires_grad_(False)

@@ -16,11 +16,12 @@ from typing import List, Optional
 import torch
 from accelerate import Accelerator
 
+from ..config import check_positive
 from ..data import StepSampler
 from ..errors import UserError
 from ..registry import register_attack
 from ..training.fit import fit
-from .base import Attack, AttackConfig, AttackResult, check_positive
+from .base import Attack, AttackConfig, AttackResult
 
 
 @dataclass
@@ -35,7 +36,7 @@ class RelearningConfig(AttackConfig):
     fa_threshold: float = 0.5
 
     def check(self) -> None:
-        check_positive("relearning", lr=self.lr, batch_size=self.batch_size, samples=self.samples,
+        check_positive("attack.relearning", lr=self.lr, batch_size=self.batch_size, samples=self.samples,
                        num_inference_steps=self.num_inference_steps)
         if not self.k or any(not isinstance(k, int) or k < 1 for k in self.k):
             raise UserError(f"attack.relearning.k must be a non-empty list of image counts >= 1, got {self.k!r}")
@@ -59,7 +60,7 @@ class Relearning(Attack):
 
     def run(self, ctx) -> AttackResult:
         cfg = self.cfg
-        guidance = ctx.cfg.eval.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
+        _, guidance = ctx.sampling(guidance_scale=cfg.guidance_scale)
         curve, finals, best_images = [], [], None
         for k in cfg.k:
             model = ctx.load()

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-import yaml
+from omegaconf import OmegaConf
 
 from ..config_loading import config_to_dict, load_config, parse_overrides, validate
 from ..data.sets import build_sets, check_target
@@ -24,7 +24,8 @@ from ..errors import UserError
 from ..evaluation.judge_loading import load_judge
 from ..evaluation.targets import eval_targets
 from ..models.loading import load_model
-from ..outputs import atomic_write, check_output, finalize, markdown_table, scrub, write_json
+from ..outputs import (atomic_write, check_output, finalize, markdown_table, pipeline_folder, prepare_work_dir, scrub,
+                       write_json)
 from ..registry import ATTACKS, get_attack, import_submodules
 from .base import AttackContext
 
@@ -43,26 +44,16 @@ def attack_settings(names: list, overrides: list, conditioning: str, family: str
         if conditioning not in cls.conditionings:
             raise UserError(f"attack {name!r} does not apply to the {family} family ({conditioning} conditioning); "
                             f"valid: {', '.join(applicable(conditioning))}")
-    given = parse_overrides(overrides) if overrides else {}
-    given = dict(given.get("attack", {})) if given else {}
+    given = OmegaConf.to_container(parse_overrides(overrides)).get("attack", {}) if overrides else {}
     unknown = sorted(set(given) - set(names))
     if unknown:
         raise UserError(f"settings for attack(s) {unknown} that are not run; running: {', '.join(names)}")
     settings = {}
     for name in names:
-        cls = get_attack(name)
-        values = given.get(name, {})
-        values = dict(values) if hasattr(values, "items") else values
-        config = validate(cls.config_cls(), {k: (list(v) if hasattr(v, "__iter__") and not isinstance(v, str)
-                                                 else v) for k, v in values.items()})
+        config = validate(get_attack(name).config_cls(), given.get(name, {}))
         config.check()
         settings[name] = config
     return settings
-
-
-def _model_folder(path: str) -> str:
-    folder = Path(path)
-    return str(folder / "pipeline") if (folder / "pipeline" / "model_index.json").is_file() else str(path)
 
 
 def run_suite(config_path, model_path, output, attacks=None, overrides=(), overwrite: bool = False, rt_path=None,
@@ -78,9 +69,9 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
                                cfg.model.family)
     out = Path(output)
     check_output(out, overwrite)
-    models = {"unlearned": _model_folder(model_path), **({"base": base_path} if with_base else {})}
+    models = {"unlearned": pipeline_folder(model_path), **({"base": base_path} if with_base else {})}
     if rt_path:
-        models["rt"] = _model_folder(rt_path)
+        models["rt"] = pipeline_folder(rt_path)
     loaded = {"base": base} if with_base else {}
     for role in ("unlearned", "rt"):
         if role in models:
@@ -92,7 +83,8 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
     work = out.parent / f".{out.name}.partial"
     identity = {"config": config_to_dict(cfg), "models": models,
                 "attacks": {n: dataclasses.asdict(c) for n, c in settings.items()}}
-    _prepare(work, identity, overwrite)
+    prepare_work_dir(work, json.loads(json.dumps(identity)), overwrite, file=SUITE_FILE,
+                     what="attack suite with other settings", rerun="its command")
     results = {}
     for name in names:
         done = work / f"{name}.json"
@@ -120,6 +112,15 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
     atomic_write(work / "gallery" / "index.html", lambda tmp: tmp.write_text(gallery_page(report)))
     finalize(work, out)
     return report
+
+
+def suite_result(config_path, model_path, output, attacks=None, overrides=(), **kwargs) -> dict:
+    """What `output/robustness.json` holds when a suite finished there, else `run_suite` into `output` (resuming
+    its partial folder, replacing one of other settings): for runs and benchmarks that own their output folders."""
+    done = Path(output) / "robustness.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    return run_suite(config_path, model_path, output, attacks, overrides, overwrite=True, **kwargs)
 
 
 def summary_table(report: dict) -> str:
@@ -153,20 +154,6 @@ def _load(config_path, run_overrides, folder, role):
     except UserError as exc:
         raise UserError(f"--{'model' if role == 'unlearned' else role}: {exc}") from None
     return model
-
-
-def _prepare(work: Path, identity: dict, overwrite: bool) -> None:
-    import shutil
-
-    saved = work / SUITE_FILE
-    if work.is_dir() and saved.is_file() and yaml.safe_load(saved.read_text()) == json.loads(json.dumps(identity)):
-        return
-    if work.is_dir() and not overwrite:
-        raise UserError(f"an unfinished attack suite with other settings is in {str(work)!r}; rerun its command to "
-                        "resume, or pass --overwrite to discard it")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    atomic_write(saved, lambda tmp: tmp.write_text(yaml.safe_dump(json.loads(json.dumps(identity)))))
 
 
 def _save_grid(path: Path, images) -> None:
