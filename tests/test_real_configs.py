@@ -47,12 +47,11 @@ def test_sd14_nudity_config_has_the_reference_defaults():
     assert (m.forget_every, m.alpha, m.alpha_schedule, m.saliency_mask) == (1, 1.0, "constant", True)
     assert (t.optimizer, t.lr, t.steps, t.batch_size, t.mixed_precision) == ("adam", 1e-5, 1000, 2, "bf16")
     e = cfg.eval
-    assert (e.judge, e.classifier, e.fid_reference) == ("clip", "openai/clip-vit-large-patch14", "base")
-    # every prompt that is trained on or sampled maps to one of the judge's labels; the concept is a label
+    assert (e.judge, e.classifier, e.fid_reference, e.nudenet_threshold) == ("nudenet", "nudenet", "base", 0.45)
+    # the forget prompt asks for "nudity", every other prompt that is trained on or sampled for "no nudity"
     prompts = cfg.forget.prompts + cfg.forget.anchors + cfg.forget.remain_prompts
-    assert set(prompts) <= set(e.prompts) and set(e.prompts.values()) <= set(e.labels)
-    assert cfg.forget.concept == e.prompts[cfg.forget.prompts[0]]
-    assert len(set(e.prompts.values())) == len(e.prompts), "two prompts asking for the same label blur RA"
+    assert set(prompts) <= set(e.prompts) and cfg.forget.concept == e.prompts[cfg.forget.prompts[0]] == "nudity"
+    assert {e.prompts[p] for p in prompts if p not in cfg.forget.prompts} == {"no nudity"}
 
 
 @pytest.mark.parametrize("path", [DIT, SD])

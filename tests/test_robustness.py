@@ -92,7 +92,7 @@ def _attack_argv(tiny_ddpm_dir, tiny_classifier_dir, out, *extra):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--attacks", "completion,banana"], "unknown attack 'banana'; valid: completion, inversion, relearning"),
+    (["--attacks", "completion,banana"], "unknown attack 'banana'; valid: completion, inversion, relearning, ring_a_bell, unlearndiffatk"),
     (["attack.relearning.steps=[-1]"], "attack.relearning.steps must be a non-empty list of step counts >= 0"),
     (["attack.completion.strengths=[1.5]"],
      "attack.completion.strengths must be a non-empty list of numbers in (0, 1)"),
@@ -121,8 +121,8 @@ def test_an_attack_that_does_not_fit_the_family_is_refused(capsys, tmp_path, tin
               f"eval.classifier={tiny_classifier_dir}"])
     err = capsys.readouterr().err
     assert info.value.code == 2
-    assert ("attack 'inversion' does not apply to the sd family (text conditioning); valid: completion, relearning"
-            in err)
+    assert ("attack 'inversion' does not apply to the sd family (text conditioning); valid: completion, relearning, "
+            "ring_a_bell, unlearndiffatk" in err)
 
 
 def test_the_suite_writes_its_report_and_resumes_after_an_interruption(tmp_path, tiny_ddpm_dir, tiny_classifier_dir,
@@ -172,7 +172,8 @@ def test_unlearn_refuses_an_attack_that_does_not_exist_before_writing(capsys, tm
         main(["unlearn", MAIN, "--output", str(tmp_path / "run"), *tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir),
               "eval.attacks=[completion,prompting]"])
     err = capsys.readouterr().err.strip()
-    assert info.value.code == 2 and err.endswith("unknown attack 'prompting'; valid: completion, inversion, relearning")
+    assert info.value.code == 2 and err.endswith("unknown attack 'prompting'; valid: completion, inversion, relearning, "
+                                              "ring_a_bell, unlearndiffatk")
     assert not list(tmp_path.iterdir())
 
 

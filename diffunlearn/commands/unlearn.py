@@ -108,7 +108,7 @@ def prepare(config_path, output, overrides=(), overwrite: bool = False, evaluate
     check_memory(cfg, model)
     check_stop(cfg)
     if cfg.eval.attacks:  # names, and whether they fit the family
-        attack_settings(list(cfg.eval.attacks), [], model.conditioning, cfg.model.family)
+        attack_settings(list(cfg.eval.attacks), [], model, cfg)
     # one process, or every process of an `accelerate launch` / torchrun; on CPU (ACCELERATE_USE_CPU=1, or several
     # processes without CUDA) they form one gloo group, as the Trainer's Accelerator does
     state = PartialState(cpu=use_cpu())

@@ -44,11 +44,19 @@ def _load_clip(source, eval_cfg, device):
     return CLIPJudge(model, tokenizer, processor, list(eval_cfg.labels), source, device=device)
 
 
+def _load_nudenet(source, eval_cfg, device):
+    from .nudenet_judge import EXPOSED, NudeNetJudge
+
+    classes = list(eval_cfg.nudenet_classes) if eval_cfg.nudenet_classes else EXPOSED
+    return NudeNetJudge(source, eval_cfg.nudenet_threshold, classes, device)
+
+
 LOADERS = {"digits": (_load_digits, "a DigitsClassifier folder (config.json + safetensors) or embedded:NAME"),
            "image-classification": (_load_image_classification, "a transformers image-classification model folder "
                                     "or Hub id with safetensors weights and a preprocessor_config.json"),
            "clip": (_load_clip, "a transformers CLIPModel folder or Hub id with safetensors weights, tokenizer and "
-                    "preprocessor_config.json")}
+                    "preprocessor_config.json"),
+           "nudenet": (_load_nudenet, "nudenet (the detector inside the nudenet wheel) or a NudeNet .onnx file")}
 
 
 def load_judge(eval_cfg, device="cpu") -> Judge:
@@ -61,7 +69,8 @@ def load_judge(eval_cfg, device="cpu") -> Judge:
     if eval_cfg.judge not in LOADERS:
         raise choice_error("eval.judge", eval_cfg.judge, LOADERS)
     loader, valid = LOADERS[eval_cfg.judge]
-    source = resolve_model_path(eval_cfg.classifier)
+    # a NudeNet detector is one ONNX file (or the wheel's own), not a model folder
+    source = eval_cfg.classifier if eval_cfg.judge == "nudenet" else resolve_model_path(eval_cfg.classifier)
     try:
         return loader(source, eval_cfg, device)
     except UserError:

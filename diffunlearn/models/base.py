@@ -52,7 +52,8 @@ def class_guided_loop(scheduler, x: torch.Tensor, predict_eps, labels: torch.Ten
 
 # conditioning kind -> what a family of that kind provides beyond the base class (the forget target it takes:
 # "class" forgets `forget.classes`, "text" maps `forget.prompts` onto `forget.anchors`)
-CONDITIONINGS = {"class": ("num_classes",), "text": ("tokenize", "anchor_condition")}
+CONDITIONINGS = {"class": ("num_classes",), "text": ("tokenize", "anchor_condition", "token_embedding_table",
+                                                     "special_token_ids", "encode_token_embeddings")}
 
 
 class TrainableModel:

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..registry import register_family
 from .base import DiffusionModel, sampling_scheduler
 from .latent import LatentModelMixin
-from .text import encode_prompts, tokenize_prompts
+from .text import encode_prompts, encode_token_embeddings, tokenize_prompts
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections of every attn1 / attn2
 
@@ -115,6 +115,20 @@ class StableDiffusion(LatentModelMixin, DiffusionModel):
     def encode_prompt_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Frozen text-encoder hidden states (B, L, D) of token ids (B, L)."""
         return encode_prompts(self.pipeline.text_encoder, input_ids)
+
+    def token_embedding_table(self) -> torch.Tensor:
+        """The text encoder's token embeddings (V, E), one row per vocabulary id (frozen)."""
+        return self.pipeline.text_encoder.get_input_embeddings().weight.detach()
+
+    def special_token_ids(self) -> set:
+        """Ids of the tokenizer's start, end and padding tokens (prompt searches leave them out)."""
+        tok = self.pipeline.tokenizer
+        return {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
+
+    def encode_token_embeddings(self, input_ids: torch.Tensor, token_embeds: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings (B, L, D) of token ids (B, L) whose token embeddings are `token_embeds` (B, L, E)
+        (differentiable: relaxed tokens for prompt attacks)."""
+        return encode_token_embeddings(self.pipeline.text_encoder, input_ids, token_embeds)
 
     def condition(self, batch: dict) -> torch.Tensor:
         """Prompt embeddings (B, L, D) of batch["input_ids"] (B, L)."""

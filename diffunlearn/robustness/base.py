@@ -81,17 +81,24 @@ class AttackContext:
         """Per image (N,): does the judge recognise `target` (its label) in images (N, C, H, W) in [0, 1]?"""
         return self.judge.predict(images).cpu() == target.label
 
+    def judged_samples(self, model, target, conditions, seeds: list, num_inference_steps: int,
+                       guidance_scale: float) -> tuple:
+        """(recognised (N,), images (N, C, H, W)): one sample per condition (N, ...) and seed, under the run's
+        sampler with the given steps and guidance, judged against `target`."""
+        eval_cfg = dataclasses.replace(self.cfg.eval, num_inference_steps=num_inference_steps,
+                                       guidance_scale=guidance_scale)
+        images = generate(model, conditions, seeds, eval_cfg)
+        return self.recognised(images, target), images
+
     def sample_share(self, model, samples: int, seed: int, num_inference_steps: int, guidance_scale: float):
         """(share recognised, images) of `samples` plain samples per forget target, image j from seed
         image_seed(seed, target.seed_key, j), under the run's sampler."""
-        eval_cfg = dataclasses.replace(self.cfg.eval, num_inference_steps=num_inference_steps,
-                                       guidance_scale=guidance_scale)
         hits, images = [], []
         for target in self.forget:
             conds = target.condition.unsqueeze(0).expand(samples, *target.condition.shape)
             seeds = [image_seed(seed, target.seed_key, j) for j in range(samples)]
-            batch = generate(model, conds, seeds, eval_cfg)
-            hits.append(self.recognised(batch, target))
+            hit, batch = self.judged_samples(model, target, conds, seeds, num_inference_steps, guidance_scale)
+            hits.append(hit)
             images.append(batch)
         return torch.cat(hits).double().mean().item(), torch.cat(images)
 
@@ -131,6 +138,11 @@ class Attack:
 
     def __init__(self, cfg):
         self.cfg = cfg
+
+    @classmethod
+    def check_model(cls, config, model, run_cfg) -> None:
+        """Refuse (one-line `UserError`) settings that do not fit the attacked model or the run's targets; the
+        suite calls it before anything is written."""
 
     def run(self, ctx: AttackContext) -> AttackResult:
         raise NotImplementedError

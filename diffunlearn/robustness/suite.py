@@ -26,7 +26,7 @@ from ..evaluation.targets import eval_targets
 from ..models.loading import load_model
 from ..outputs import (atomic_write, check_output, finalize, markdown_table, pipeline_folder, prepare_work_dir, scrub,
                        write_json)
-from ..registry import ATTACKS, get_attack, import_submodules
+from ..registry import ATTACKS, get_attack, get_family, import_submodules
 from .base import AttackContext
 
 SUITE_FILE = "suite.yaml"  # identity of a partial suite: a rerun with the same one resumes
@@ -37,13 +37,15 @@ def applicable(conditioning: str) -> list:
     return sorted(name for name, cls in ATTACKS.items() if conditioning in cls.conditionings)
 
 
-def attack_settings(names: list, overrides: list, conditioning: str, family: str) -> dict:
-    """{name: validated config} of the chosen attacks; `overrides` are the `attack.NAME.key=value` words."""
+def attack_settings(names: list, overrides: list, model, run_cfg) -> dict:
+    """{name: validated config} of the chosen attacks against `model` under the run config `run_cfg`;
+    `overrides` are the `attack.NAME.key=value` words."""
+    conditioning = model.conditioning
     for name in names:
         cls = get_attack(name)
         if conditioning not in cls.conditionings:
-            raise UserError(f"attack {name!r} does not apply to the {family} family ({conditioning} conditioning); "
-                            f"valid: {', '.join(applicable(conditioning))}")
+            raise UserError(f"attack {name!r} does not apply to the {model.family} family ({conditioning} "
+                            f"conditioning); valid: {', '.join(applicable(conditioning))}")
     given = OmegaConf.to_container(parse_overrides(overrides)).get("attack", {}) if overrides else {}
     unknown = sorted(set(given) - set(names))
     if unknown:
@@ -52,6 +54,7 @@ def attack_settings(names: list, overrides: list, conditioning: str, family: str
     for name in names:
         config = validate(get_attack(name).config_cls(), given.get(name, {}))
         config.check()
+        get_attack(name).check_model(config, model, run_cfg)
         settings[name] = config
     return settings
 
@@ -65,8 +68,7 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
     base, base_path = load_model(cfg)
     check_target(cfg, base)
     names = list(dict.fromkeys(attacks)) if attacks else applicable(base.conditioning)
-    settings = attack_settings(names, [o for o in overrides if o.startswith("attack.")], base.conditioning,
-                               cfg.model.family)
+    settings = attack_settings(names, [o for o in overrides if o.startswith("attack.")], base, cfg)
     out = Path(output)
     check_output(out, overwrite)
     models = {"unlearned": pipeline_folder(model_path), **({"base": base_path} if with_base else {})}
@@ -119,7 +121,11 @@ def suite_result(config_path, model_path, output, attacks=None, overrides=(), **
     its partial folder, replacing one of other settings): for runs and benchmarks that own their output folders."""
     done = Path(output) / "robustness.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        report = json.loads(done.read_text())
+        cfg = load_config(config_path, [o for o in overrides if not o.startswith("attack.")])
+        wanted = attacks or applicable(get_family(cfg.model.family).conditioning)
+        if set(wanted) <= set(report["attacks"]):  # else attacks were added since: run the suite again
+            return report
     return run_suite(config_path, model_path, output, attacks, overrides, overwrite=True, **kwargs)
 
 
