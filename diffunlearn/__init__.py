@@ -12,6 +12,8 @@ The Python entry points, imported on first use so that `import diffunlearn` stay
   diffusers lacks and the family wrappers.
 - `diffunlearn.fast_ntk_unlearn(model, forget, retain, subset="head", loss="ce", ...)`: the closed-form Fast-NTK
   scrub of a classifier; returns the unlearned copy. `diffunlearn.fast_ntk_scrub` also returns the details.
+- `diffunlearn.add_visual_prompts(vit, num_tokens=10, deep=False)`: prompt tokens on a vision transformer (the
+  Fast-NTK subset `prompt`); `save_visual_prompts` / `load_visual_prompts` keep them as safetensors.
 """
 
 from importlib import import_module
@@ -31,6 +33,10 @@ _API = {
     "StableDiffusion": ("diffunlearn.models.sd", "StableDiffusion"),
     "fast_ntk_unlearn": ("diffunlearn.ntk.unlearn", "fast_ntk_unlearn"),
     "fast_ntk_scrub": ("diffunlearn.ntk.unlearn", "fast_ntk_scrub"),
+    "add_visual_prompts": ("diffunlearn.models.visual_prompts", "add_visual_prompts"),
+    "remove_visual_prompts": ("diffunlearn.models.visual_prompts", "remove_visual_prompts"),
+    "save_visual_prompts": ("diffunlearn.models.visual_prompts", "save_visual_prompts"),
+    "load_visual_prompts": ("diffunlearn.models.visual_prompts", "load_visual_prompts"),
 }
 
 __all__ = ["__version__", *_API]

@@ -2,7 +2,9 @@
 refit (scikit-learn), a retrained head; plus data forms, transformers models, errors and the CLI handler."""
 
 import argparse
+import collections
 import json
+import re
 
 import numpy as np
 import pytest
@@ -314,7 +316,43 @@ def test_tiny_transformers_image_classifier_head_subset(digits, kind):
 
 
 def _no_head_model():
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    return nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())  # logits from a convolution: no nn.Linear at all
+
+
+def _softmax_ending_model():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(-1))
+
+
+class _TorchvisionLikeViT(nn.Module):
+    """torchvision's layout: the head is `heads.head` (an nn.Sequential attribute named `heads`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh())
+        self.heads = nn.Sequential(collections.OrderedDict(head=nn.Linear(16, 10)))
+
+    def forward(self, x):
+        return self.heads(self.encoder(x))
+
+
+@pytest.mark.parametrize("build, head", [
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), ["3.weight", "3.bias"]),
+    (lambda: nn.Sequential(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh()), nn.Dropout(0.1),
+                           nn.Linear(16, 10)), ["2.weight", "2.bias"]),
+    (_TorchvisionLikeViT, ["heads.head.weight", "heads.head.bias"]),
+])
+def test_the_last_linear_layer_is_found_as_the_head(digits, build, head):
+    """A model whose forward ends in a linear layer: subset "head" finds it (no attribute names needed) and its
+    exact head path equals the Jacobian path over the same two parameters."""
+    train, _ = digits
+    torch.manual_seed(0)
+    model = build()
+    forget, retain = (train.images[:10], train.labels[:10]), (train.images[10:60], train.labels[10:60])
+    exact = fast_ntk_scrub(model, forget, retain, subset="head", cache=False)
+    assert exact.info["subset_params"] == head
+    pattern = "|".join(re.escape(n) for n in head)
+    jacobian = fast_ntk_scrub(model, forget, retain, subset=f"^({pattern})$", cache=False)
+    assert_params_close(subset_params(exact.model, head), subset_params(jacobian.model, head), rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("build, kwargs, message", [
@@ -325,8 +363,9 @@ def _no_head_model():
     (tiny_cnn, {"forget": (torch.zeros(3, 3, 8, 8), torch.zeros(3, dtype=torch.long)), "retain":
                 (torch.zeros(0, 3, 8, 8), torch.zeros(0, dtype=torch.long))},
      "forget images have shape (3, 8, 8) but the model takes (1, 'H', 'W') (from the model config)"),
-    (_no_head_model, {}, "cannot find the classifier head of Sequential: looked for an nn.Linear at attribute "
-                         "head, fc, classifier"),
+    (_no_head_model, {}, "cannot find the classifier head of Sequential: it has no nn.Linear layer; choose another "
+                         "subset: 'head', 'bn', 'prompt'"),
+    (_softmax_ending_model, {}, "the head of Sequential is not its final layer"),
     (_no_head_model, {"subset": "bn"}, "subset 'bn' matches no parameter"),
     (tiny_cnn, {"loss": "hinge"}, "unknown loss 'hinge'; valid: ce, mse"),
     (tiny_cnn, {"init": "ones"}, "unknown init 'ones'"),
@@ -366,3 +405,22 @@ def test_cli_handler_writes_the_unlearned_classifier_and_refuses_an_existing_out
     args = parser.parse_args(["fast-ntk", "--model", str(tiny_classifier_dir), "--forget-fraction", "0.05",
                               "--output", str(out), "--overwrite"])
     assert args.handler(args)["info"]["num_forget"] == round(0.05 * 1437)
+
+
+@pytest.mark.parametrize("subset", ["head", "bn+head"])
+def test_float32_products_agree_with_float64_and_keep_their_own_cache(digits, subset):
+    train, _ = digits
+    clear_memory_cache()
+    model = tiny_cnn(data=train.images[:64])
+    forget, retain = small_split(train, n_retain=60, n_forget=12)
+    exact = fast_ntk_scrub(model, forget, retain, subset=subset, cache="set-a")
+    fast = fast_ntk_scrub(model, forget, retain, subset=subset, cache="set-a", precision="float32")
+    assert (exact.info["precision"], fast.info["precision"]) == ("float64", "float32")
+    assert fast.info["cache"] == "miss", "float32 statistics are not the float64 ones"
+    names = exact.info["subset_params"]
+    before = subset_params(model, names)
+    moved = [torch.cat([(subset_params(r.model, names)[n] - before[n]).reshape(-1) for n in names])
+             for r in (exact, fast)]
+    assert moved[0].norm() > 0 and (moved[1] - moved[0]).norm() < 1e-3 * moved[0].norm()
+    with pytest.raises(UserError, match="unknown precision 'float16'; valid: float32, float64"):
+        fast_ntk_scrub(model, forget, retain, subset=subset, precision="float16")

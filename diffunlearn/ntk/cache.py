@@ -55,13 +55,13 @@ def load_statistics(key: str, device=None) -> tuple[Optional[Statistics], str]:
         where = "memory"
     elif _path(key).is_file():
         tensors = load_file(str(_path(key)))
-        stats = Statistics(tensors["gram"], tensors["rhs"], tensors["fisher"], int(tensors["count"]))
+        stats = Statistics(tensors["gram"], tensors["rhs"], tensors.get("fisher"), int(tensors["count"]))
         _remember(key, stats)
         where = "disk"
     else:
         return None, "miss"
-    return Statistics(stats.gram.to(device), stats.rhs.to(device), stats.fisher.to(device), stats.count,
-                      stats.solved), where
+    fisher = None if stats.fisher is None else stats.fisher.to(device)
+    return Statistics(stats.gram.to(device), stats.rhs.to(device), fisher, stats.count, stats.solved), where
 
 
 def _remember(key: str, stats: Statistics) -> None:
@@ -73,11 +73,12 @@ def _remember(key: str, stats: Statistics) -> None:
 
 def store_statistics(key: str, stats: Statistics, disk: bool = True) -> None:
     """Keep `stats` in memory and (atomically) on disk."""
-    cpu = Statistics(stats.gram.cpu(), stats.rhs.cpu(), stats.fisher.cpu(), stats.count, stats.solved)
+    fisher = None if stats.fisher is None else stats.fisher.cpu()
+    cpu = Statistics(stats.gram.cpu(), stats.rhs.cpu(), fisher, stats.count, stats.solved)
     _remember(key, cpu)
     if disk:
-        tensors = {"gram": cpu.gram.contiguous(), "rhs": cpu.rhs.contiguous(), "fisher": cpu.fisher.contiguous(),
-                   "count": torch.tensor(cpu.count)}
+        tensors = {"gram": cpu.gram.contiguous(), "rhs": cpu.rhs.contiguous(), "count": torch.tensor(cpu.count),
+                   **({} if fisher is None else {"fisher": fisher.contiguous()})}
         atomic_write(_path(key), lambda tmp: save_file(tensors, str(tmp)))
 
 

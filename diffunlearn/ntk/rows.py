@@ -33,25 +33,29 @@ def model_logits(output) -> torch.Tensor:
     return getattr(output, "logits", output)
 
 
-def residuals(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
-    """(B, C) float64 residuals at the linearisation point."""
+def residuals(logits: torch.Tensor, labels: torch.Tensor, loss: str, probs=None) -> torch.Tensor:
+    """(B, C) float64 residuals at the linearisation point (`probs`: the logits' softmax, if already taken)."""
     onehot = torch.nn.functional.one_hot(labels, logits.shape[-1]).to(torch.float64)
-    logits = logits.to(torch.float64)
-    return (logits.softmax(-1) if loss == "ce" else logits) - onehot
+    if loss != "ce":
+        return logits.to(torch.float64) - onehot
+    return (logits.to(torch.float64).softmax(-1) if probs is None else probs) - onehot
 
 
-def fisher_weights(logits: torch.Tensor, loss: str) -> torch.Tensor:
+def fisher_weights(logits: torch.Tensor, loss: str, probs=None) -> torch.Tensor:
     """Per (sample, class) weights of the diagonal Fisher: p(1-p) for cross-entropy, 1 for squared loss.
 
     For cross-entropy, E_{y~p} (J^T (p - e_y))^2 reduces to p_c (1 - p_c) x_j^2 when the classes decouple.
     """
-    return logits.double().softmax(-1).mul(1 - logits.double().softmax(-1)) if loss == "ce" \
-        else torch.ones_like(logits, dtype=torch.float64)
+    if loss != "ce":
+        return torch.ones_like(logits, dtype=torch.float64)
+    probs = logits.double().softmax(-1) if probs is None else probs
+    return probs * (1 - probs)
 
 
 @dataclass
 class Statistics:
-    """Sufficient statistics of one set: A = X^T X (P, P), b = X^T R (P, k), Fisher sum (P, k), N, float64.
+    """Sufficient statistics of one set: A = X^T X (P, P), b = X^T R (P, k), Fisher sum (P, k) or None (not
+    computed), N, float64.
 
     `solved` memoises ridge solutions {lambda: (theta, jitter)} of a cached set (kept in memory only).
     """
@@ -68,19 +72,21 @@ class Statistics:
         return cls(torch.zeros(num_params, num_params, dtype=torch.float64, device=device), z, z.clone(), 0)
 
     def __add__(self, other: "Statistics") -> "Statistics":
-        return Statistics(self.gram + other.gram, self.rhs + other.rhs, self.fisher + other.fisher,
-                          self.count + other.count)
+        fisher = None if self.fisher is None or other.fisher is None else self.fisher + other.fisher
+        return Statistics(self.gram + other.gram, self.rhs + other.rhs, fisher, self.count + other.count)
 
     def __sub__(self, other: "Statistics") -> "Statistics":
-        return Statistics(self.gram - other.gram, self.rhs - other.rhs, self.fisher - other.fisher,
-                          self.count - other.count)
+        fisher = None if self.fisher is None or other.fisher is None else self.fisher - other.fisher
+        return Statistics(self.gram - other.gram, self.rhs - other.rhs, fisher, self.count - other.count)
 
 
 class _Rows:
     """Common part: input casting, label checks, a count of samples whose rows were computed, the curvature."""
 
-    def __init__(self, model, num_classes: int, loss: str, curvature: str = "uniform"):
+    def __init__(self, model, num_classes: int, loss: str, curvature: str = "uniform", precision: str = "float64"):
         self.model, self.num_classes, self.loss = model, num_classes, loss
+        self.with_fisher = True  # False: rows skip the Fisher (only Fisher noise needs it), statistics hold None
+        self.work_dtype = getattr(torch, precision)  # of the rows and their products; statistics stay float64
         self.uniform = loss == "ce" and curvature == "uniform"  # Gauss-Newton metric H = (I - 11^T/C) / C
         self.row_scale = num_classes ** -0.5 if self.uniform else 1.0  # rows * C^-1/2, residuals * C^1/2
         first = next(model.parameters())
@@ -99,11 +105,13 @@ class _Rows:
 class HeadRows(_Rows):
     """Rows [phi, 1] of the head-only problem; k = C right-hand sides."""
 
-    def __init__(self, model, head, init, num_classes: int, loss: str, curvature: str = "uniform"):
-        super().__init__(model, num_classes, loss, curvature)
+    def __init__(self, model, head, init, num_classes: int, loss: str, curvature: str = "uniform",
+                 precision: str = "float64"):
+        super().__init__(model, num_classes, loss, curvature, precision)
         self.head, self.has_bias = head, head.bias is not None
         self.num_params, self.num_rhs = head.in_features + int(self.has_bias), num_classes
         self.theta0 = None if init is None else self.to_theta(*(init[n] for n in self.param_names()))
+        self.checked = False
 
     def param_names(self) -> list:
         """Names of the head's weight (and bias) in the model."""
@@ -134,25 +142,30 @@ class HeadRows(_Rows):
                 logits = model_logits(self.model(images))
         finally:
             handle.remove()
-        if len(captured) != 1 or captured[0][0].ndim != 2 or captured[0][1].shape != logits.shape \
-                or not torch.allclose(captured[0][1], logits, rtol=1e-4, atol=1e-5):
+        if not self.checked and (len(captured) != 1 or captured[0][0].ndim != 2 or
+                                 captured[0][1].shape != logits.shape or
+                                 not torch.allclose(captured[0][1], logits, rtol=1e-4, atol=1e-5)):
             raise UserError(f"the head of {type(self.model).__name__} is not its final layer (it ran "
                             f"{len(captured)} time(s) or its output differs from the logits); use a parameter "
                             "subset other than 'head'")
-        phi = captured[0][0].double()
+        self.checked = True  # the head's place in the model is checked once, on the first batch
+        phi = captured[0][0].to(self.work_dtype)
         design = torch.cat([phi, torch.ones_like(phi[:, :1])], 1) if self.has_bias else phi
-        logits0 = logits if self.theta0 is None else design @ self.theta0.to(design.device)
-        fisher = design.square().T @ fisher_weights(logits0, self.loss)
+        logits0 = logits if self.theta0 is None else design.double() @ self.theta0.to(design.device)
+        probs = logits0.double().softmax(-1) if self.loss == "ce" else None
+        fisher = (design.square().T @ fisher_weights(logits0, self.loss, probs).to(self.work_dtype)).double() \
+            if self.with_fisher else None
         # the classes decouple: centring P acts on the C right-hand sides, whose residuals are already centred
-        return design * self.row_scale, residuals(logits0, labels, self.loss) / self.row_scale, fisher
+        target = residuals(logits0, labels, self.loss, probs) / self.row_scale
+        return design * self.row_scale, target.to(self.work_dtype), fisher
 
 
 class JacobianRows(_Rows):
     """Rows d f_c(x_i) / d w_S (N*C, P) via torch.func, in the fixed `names` order; k = 1."""
 
     def __init__(self, model, names: list, init, num_classes: int, loss: str, chunk_size=None,
-                 curvature: str = "uniform"):
-        super().__init__(model, num_classes, loss, curvature)
+                 curvature: str = "uniform", precision: str = "float64"):
+        super().__init__(model, num_classes, loss, curvature, precision)
         params = dict(model.named_parameters())
         self.names, self.chunk_size = list(names), chunk_size
         self.primals = {n: (params[n] if init is None else init[n]).detach() for n in self.names}
@@ -179,29 +192,70 @@ class JacobianRows(_Rows):
     def __call__(self, images, labels):
         images, labels = self._inputs(images, labels)
         jac, logits = self.jacobians(images)
-        jac = jac.double()
+        jac = jac.to(self.work_dtype)
         res = residuals(logits, labels, self.loss)
-        if self.loss == "ce":  # sum_y p_y (J^T (p - e_y))^2 = sum_c p_c J_c^2 - (sum_c p_c J_c)^2, per parameter
-            probs = logits.double().softmax(-1)
+        if not self.with_fisher:
+            fisher = None
+        elif self.loss == "ce":  # sum_y p_y (J^T (p - e_y))^2 = sum_c p_c J_c^2 - (sum_c p_c J_c)^2, per parameter
+            probs = logits.to(self.work_dtype).softmax(-1)
             fisher = (torch.einsum("bc,bcp->p", probs, jac.square())
                       - torch.einsum("bc,bcp->bp", probs, jac).square().sum(0))
         else:
             fisher = jac.square().sum((0, 1))
         if self.uniform:
             jac = (jac - jac.mean(1, keepdim=True)) * self.row_scale
-        return jac.reshape(-1, self.num_params), (res / self.row_scale).reshape(-1, 1), fisher[:, None]
+        return (jac.reshape(-1, self.num_params), (res / self.row_scale).reshape(-1, 1).to(self.work_dtype),
+                None if fisher is None else fisher.double()[:, None])
+
+
+BLOCK_BYTES = 1 << 23  # rows gathered (8 MiB, one reused buffer) before one product updates the statistics
 
 
 def accumulate(rows, batches) -> Statistics:
-    """Stream A = X^T X and b = X^T R over mini-batches in float64; X itself is never kept."""
-    stats = Statistics.zeros(rows.num_params, rows.num_rhs, rows.device)
+    """Stream A = X^T X and b = X^T R over mini-batches, accumulated in float64; X itself is never kept.
+
+    The rows of consecutive batches are copied into one reused buffer of up to `BLOCK_BYTES`, and each full buffer
+    updates A and b with one product [X R]^T [X R] in the rows' precision (float32 products are added to the
+    float64 sums), of which only three half-width blocks are computed (it is symmetric): few large products, 3/4 of
+    the multiplications, no fresh allocation per batch.
+    """
+    p, width = rows.num_params, rows.num_params + rows.num_rhs
+    moments = torch.zeros(width, width, dtype=torch.float64, device=rows.device)  # [X R]^T [X R]
+    fisher = torch.zeros(p, rows.num_rhs, dtype=torch.float64, device=rows.device) if rows.with_fisher else None
+    limit = max(1, BLOCK_BYTES // (width * torch.tensor([], dtype=rows.work_dtype).element_size()))
+    buffer, filled, count = None, 0, 0
+
+    half = width // 2
+
+    def flush(block):  # the symmetric product as three of its four half-width blocks
+        for rows_, cols in ((slice(0, half), slice(0, half)), (slice(0, half), slice(half, width)),
+                            (slice(half, width), slice(half, width))):
+            left, right = block[:, rows_], block[:, cols]
+            if block.dtype == torch.float64:
+                moments[rows_, cols].addmm_(left.T, right)
+            else:
+                moments[rows_, cols].add_(left.T @ right)
+
     for images, labels in batches:
-        design, target, fisher = rows(images, labels)
-        stats.gram.addmm_(design.T, design)
-        stats.rhs.addmm_(design.T, target)
-        stats.fisher += fisher
-        stats.count += len(labels)
-    return stats
+        design, target, batch_fisher = rows(images, labels)
+        if fisher is not None:
+            fisher += batch_fisher
+        count += len(labels)
+        if len(design) >= limit:  # a batch as large as the buffer: its own product
+            flush(torch.cat([design, target], 1))
+            continue
+        if buffer is None:
+            buffer = torch.empty(limit, width, dtype=design.dtype, device=design.device)
+        if filled + len(design) > limit:
+            flush(buffer[:filled])
+            filled = 0
+        buffer[filled:filled + len(design), :p] = design
+        buffer[filled:filled + len(design), p:] = target
+        filled += len(design)
+    if filled:
+        flush(buffer[:filled])
+    moments[half:, :half] = moments[:half, half:].T
+    return Statistics(moments[:p, :p].clone(), moments[:p, p:].clone(), fisher, count)
 
 
 def collect(rows, batches):
@@ -210,7 +264,9 @@ def collect(rows, batches):
     for images, labels in batches:
         design, target, f = rows(images, labels)
         parts.append((design, target))
-        fisher, count = fisher.to(f.device) + f, count + len(labels)
-    empty = torch.zeros(0, rows.num_params, dtype=torch.float64), torch.zeros(0, rows.num_rhs, dtype=torch.float64)
+        fisher = None if f is None else fisher.to(f.device) + f
+        count += len(labels)
+    empty = (torch.zeros(0, rows.num_params, dtype=rows.work_dtype),
+             torch.zeros(0, rows.num_rhs, dtype=rows.work_dtype))
     design, target = (torch.cat(t) for t in zip(*parts)) if parts else empty
     return design, target, fisher, count

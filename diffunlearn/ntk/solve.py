@@ -46,7 +46,7 @@ def ridge_dual(design: torch.Tensor, target: torch.Tensor, lam: float) -> tuple[
     """theta (P, k) from the rows X (M, P) and R (M, k) through the (M, M) kernel; zero for an empty set."""
     if len(design) == 0:
         return torch.zeros(design.shape[1], target.shape[1], dtype=torch.float64, device=design.device), 0.0
-    kernel = design @ design.T
+    kernel = (design @ design.T).double()  # float32 rows: float32 products, a float64 solve
     kernel.diagonal().add_(lam)
-    alpha, jitter = cholesky_solve(kernel, target)
-    return design.T @ alpha, jitter
+    alpha, jitter = cholesky_solve(kernel, target.double())
+    return design.double().T @ alpha, jitter

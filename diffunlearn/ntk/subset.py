@@ -13,26 +13,30 @@ from torch import nn
 
 from ..errors import UserError
 
-HEAD_ATTRIBUTES = ("head", "fc", "classifier", "classification_head")
-SUBSET_HELP = "'head', 'bn', or a regex / glob over parameter names, joined with '+' (e.g. 'bn+head', 'lora_')"
+HEAD_ATTRIBUTES = ("head", "heads", "fc", "classifier", "classification_head")  # timm, torchvision, transformers
+SUBSET_HELP = ("'head', 'bn', 'prompt', or a regex / glob over parameter names, joined with '+' (e.g. 'bn+head', "
+               "'prompt+head', 'lora_')")
 
 
 def find_head(model: nn.Module) -> nn.Linear:
-    """The final linear layer: `model.<attr>` for attr in `HEAD_ATTRIBUTES`, or the last nn.Linear inside it.
+    """The classifier head: the nn.Linear at `model.<attr>` for attr in `HEAD_ATTRIBUTES` (or the last one inside
+    it: torchvision's `heads`, a transformers `classifier` block), else the model's last nn.Linear (e.g. the
+    `Linear` ending an `nn.Sequential`). That it is the final layer, whose output is the logits, is checked when
+    its features are taken (`HeadRows`).
 
     Raises:
-        UserError: the model has none of these.
+        UserError: the model has no nn.Linear at all.
     """
     for attr in HEAD_ATTRIBUTES:
         module = getattr(model, attr, None)
-        if isinstance(module, nn.Linear):
-            return module
         if isinstance(module, nn.Module):
             linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
             if linears:
                 return linears[-1]
-    raise UserError(f"cannot find the classifier head of {type(model).__name__}: looked for an nn.Linear at "
-                    f"attribute {', '.join(HEAD_ATTRIBUTES)} or the last nn.Linear inside one; "
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1]
+    raise UserError(f"cannot find the classifier head of {type(model).__name__}: it has no nn.Linear layer; "
                     f"choose another subset: {SUBSET_HELP}")
 
 
@@ -61,7 +65,8 @@ def _matching(names, token: str) -> list:
 
 
 def select_subset(model: nn.Module, spec: str) -> Subset:
-    """Parse `spec` ('head', 'bn', a pattern, or several joined by '+') against the model's parameters.
+    """Parse `spec` ('head', 'bn', 'prompt', a pattern, or several joined by '+') against the model's parameters
+    ('prompt': the tokens of `diffunlearn.add_visual_prompts`).
 
     Raises:
         UserError: an empty spec, or a part of it that matches no parameter.
@@ -74,6 +79,11 @@ def select_subset(model: nn.Module, spec: str) -> Subset:
     for token in (t.strip() for t in spec.split("+")):
         if token == "head":
             found = [by_id[id(p)] for p in find_head(model).parameters()]
+        elif token == "prompt":
+            found = [n for n in params if n.startswith("visual_prompts.")]
+            if not found:
+                raise UserError(f"subset 'prompt' matches no parameter: {type(model).__name__} holds no visual "
+                                "prompts; add them with diffunlearn.add_visual_prompts(model, num_tokens=...)")
         elif token == "bn":
             found = [by_id[id(p)] for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                      for p in (m.weight, m.bias) if p is not None]
