@@ -22,12 +22,13 @@ def main(argv=None):
     args = parse_args(parser, argv)
     import torch
 
-    from diffunlearn.benchmarks.classifier import run_benchmark, scenario_tables
+    from diffunlearn.benchmarks.classifier import scenario_tables
+    from diffunlearn.benchmarks.classifier_prompts import run_classifier_benchmark
 
     torch.set_num_threads(args.threads)
     try:
-        rows, checks = run_benchmark(args.config, args.output, args.overrides, args.scenario,
-                                     progress=lambda m: print(m, file=sys.stderr, flush=True))
+        rows, checks = run_classifier_benchmark(args.config, args.output, args.overrides, args.scenario,
+                                                progress=lambda m: print(m, file=sys.stderr, flush=True))
     except UserError as exc:
         print(f"diffunlearn: error: {exc}", file=sys.stderr)
         sys.exit(2)

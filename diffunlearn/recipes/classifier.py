@@ -47,6 +47,13 @@ def _shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> 
     return torch.stack([p[:, dy:dy + h, dx:dx + w] for p, (dy, dx) in zip(padded, offsets.tolist())])
 
 
+def one_cycle_adamw(accelerator, model, params, lr: float, weight_decay: float, steps: int) -> tuple:
+    """(model, optimizer, schedule) prepared by `accelerator`: AdamW over `params` with a one-cycle lr to `lr`."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    return accelerator.prepare(model, optimizer, schedule)
+
+
 def classifier_accuracy(classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
     classifier.eval()
     with torch.inference_mode():
@@ -63,11 +70,9 @@ def train_classifier(recipe: ClassifierRecipe, train_set=None, progress: bool = 
         train_set, _ = load_digits_splits(recipe.split_seed)
     model = DigitsClassifier(num_classes=num_classes, channels=tuple(recipe.channels),
                              reject_class=recipe.reject_class)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    steps_per_epoch = -(-len(train_set) // recipe.batch_size)
-    total = recipe.epochs * steps_per_epoch
-    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total)
-    model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
+    total = recipe.epochs * -(-len(train_set) // recipe.batch_size)
+    model, optimizer, lr_schedule = one_cycle_adamw(accelerator, model, model.parameters(), recipe.lr,
+                                                    recipe.weight_decay, total)
     sampler = StepSampler(train_set, recipe.batch_size, recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     model.train()
