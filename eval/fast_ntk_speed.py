@@ -14,7 +14,8 @@
 3. Subset "prompt+head" on a ViT-B/16-sized vision transformer (transformers `ViTForImageClassification` with
    ViT-B/16's config: 86M parameters, 224 px, random weights, 10 classes) with 10 shallow visual prompt tokens, N
    random images (`--vit-samples`, 500 by default; 0 skips it): wall time and peak resident memory of the call,
-   against what a full-model NTK would need for the same N (its Jacobian alone: N*C*P floats).
+   against what a full-model NTK would need for the same N (its Jacobian alone: N*C*P floats). On a GPU machine:
+   `--skip-head --vit-samples 5000 --device cuda --chunk-size 16` (the paper's N).
 
 Usage: OMP_NUM_THREADS=1 python eval/fast_ntk_speed.py [--threads 1] [--vit-samples 500]
 """
@@ -116,6 +117,8 @@ def main():
                         help="the base recipe whose head training is the retraining baseline")
     parser.add_argument("--vit-samples", type=int, default=500, help="N of the ViT-B/16 prompt run (0: skip it)")
     parser.add_argument("--skip-head", action="store_true", help="run section 3 only")
+    parser.add_argument("--device", default="cpu", help="device of section 3 (cuda on a GPU machine)")
+    parser.add_argument("--chunk-size", type=int, default=2, help="section 3: samples per vmap chunk")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="fast_ntk_speed_") as cache:
@@ -123,11 +126,11 @@ def main():
         if not args.skip_head:
             run(args.recipe)
         if args.vit_samples:
-            vit_prompts(args.vit_samples)
+            vit_prompts(args.vit_samples, chunk_size=args.chunk_size, device=args.device)
 
 
-def vit_prompts(n: int, classes: int = 10, tokens: int = 10, chunk_size: int = 2):
-    """Section 3: Fast-NTK (prompt + head) on a ViT-B/16-sized model, N samples, on this machine."""
+def vit_prompts(n: int, classes: int = 10, tokens: int = 10, chunk_size: int = 2, device: str = "cpu"):
+    """Section 3: Fast-NTK (prompt + head) on a ViT-B/16-sized model, N samples, on `device`."""
     from transformers import ViTConfig, ViTForImageClassification
 
     from diffunlearn import add_visual_prompts
@@ -136,7 +139,7 @@ def vit_prompts(n: int, classes: int = 10, tokens: int = 10, chunk_size: int = 2
 
     torch.manual_seed(0)
     config = ViTConfig(num_labels=classes, attn_implementation="eager")  # ViT-B/16 at 224 px; eager attention:
-    model = ViTForImageClassification(config).eval()                     # vmap has no batching rule for CPU SDPA
+    model = ViTForImageClassification(config).eval().to(device)          # vmap has no batching rule for CPU SDPA
     p_all = sum(p.numel() for p in model.parameters())
     add_visual_prompts(model, num_tokens=tokens)
     gen = torch.Generator().manual_seed(0)
@@ -145,7 +148,7 @@ def vit_prompts(n: int, classes: int = 10, tokens: int = 10, chunk_size: int = 2
     forget, retain = (images[labels == 0], labels[labels == 0]), (images[labels != 0], labels[labels != 0])
     fast_ntk_scrub(model, (images[:1], labels[:1]), (images[1:2], labels[1:2]), subset="prompt+head",
                    chunk_size=chunk_size, cache=False)  # warm-up
-    with PeakMemory(torch.device("cpu"), interval=0.05) as rss:
+    with PeakMemory(torch.device(device), interval=0.05) as rss:
         start = time.perf_counter()
         result = fast_ntk_scrub(model, forget, retain, subset="prompt+head", batch_size=8, chunk_size=chunk_size,
                                 cache=False)
@@ -154,9 +157,11 @@ def vit_prompts(n: int, classes: int = 10, tokens: int = 10, chunk_size: int = 2
     full = n * classes * p_all * 4
     print(f"\n3. Fast-NTK, subset=prompt+head, ViT-B/16-sized ({p_all / 1e6:.1f}M parameters, 224 px, random "
           f"weights), {tokens} prompt tokens: N={n} ({len(forget[1])} forget), C={classes}, P_S={info['num_params']:,}, "
-          f"form={info['form']}, vmap chunk {chunk_size}, {torch.get_num_threads()} thread(s)")
+          f"form={info['form']}, vmap chunk {chunk_size}, " + (torch.cuda.get_device_name() if device.startswith(
+              "cuda") else f"CPU, {torch.get_num_threads()} thread(s)"))
     print(f"wall time {seconds:.1f} s (rows of D_f {info['seconds']['forget_rows']:.1f} s, of D_r "
-          f"{info['seconds']['retain_rows']:.1f} s, solve {info['seconds']['solve']:.1f} s); peak RSS increase "
+          f"{info['seconds']['retain_rows']:.1f} s, solve {info['seconds']['solve']:.1f} s); peak "
+          f"{'GPU memory' if device.startswith('cuda') else 'RSS'} increase "
           f"{mib(rss.delta)}")
     print(f"subset Jacobian G (N*C*P_S float64): {mib(n * classes * info['num_params'] * 8)}; full-model NTK "
           f"Jacobian (N*C*P float32): {mib(full)} = {full / 2 ** 40:.2f} TiB, {full / max(rss.delta, 1):,.0f}x the "
