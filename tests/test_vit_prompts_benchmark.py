@@ -61,7 +61,7 @@ def test_the_visual_prompt_benchmark_writes_every_row(tiny_vit_dirs, tmp_path):
     config.write_text(f"family: vit_prompts\nmodel: {tiny_vit_dirs[1]}\nrecipe: {recipe}\n"
                       "scenarios:\n  class: {forget_classes: [7]}\n  random: {forget_fraction: 0.05, seeds: [0]}\n")
     rows, checks = run_classifier_benchmark(config, tmp_path / "out", progress=lambda m: None)
-    methods = ["RT", "Original", "Fast-NTK (prompt)", "Fast-NTK (prompt + head)"]
+    methods = ["RT", "Original", "Fast-NTK (prompt)", "Fast-NTK (prompt + head)", "Fast-NTK (head)"]
     assert [r["method"] for r in rows] == methods * 2
     assert all(0.0 <= r["FA"] <= 1.0 and r["D_KL"] >= 0 for r in rows)
     assert [claim.split("]")[0] for claim, _ in checks] == ["[class"] * 4 + ["[random"] * 4

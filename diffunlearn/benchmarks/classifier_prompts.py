@@ -1,6 +1,6 @@
 """Classification unlearning on visual prompts (`family: vit_prompts` in a classifier benchmark config): the
 prompt-tuned digits ViT, RT (its prompts and head re-tuned on D_r from the same frozen backbone, by the recipe's
-stage 2), Fast-NTK (prompt) and Fast-NTK (prompt + head), per forget scenario, with the classifier benchmark's
+stage 2), Fast-NTK (prompt), Fast-NTK (prompt + head) and, for context, Fast-NTK (head), per forget scenario, with the classifier benchmark's
 metrics (FA, RA, TA, MIA, D_KL to RT, Avg.D, run time) and tables.
 
 Fast-NTK linearises at the recorded start of the prompt tuning (`init: recorded`: `prompt_init.safetensors`, the
@@ -23,7 +23,7 @@ from ..evaluation.classification import classification_report
 from .classifier import _gap, mean_rows, scenario_config, summary_rows, trial_rows, write_outputs
 from .scenarios import ScenarioConfig, make_split
 
-ROWS = ("Fast-NTK (prompt)", "Fast-NTK (prompt + head)")
+ROWS = ("Fast-NTK (prompt)", "Fast-NTK (prompt + head)", "Fast-NTK (head)")  # the last: the head alone, for context
 CHECKED = ("FA", "TA", "MIA", "D_KL")  # the class scenario's acceptance: Fast-NTK (prompt + head) closer to RT
 
 
@@ -100,7 +100,7 @@ def run_prompt_benchmark(raw: dict, output, scenarios=None, progress=print) -> t
             start = perf_counter()
             rt = Logits(prompt_tune(backbone, recipe, split.retain, progress=False)[0])
             models = {"RT": (rt, perf_counter() - start), "Original": (Logits(original), math.nan)}
-            for label, subset in zip(ROWS, ("prompt", "prompt+head")):
+            for label, subset in zip(ROWS, ("prompt", "prompt+head", "head")):
                 progress(f"[{name}: {trial.describe()}] {label}")
                 init = {n: w0[n] for n in select_subset(original, subset).names} if w0 is not None else None
                 start = perf_counter()
