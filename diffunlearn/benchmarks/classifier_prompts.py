@@ -1,10 +1,10 @@
 """Classification unlearning on visual prompts (`family: vit_prompts` in a classifier benchmark config): the
 prompt-tuned digits ViT, RT (its prompts and head re-tuned on D_r from the same frozen backbone, by the recipe's
-stage 2), Fast-NTK (prompt), Fast-NTK (prompt + head) and, for context, Fast-NTK (head), per forget scenario, with the classifier benchmark's
-metrics (FA, RA, TA, MIA, D_KL to RT, Avg.D, run time) and tables.
+stage 2), Fast-NTK (prompt), Fast-NTK (prompt + head) and, for context, Fast-NTK (head), per forget scenario, with
+the classifier benchmark's metrics (FA, RA, TA, MIA, D_KL to RT, Avg.D, run time) and tables.
 
 Fast-NTK linearises at the recorded start of the prompt tuning (`init: recorded`: `prompt_init.safetensors`, the
-prompts' seeded initial values and the zero head) or at the tuned weights (`init: current`).
+prompts' seeded initial values and the new head's) or at the tuned weights (`init: current`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class PromptBenchmarkConfig:
 def load_prompt_config(raw: dict) -> PromptBenchmarkConfig:
     scenarios = raw.pop("scenarios", None)
     if not isinstance(scenarios, dict) or not scenarios:
-        raise UserError("a vit_prompts benchmark config needs scenarios, e.g. scenarios: {class: {forget_classes: [7]}}")
+        raise UserError("a vit_prompts benchmark config needs scenarios, e.g. "
+                        "scenarios: {class: {forget_classes: [7]}}")
     cfg = validate(PromptBenchmarkConfig(), raw)
     cfg.scenarios = {name: scenario_config(name, entry) for name, entry in scenarios.items()}
     return cfg
@@ -62,8 +63,8 @@ def prompt_acceptance(rows: list) -> list:
         names = list(dict.fromkeys(trial for trial, _ in trials))
         for key in CHECKED:
             ntk, base = _gap(by[ROWS[1]], by["RT"], key), _gap(by["Original"], by["RT"], key)
-            wins = sum(_gap(trials[n, ROWS[1]], trials[n, "RT"], key) < _gap(trials[n, "Original"], trials[n, "RT"], key)
-                       for n in names)
+            wins = sum(_gap(trials[n, ROWS[1]], trials[n, "RT"], key)
+                       < _gap(trials[n, "Original"], trials[n, "RT"], key) for n in names)
             checks.append((f"[{scenario}] {ROWS[1]} closer to RT than Original on {key}: {ntk:.4f} vs {base:.4f} "
                            f"(strictly closer in {wins} of {len(names)} trials)", ntk < base or ntk == base == 0))
     return checks
