@@ -18,6 +18,7 @@ matrix G^T (I kron H) G. Under "identity" the step is ~C times too short and bar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch.func import functional_call, jacrev, vmap
@@ -62,14 +63,9 @@ class Statistics:
 
     gram: torch.Tensor
     rhs: torch.Tensor
-    fisher: torch.Tensor
+    fisher: Optional[torch.Tensor]
     count: int
     solved: dict = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def zeros(cls, num_params: int, num_rhs: int, device=None) -> "Statistics":
-        z = torch.zeros(num_params, num_rhs, dtype=torch.float64, device=device)
-        return cls(torch.zeros(num_params, num_params, dtype=torch.float64, device=device), z, z.clone(), 0)
 
     def __add__(self, other: "Statistics") -> "Statistics":
         fisher = None if self.fisher is None or other.fisher is None else self.fisher + other.fisher

@@ -114,11 +114,12 @@ class RingABell(Attack):
 
     @classmethod
     def check_model(cls, config, model, run_cfg) -> None:
-        for pair in concept_pairs(config, run_cfg):
-            model.tokenize(pair)  # unknown words, too long: one-line errors
-        if not concept_pairs(config, run_cfg):
+        pairs = concept_pairs(config, run_cfg)
+        if not pairs:
             raise UserError("attack.ring_a_bell needs prompt pairs: set attack.ring_a_bell.pairs=[[with, without]] "
                             "(the run has no anchor or remain prompts to pair the forget prompt with)")
+        for pair in pairs:
+            model.tokenize(pair)  # unknown words, too long: one-line errors
         limit = model.tokenize([""]).shape[1] - 2
         if search_length(config, model) > limit:
             raise UserError(f"attack.ring_a_bell.length={config.length} does not fit the tokenizer's prompts; use "
