@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Iterator, Optional
 
@@ -88,6 +89,17 @@ class LabeledBatches:
                 yield (torch.stack([torch.as_tensor(image) for image, _ in items]),
                        _labels([int(label) for _, label in items]))
 
+    def chunks(self, max_bytes: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Like iterating, with batches of up to `max_bytes` of images (at least `batch_size` samples) when the set
+        is in memory (tensors); else the batches."""
+        if self._tensors is None:
+            yield from self
+            return
+        images, labels = self._tensors
+        size = max(self.batch_size, max_bytes // max(1, images[:1].numel() * images.element_size()))
+        for start in range(0, len(labels), size):
+            yield images[start:start + size], labels[start:start + size]
+
     def sample_shape(self) -> Optional[tuple]:
         """Shape of one image, or None for an empty set."""
         if len(self) == 0:
@@ -107,8 +119,10 @@ class LabeledBatches:
 
 
 HASH_COLUMNS = 8  # independent linear hashes per sample
+HASH_BYTES = 1 << 24  # bytes of images hashed per product when the set is in memory
 
 
+@functools.lru_cache(maxsize=4)
 def _coefficients(words: int) -> torch.Tensor:
     """Fixed random multipliers (words, HASH_COLUMNS) in [0, 2^12), float64 (seeded by the word count)."""
     generator = torch.Generator().manual_seed(0x5EED + words)
@@ -125,7 +139,7 @@ def sample_digests(batches: LabeledBatches) -> torch.Tensor:
     2^9 words and their chunk hashes digested with blake2b. A cache key, not a cryptographic digest.
     """
     rows = []
-    for images, labels in batches:
+    for images, labels in batches.chunks(HASH_BYTES):
         flat = np.ascontiguousarray(images.detach().cpu().reshape(len(images), -1).numpy()).view(np.uint8)
         flat = (np.pad(flat, ((0, 0), (0, -flat.shape[1] % 4))) if flat.shape[1] % 4 else flat).view(np.uint32)
         words = flat.shape[1]

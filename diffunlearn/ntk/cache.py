@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ..assets import cache_dir
 from ..outputs import atomic_write
-from .rows import Statistics
+from .statistics import Statistics
 
 FORMAT_VERSION = 1
 MEMORY_ENTRIES = 4

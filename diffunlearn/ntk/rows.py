@@ -1,4 +1,4 @@
-"""Rows of the linearised least-squares problem and their sufficient statistics.
+"""Rows of the linearised least-squares problem (their sufficient statistics: `diffunlearn.ntk.statistics`).
 
 For a set of N samples the linearised fine-tune is ridge regression with design X and targets -R:
 - subset "head": X = [phi, 1] (N, F+1), R = residuals (N, C); the C classes decouple (J = I_C kron [phi; 1]), so
@@ -17,9 +17,6 @@ matrix G^T (I kron H) G. Under "identity" the step is ~C times too short and bar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
-
 import torch
 from torch.func import functional_call, jacrev, vmap
 
@@ -34,12 +31,19 @@ def model_logits(output) -> torch.Tensor:
     return getattr(output, "logits", output)
 
 
+def softmax64(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension in float64 (written out: torch's kernel costs ~40 us per small batch)."""
+    z = logits.double()
+    z = (z - z.amax(-1, keepdim=True)).exp_()
+    return z.div_(z.sum(-1, keepdim=True))
+
+
 def residuals(logits: torch.Tensor, labels: torch.Tensor, loss: str, probs=None) -> torch.Tensor:
     """(B, C) float64 residuals at the linearisation point (`probs`: the logits' softmax, if already taken)."""
     onehot = torch.nn.functional.one_hot(labels, logits.shape[-1]).to(torch.float64)
     if loss != "ce":
         return logits.to(torch.float64) - onehot
-    return (logits.to(torch.float64).softmax(-1) if probs is None else probs) - onehot
+    return (softmax64(logits) if probs is None else probs) - onehot
 
 
 def fisher_weights(logits: torch.Tensor, loss: str, probs=None) -> torch.Tensor:
@@ -49,31 +53,8 @@ def fisher_weights(logits: torch.Tensor, loss: str, probs=None) -> torch.Tensor:
     """
     if loss != "ce":
         return torch.ones_like(logits, dtype=torch.float64)
-    probs = logits.double().softmax(-1) if probs is None else probs
+    probs = softmax64(logits) if probs is None else probs
     return probs * (1 - probs)
-
-
-@dataclass
-class Statistics:
-    """Sufficient statistics of one set: A = X^T X (P, P), b = X^T R (P, k), Fisher sum (P, k) or None (not
-    computed), N, float64.
-
-    `solved` memoises ridge solutions {lambda: (theta, jitter)} of a cached set (kept in memory only).
-    """
-
-    gram: torch.Tensor
-    rhs: torch.Tensor
-    fisher: Optional[torch.Tensor]
-    count: int
-    solved: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def __add__(self, other: "Statistics") -> "Statistics":
-        fisher = None if self.fisher is None or other.fisher is None else self.fisher + other.fisher
-        return Statistics(self.gram + other.gram, self.rhs + other.rhs, fisher, self.count + other.count)
-
-    def __sub__(self, other: "Statistics") -> "Statistics":
-        fisher = None if self.fisher is None or other.fisher is None else self.fisher - other.fisher
-        return Statistics(self.gram - other.gram, self.rhs - other.rhs, fisher, self.count - other.count)
 
 
 class _Rows:
@@ -97,6 +78,19 @@ class _Rows:
         images = images.to(self.device, self.dtype if images.is_floating_point() else None)
         return images, labels.to(self.device)
 
+    def fill(self, images, labels, out: torch.Tensor):
+        """Write the batch's rows [X R] into `out` (rows, P + k) in the rows' precision; returns the Fisher sum
+        (or None: `finish` returns it)."""
+        design, target, fisher = self(images, labels)
+        out[:, :self.num_params] = design
+        out[:, self.num_params:] = target
+        return fisher
+
+    def finish(self, block: torch.Tensor):
+        """Complete the rows `fill` wrote into `block` (all of them, in order) before its product; returns the
+        Fisher sum of the block, or None when `fill` returned it."""
+        return None
+
 
 class HeadRows(_Rows):
     """Rows [phi, 1] of the head-only problem; k = C right-hand sides."""
@@ -106,6 +100,8 @@ class HeadRows(_Rows):
         super().__init__(model, num_classes, loss, curvature, precision)
         self.head, self.has_bias = head, head.bias is not None
         self.num_params, self.num_rhs = head.in_features + int(self.has_bias), num_classes
+        self.rows_per_sample, self.gram_scale = 1, self.row_scale ** 2
+        self.pending = []  # labels of the rows filled since the last finish
         self.theta0 = None if init is None else self.to_theta(*(init[n] for n in self.param_names()))
         self.checked = False
 
@@ -130,6 +126,15 @@ class HeadRows(_Rows):
         return out
 
     def __call__(self, images, labels):
+        out = torch.empty(len(labels), self.num_params + self.num_rhs, dtype=self.work_dtype, device=self.device)
+        self.fill(images, labels, out)
+        fisher = self.finish(out)
+        return out[:, :self.num_params] * self.row_scale, out[:, self.num_params:] / self.row_scale, fisher
+
+    def fill(self, images, labels, out: torch.Tensor):
+        """[phi, 1] and the logits at w0 written straight into `out`, one pass over the features; `finish` turns
+        the logits of a whole block into residuals. The curvature's row scale is left to `gram_scale` (X^T X *
+        C^-1, X^T R unchanged)."""
         images, labels = self._inputs(images, labels)
         captured = []
         handle = self.head.register_forward_hook(lambda m, args, out: captured.append((args[0], out)))
@@ -145,15 +150,30 @@ class HeadRows(_Rows):
                             f"{len(captured)} time(s) or its output differs from the logits); use a parameter "
                             "subset other than 'head'")
         self.checked = True  # the head's place in the model is checked once, on the first batch
-        phi = captured[0][0].to(self.work_dtype)
-        design = torch.cat([phi, torch.ones_like(phi[:, :1])], 1) if self.has_bias else phi
-        logits0 = logits if self.theta0 is None else design.double() @ self.theta0.to(design.device)
-        probs = logits0.double().softmax(-1) if self.loss == "ce" else None
-        fisher = (design.square().T @ fisher_weights(logits0, self.loss, probs).to(self.work_dtype)).double() \
-            if self.with_fisher else None
-        # the classes decouple: centring P acts on the C right-hand sides, whose residuals are already centred
-        target = residuals(logits0, labels, self.loss, probs) / self.row_scale
-        return design * self.row_scale, target.to(self.work_dtype), fisher
+        phi, features = captured[0][0], self.head.in_features
+        design = out[:, :self.num_params]
+        design[:, :features].copy_(phi)
+        if self.has_bias:
+            design[:, features].fill_(1.0)
+        theta0 = None if self.theta0 is None else self.theta0.to(design.device)
+        logits0 = logits if theta0 is None else phi.double() @ theta0[:features] + (
+            theta0[features] if self.has_bias else 0)
+        out[:, self.num_params:].copy_(logits0)
+        self.pending.append(labels)
+
+    def finish(self, block: torch.Tensor):
+        """Residuals in place in the block's last C columns (in the rows' precision), for all its samples at once:
+        softmax (cross-entropy) or the logits (squared loss), minus the one-hot labels. The classes decouple, so
+        centring P acts on the C right-hand sides, whose residuals are already centred."""
+        labels, self.pending = torch.cat(self.pending), []
+        res = block[:, self.num_params:]
+        if self.loss == "ce":
+            res.sub_(res.amax(1, keepdim=True)).exp_()
+            res.div_(res.sum(1, keepdim=True))
+        weights = fisher_weights(res, self.loss, res if self.loss == "ce" else None).to(block.dtype)
+        fisher = (block[:, :self.num_params].square().T @ weights).double() if self.with_fisher else None
+        res.scatter_add_(1, labels[:, None], torch.full((len(labels), 1), -1.0, dtype=res.dtype, device=res.device))
+        return fisher
 
 
 class JacobianRows(_Rows):
@@ -166,6 +186,7 @@ class JacobianRows(_Rows):
         self.names, self.chunk_size = list(names), chunk_size
         self.primals = {n: (params[n] if init is None else init[n]).detach() for n in self.names}
         self.num_params, self.num_rhs = sum(p.numel() for p in self.primals.values()), 1
+        self.rows_per_sample, self.gram_scale = num_classes, 1.0
 
     def flatten(self, tensors: dict) -> torch.Tensor:
         return torch.cat([tensors[n].detach().double().reshape(-1) for n in self.names])[:, None]
@@ -202,67 +223,3 @@ class JacobianRows(_Rows):
             jac = (jac - jac.mean(1, keepdim=True)) * self.row_scale
         return (jac.reshape(-1, self.num_params), (res / self.row_scale).reshape(-1, 1).to(self.work_dtype),
                 None if fisher is None else fisher.double()[:, None])
-
-
-BLOCK_BYTES = 1 << 23  # rows gathered (8 MiB, one reused buffer) before one product updates the statistics
-
-
-def accumulate(rows, batches) -> Statistics:
-    """Stream A = X^T X and b = X^T R over mini-batches, accumulated in float64; X itself is never kept.
-
-    The rows of consecutive batches are copied into one reused buffer of up to `BLOCK_BYTES`, and each full buffer
-    updates A and b with one product [X R]^T [X R] in the rows' precision (float32 products are added to the
-    float64 sums), of which only three half-width blocks are computed (it is symmetric): few large products, 3/4 of
-    the multiplications, no fresh allocation per batch.
-    """
-    p, width = rows.num_params, rows.num_params + rows.num_rhs
-    moments = torch.zeros(width, width, dtype=torch.float64, device=rows.device)  # [X R]^T [X R]
-    fisher = torch.zeros(p, rows.num_rhs, dtype=torch.float64, device=rows.device) if rows.with_fisher else None
-    limit = max(1, BLOCK_BYTES // (width * torch.tensor([], dtype=rows.work_dtype).element_size()))
-    buffer, filled, count = None, 0, 0
-
-    half = width // 2
-
-    def flush(block):  # the symmetric product as three of its four half-width blocks
-        for rows_, cols in ((slice(0, half), slice(0, half)), (slice(0, half), slice(half, width)),
-                            (slice(half, width), slice(half, width))):
-            left, right = block[:, rows_], block[:, cols]
-            if block.dtype == torch.float64:
-                moments[rows_, cols].addmm_(left.T, right)
-            else:
-                moments[rows_, cols].add_(left.T @ right)
-
-    for images, labels in batches:
-        design, target, batch_fisher = rows(images, labels)
-        if fisher is not None:
-            fisher += batch_fisher
-        count += len(labels)
-        if len(design) >= limit:  # a batch as large as the buffer: its own product
-            flush(torch.cat([design, target], 1))
-            continue
-        if buffer is None:
-            buffer = torch.empty(limit, width, dtype=design.dtype, device=design.device)
-        if filled + len(design) > limit:
-            flush(buffer[:filled])
-            filled = 0
-        buffer[filled:filled + len(design), :p] = design
-        buffer[filled:filled + len(design), p:] = target
-        filled += len(design)
-    if filled:
-        flush(buffer[:filled])
-    moments[half:, :half] = moments[:half, half:].T
-    return Statistics(moments[:p, :p].clone(), moments[:p, p:].clone(), fisher, count)
-
-
-def collect(rows, batches):
-    """All rows of a set (dual form): design (M, P), residuals (M, k), Fisher sum (P, k), N."""
-    parts, fisher, count = [], torch.zeros(rows.num_params, rows.num_rhs, dtype=torch.float64), 0
-    for images, labels in batches:
-        design, target, f = rows(images, labels)
-        parts.append((design, target))
-        fisher = None if f is None else fisher.to(f.device) + f
-        count += len(labels)
-    empty = (torch.zeros(0, rows.num_params, dtype=rows.work_dtype),
-             torch.zeros(0, rows.num_rhs, dtype=rows.work_dtype))
-    design, target = (torch.cat(t) for t in zip(*parts)) if parts else empty
-    return design, target, fisher, count

@@ -33,11 +33,13 @@ def cholesky_solve(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tenso
     raise UserError("the linearised system is singular even with jitter; use weight_decay > 0")
 
 
-def ridge_primal(gram: torch.Tensor, rhs: torch.Tensor, lam: float, count: int) -> tuple[torch.Tensor, float]:
-    """theta (P, k) from A = X^T X (P, P) and b = X^T R (P, k); zero for an empty set."""
+def ridge_primal(gram: torch.Tensor, rhs: torch.Tensor, lam: float, count: int,
+                 overwrite: bool = False) -> tuple[torch.Tensor, float]:
+    """theta (P, k) from A = X^T X (P, P) and b = X^T R (P, k); zero for an empty set. `overwrite`: `gram` is
+    not needed afterwards and may be used as the work matrix (no copy)."""
     if count == 0:
         return torch.zeros_like(rhs), 0.0
-    system = gram.clone()
+    system = gram if overwrite and gram.is_contiguous() else gram.clone()
     system.diagonal().add_(lam)
     return cholesky_solve(system, rhs)
 

@@ -26,8 +26,9 @@ from torch import nn
 from ..data.batches import LabeledBatches, check_input_shapes, multiset_digest
 from ..errors import UserError, choice_error
 from .cache import load_statistics, statistics_key, store_statistics
-from .rows import CURVATURES, LOSSES, HeadRows, JacobianRows, accumulate, collect, model_logits
+from .rows import CURVATURES, LOSSES, HeadRows, JacobianRows, model_logits
 from .solve import ridge_dual, ridge_primal
+from .statistics import accumulate, collect
 from .subset import resolve_init, select_subset
 
 FORMS = ("auto", "primal", "dual")
@@ -183,7 +184,8 @@ def fast_ntk_scrub(model: nn.Module, forget, retain, subset: str = "head", loss:
             full.solved[lam_full] = ridge_primal(full.gram, full.rhs, lam_full, full.count)
         theta_full, jitter_full = full.solved[lam_full][0].to(rows.device), full.solved[lam_full][1]
         del forget_stats  # P_S x P_S matrices dominate the memory of this call
-        theta_retain, jitter_retain = ridge_primal(retain_stats.gram, retain_stats.rhs, lam_retain, n_retain)
+        theta_retain, jitter_retain = ridge_primal(retain_stats.gram, retain_stats.rhs, lam_retain, n_retain,
+                                                   overwrite=retain_stats is not full)  # a fresh downdate / sum
         fisher_retain = retain_stats.fisher
     else:
         source = "unused (dual form)" if cache else "off"
