@@ -424,3 +424,35 @@ def test_float32_products_agree_with_float64_and_keep_their_own_cache(digits, su
     assert moved[0].norm() > 0 and (moved[1] - moved[0]).norm() < 1e-3 * moved[0].norm()
     with pytest.raises(UserError, match="unknown precision 'float16'; valid: float32, float64"):
         fast_ntk_scrub(model, forget, retain, subset=subset, precision="float16")
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("subset", ["head", "bn"])
+def test_streamed_statistics_equal_the_explicit_products_on_both_product_paths(digits, monkeypatch, precision, subset):
+    """A = X^T X and b = X^T R streamed through the block buffer (batches smaller and larger than it, several
+    flushes) equal the products of the explicitly stacked rows, on the CPU's syrk path and the devices' three-block
+    GEMM path alike."""
+    from diffunlearn.data.batches import LabeledBatches
+    from diffunlearn.ntk import statistics
+    from diffunlearn.ntk.rows import HeadRows
+
+    train, _ = digits
+    model = tiny_cnn().eval()
+    chosen = select_subset(model, subset)
+    rows = (HeadRows(model, chosen.head, None, 10, "ce", "uniform", precision) if chosen.head is not None
+            else JacobianRows(model, chosen.names, None, 10, "ce", None, "uniform", precision))
+    data = (train.images[:150], train.labels[:150])
+    design, target, _ = rows(*data)
+    exact = design.double().T @ design.double(), design.double().T @ target.double()
+    tol = dict(rtol=1e-10, atol=1e-10) if precision == "float64" else dict(rtol=1e-4, atol=1e-4)
+    width = rows.num_params + rows.num_rhs
+    element = 8 if precision == "float64" else 4
+    for syrk in (True, False):
+        monkeypatch.setattr(statistics, "CPU_SYRK", syrk)
+        for batch, block_rows in ((32, 70), (100, 50)):  # several batches per block; a batch larger than a block
+            monkeypatch.setattr(statistics, "BLOCK_BYTES", block_rows * rows.rows_per_sample * width * element)
+            stats = statistics.accumulate(rows, LabeledBatches(data, batch, "set"))
+            assert stats.count == 150
+            torch.testing.assert_close(stats.gram, exact[0], **tol)
+            torch.testing.assert_close(stats.rhs, exact[1], **tol)
+            torch.testing.assert_close(stats.gram, stats.gram.T, rtol=0, atol=0)

@@ -31,6 +31,7 @@ class Statistics:
         return Statistics(self.gram - other.gram, self.rhs - other.rhs, fisher, self.count - other.count)
 
 
+CPU_SYRK = True  # False: the device path (three half-width GEMM blocks) on the CPU too (tests compare both)
 BLOCK_BYTES = 1 << 24  # rows gathered (16 MiB, one reused buffer) before one product updates the statistics
 
 
@@ -49,7 +50,7 @@ def accumulate(rows, batches) -> Statistics:
     limit = max(1, BLOCK_BYTES // (width * torch.tensor([], dtype=rows.work_dtype).element_size()))
     buffer, filled, count = None, 0, 0
 
-    half, use_syrk = width // 2, rows.device.type == "cpu"
+    half, use_syrk = width // 2, CPU_SYRK and rows.device.type == "cpu"
 
     def flush(block):  # the symmetric product: CPU BLAS syrk (lower triangle), else three of four half blocks
         block_fisher = rows.finish(block)
