@@ -96,7 +96,9 @@ def overrides_for(pipe, family: str, forget, anchor, method, seed, overrides, ke
         raise UserError(f"unknown keyword(s) {unknown}; valid: {sorted(KEYWORDS)} or overrides={{'dotted.key': "
                         "value}")
     items = {KEYWORDS[k]: v for k, v in keywords.items()}
-    if forget is not None and family == "sd":
+    from .registry import get_family
+
+    if forget is not None and get_family(family).conditioning == "text":  # prompts: the text-to-image families
         prompts = [forget] if isinstance(forget, str) else list(forget)
         items.update({"forget.prompts": prompts, "forget.classes": []})
         if anchor is not None:

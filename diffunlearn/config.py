@@ -15,7 +15,7 @@ from .errors import UserError, choice_error
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "euler")  # euler: flow matching (sd3); each family checks its own
 
 
 def check_positive(section: str, **values) -> None:

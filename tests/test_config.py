@@ -25,7 +25,7 @@ def test_main_config_loads_and_overrides_apply():
     (["train.steps=0"], "train.steps must be > 0, got 0"),
     (["forget.classes=[]"], "forget.classes and forget.prompts are both empty"),
     (["train.optimizer=lbfgs"], "unknown train.optimizer 'lbfgs'; valid: adam, adamw, sgd"),
-    (["eval.sampler=euler"], "unknown eval.sampler 'euler'; valid: ddim, ddpm"),
+    (["eval.sampler=heun"], "unknown eval.sampler 'heun'; valid: ddim, ddpm, euler"),
     (["steps"], "bad override 'steps'; expected key=value"),
     (["eval.guidance_scale=nan"], "config key 'eval.guidance_scale' must be a finite number, got nan"),
     (["train.lr=inf"], "config key 'train.lr' must be a finite number, got inf"),

@@ -12,10 +12,12 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_ddpm
-from diffusers import DiTPipeline, StableDiffusionPipeline
+from diffusers import DiTPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from helpers import snapshot
 from test_dit import tiny_dit
 from test_sd import tiny_sd
+from test_sd3 import tiny_sd3
+from test_sdxl import tiny_sdxl
 
 from diffunlearn.commands.cli import main
 from diffunlearn.config_loading import build_config, read_yaml
@@ -24,8 +26,9 @@ from diffunlearn.registry import get_method
 from diffunlearn.training.trainer import Trainer
 
 CONFIGS = {"ddpm": "configs/digits/ddpm_sfron.yaml", "dit": "configs/digits/dit_sfron.yaml",
-           "sd": "configs/digits/sd_sfron.yaml"}
-BUILDERS = {"ddpm": tiny_ddpm, "dit": tiny_dit, "sd": tiny_sd}
+           "sd": "configs/digits/sd_sfron.yaml", "sd3": "configs/digits/sd3_sfron.yaml",
+           "sdxl": "configs/digits/sdxl_sfron.yaml"}
+BUILDERS = {"ddpm": tiny_ddpm, "dit": tiny_dit, "sd": tiny_sd, "sd3": tiny_sd3, "sdxl": tiny_sdxl}
 SMALL = ["train.batch_size=8", "method.mask_batches=2", "data.samples_per_target=8", "eval.num_inference_steps=2",
          "eval.batch_size=64"]
 
@@ -43,7 +46,7 @@ def family_trainer(family, tmp_path, overrides=()):
                    progress=False)
 
 
-@pytest.mark.parametrize("family", ["ddpm", "dit", "sd"])
+@pytest.mark.parametrize("family", ["ddpm", "dit", "sd", "sd3", "sdxl"])
 def test_sfr_on_forget_step_moves_only_salient_elements(family, tmp_path):
     trainer = family_trainer(family, tmp_path, ["method.remain=false", "method.forget_every=1",
                                                 "train.optimizer=adam", "method.gamma=1.0"])
@@ -62,7 +65,7 @@ def test_sfr_on_forget_step_moves_only_salient_elements(family, tmp_path):
     assert moved > 0, f"{family}: the forget step should move salient elements"
 
 
-@pytest.mark.parametrize("family", ["ddpm", "dit", "sd"])
+@pytest.mark.parametrize("family", ["ddpm", "dit", "sd", "sd3", "sdxl"])
 def test_sfr_on_iterations_change_weights_with_finite_losses(family, tmp_path):
     trainer = family_trainer(family, tmp_path, ["train.steps=3", "train.log_every=1", "train.checkpoint_every=10"])
     before = snapshot(trainer)
@@ -73,10 +76,12 @@ def test_sfr_on_iterations_change_weights_with_finite_losses(family, tmp_path):
     assert any(not torch.equal(p.detach(), before[n]) for n, p in trainer.params)
 
 
-def test_sd_concept_forget_loss_pulls_the_forget_prompt_onto_its_anchor(tmp_path):
-    """The concept forget step is a descent on ||eps(c_forget) - sg eps(c_anchor)||^2: it shrinks that gap."""
-    trainer = family_trainer("sd", tmp_path, ["method.remain=false", "method.saliency_mask=false",
-                                              "train.optimizer=sgd", "train.lr=0.05", "method.forget_clip=null"])
+@pytest.mark.parametrize("family", ["sd", "sd3", "sdxl"])
+def test_concept_forget_loss_pulls_the_forget_prompt_onto_its_anchor(family, tmp_path):
+    """The concept forget step is a descent on ||eps(c_forget) - sg eps(c_anchor)||^2 (SD3: the velocities): it
+    shrinks that gap."""
+    trainer = family_trainer(family, tmp_path, ["method.remain=false", "method.saliency_mask=false",
+                                              "train.optimizer=sgd", "train.lr=0.01", "method.forget_clip=null"])
     batch = trainer.forget_batch(0)
     trainer.method.setup()
     gap_before = trainer.anchored_losses(batch, 0, stream=1).mean().item()
@@ -86,7 +91,7 @@ def test_sd_concept_forget_loss_pulls_the_forget_prompt_onto_its_anchor(tmp_path
     assert gap_after < 0.9 * gap_before, (gap_before, gap_after)
 
 
-@pytest.mark.parametrize("family", ["dit", "sd"])
+@pytest.mark.parametrize("family", ["dit", "sd", "sd3", "sdxl"])
 def test_cli_end_to_end_outputs_load_with_stock_pipelines(family, tmp_path, tiny_classifier_dir):
     folder = tmp_path / "base"
     BUILDERS[family]().save_pretrained(folder)
@@ -104,8 +109,11 @@ def test_cli_end_to_end_outputs_load_with_stock_pipelines(family, tmp_path, tiny
     else:
         assert report["forget_prompts"] == ["a handwritten digit seven"]
         assert report["protocol"]["forget_targets"] == ["a handwritten digit seven"]
-        pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", safety_checker=None,
-                                                       requires_safety_checker=False)
+        pipe = {"sd": lambda: StableDiffusionPipeline.from_pretrained(out / "pipeline", safety_checker=None,
+                                                                       requires_safety_checker=False),
+                "sdxl": lambda: StableDiffusionXLPipeline.from_pretrained(out / "pipeline"),
+                "sd3": lambda: StableDiffusion3Pipeline.from_pretrained(out / "pipeline", text_encoder_3=None,
+                                                                        tokenizer_3=None)}[family]()
         images = pipe("a handwritten digit three", num_inference_steps=2, output_type="np").images
     assert images.shape[0] == 1 and images.min() >= 0 and images.max() <= 1
 
@@ -126,6 +134,7 @@ def tiny_sd_dir(tmp_path_factory):
     (["eval.guidance_scale=0.5"], "eval.guidance_scale 0.5 is not supported by the sd family"),
     (["model.subset=everything"], "unknown model.subset for the sd family 'everything'; valid: all, cross_attention, lora"),
     (["forget.anchors=[a,b,c]"], "forget.anchors needs 1 or 1 prompts"),
+    (["eval.sampler=euler"], "eval.sampler 'euler' is not supported by the sd family; valid: ddim, ddpm"),
 ])
 def test_sd_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tmp_path, tiny_sd_dir, extra, message):
     out = tmp_path / "run"
@@ -158,10 +167,11 @@ def test_class_only_method_on_a_prompt_target_is_refused(capsys, tmp_path, tiny_
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.partial"))
 
 
-@pytest.mark.parametrize("family", ["ddpm", "dit", "sd"])
+@pytest.mark.parametrize("family", ["ddpm", "dit", "sd", "sd3", "sdxl"])
 def test_image_shape_is_what_sample_returns(family):
     """`image_shape` (used to refuse image counts that cannot fit in memory) matches a real sample's shape."""
     model = BUILDERS[family]()
-    cond = model.tokenize(["a handwritten digit one"]) if family == "sd" else torch.tensor([1])
-    images = model.sample(cond, torch.Generator().manual_seed(0), num_inference_steps=1, guidance_scale=1.0)
+    cond = model.tokenize(["a handwritten digit one"]) if model.conditioning == "text" else torch.tensor([1])
+    images = model.sample(cond, torch.Generator().manual_seed(0), num_inference_steps=1, guidance_scale=1.0,
+                          sampler=model.default_sampler)
     assert tuple(images.shape[1:]) == model.image_shape()

@@ -21,11 +21,14 @@ import torch
 import yaml
 from accelerate.state import AcceleratorState
 from conftest import tiny_ddpm
-from diffusers import DDIMScheduler, DiTPipeline, StableDiffusionPipeline
+from diffusers import (DDIMScheduler, DiTPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline)
 from helpers import folder_digest
 from safetensors.torch import load_file
 from test_dit import tiny_dit
 from test_sd import tiny_sd
+from test_sd3 import tiny_sd3
+from test_sdxl import tiny_sdxl
 
 from diffunlearn.commands.evaluate import evaluate_model_command
 from diffunlearn.commands.unlearn import unlearn_run
@@ -49,6 +52,9 @@ FAMILY_ROWS = {
     "dit": FamilyRow("dit", tiny_dit, "configs/digits/dit_sfron.yaml"),
     "sd": FamilyRow("sd", tiny_sd, "configs/digits/sd_sfron.yaml"),
     "sd-lora": FamilyRow("sd", tiny_sd, "configs/digits/sd_sfron.yaml", ("model.subset=lora",)),
+    "sd3": FamilyRow("sd3", tiny_sd3, "configs/digits/sd3_sfron.yaml"),
+    "sd3-lora": FamilyRow("sd3", tiny_sd3, "configs/digits/sd3_sfron.yaml", ("model.subset=lora",)),
+    "sdxl": FamilyRow("sdxl", tiny_sdxl, "configs/digits/sdxl_sfron.yaml"),
 }
 SMALL = ("train.batch_size=8", "data.samples_per_target=8", "train.log_every=1", "stop.check_every=0",
          "eval.num_inference_steps=2", "eval.batch_size=64", "eval.forget_samples=4",
@@ -66,7 +72,8 @@ def _cases() -> list:
                       read_yaml(row.config)["model"].get("subset", "all"))
         cases += [(row_name, name) for name, method in sorted(METHODS.items())
                   if (method.supports_concepts if text else method.supports_classes)
-                  and (method.supported_subsets is None or subset in method.supported_subsets)]
+                  and (method.supported_subsets is None or subset in method.supported_subsets)
+                  and (method.supported_families is None or row.family in method.supported_families)]
     return cases
 
 
@@ -212,7 +219,7 @@ def test_unlearn_with_evaluation_and_evaluate_leave_the_base_folder_unchanged(ro
 
 # --- save / load and the stock pipelines ------------------------------------------------------------------------
 def _stock_samples(family: str, folder: Path, model, generator_seed: int = 0):
-    """(ours, stock) images (B, H, W, C) in [0, 1] for one condition, DDIM 3 steps, guidance 2."""
+    """(ours, stock) images (B, H, W, C) in [0, 1] for one condition, 3 steps (DDIM; SD3: Euler), guidance 2."""
     def gen():
         return torch.Generator().manual_seed(generator_seed)
 
@@ -228,6 +235,19 @@ def _stock_samples(family: str, folder: Path, model, generator_seed: int = 0):
         pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         stock = pipe(prompt, guidance_scale=2.0, num_inference_steps=3, generator=gen(), output_type="np").images
+    elif family == "sdxl":
+        prompt = "a handwritten digit three"
+        ours = model.sample(model.tokenize([prompt]), gen(), 3, 2.0, "ddim")
+        pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        stock = pipe(prompt, guidance_scale=2.0, num_inference_steps=3, generator=gen(), output_type="np",
+                     height=8, width=8).images
+    elif family == "sd3":  # flow matching: the family's Euler sampler; the folder has no T5 (diffusers' way)
+        prompt = "a handwritten digit three"
+        ours = model.sample(model.tokenize([prompt]), gen(), 3, 2.0, "euler")
+        pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
+        stock = pipe(prompt, guidance_scale=2.0, num_inference_steps=3, generator=gen(), output_type="np",
+                     height=8, width=8).images
     else:  # diffusers has no class-conditional DDPM pipeline: ours, loaded from the folder by its class
         ours = model.sample(torch.tensor([3]), gen(), 3, 2.0, "ddim")
         pipe = model.pipeline_class.from_pretrained(folder)

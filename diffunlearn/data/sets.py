@@ -36,9 +36,12 @@ def check_target(cfg, model) -> None:
                 else "forgets prompts (forget.prompts / forget.anchors), not classes")
         raise UserError(f"model family {cfg.model.family!r} {what}; "
                         f"{'forget.prompts' if concept else 'forget.classes'} needs one of: {', '.join(valid)}")
+    if hasattr(model, "check_sampler"):  # diffusion families (classifiers do not sample)
+        model.check_sampler(cfg.eval.sampler)
     if concept:
-        if 0 < cfg.eval.guidance_scale < 1:  # the stock StableDiffusionPipeline only guides above 1
-            raise UserError(f"eval.guidance_scale {cfg.eval.guidance_scale} is not supported by the sd family; "
+        if 0 < cfg.eval.guidance_scale < 1:  # the stock text-to-image pipelines only guide above 1
+            raise UserError(f"eval.guidance_scale {cfg.eval.guidance_scale} is not supported by the "
+                            f"{cfg.model.family} family; "
                             "valid: 0 (unconditional), 1 (conditional) or > 1 (classifier-free guidance)")
         model.tokenize(list(cfg.forget.prompts) + list(cfg.forget.anchors) + list(cfg.forget.remain_prompts))
         return

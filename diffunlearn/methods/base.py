@@ -22,6 +22,7 @@ class UnlearningMethod:
     supports_classes: ClassVar[bool] = True  # False for prompt-only methods (ESD)
     supports_fsdp: ClassVar[bool] = True  # False where a run under FSDP2 is known to fail or was never checked
     supported_subsets: ClassVar[Optional[tuple]] = None  # the model.subset values it works on; None: any
+    supported_families: ClassVar[Optional[tuple]] = None  # the model families it works on; None: any
 
     def __init__(self, cfg, trainer):
         self.cfg, self.trainer, self.model = cfg, trainer, trainer.model
@@ -59,6 +60,10 @@ def check_method(cfg, method_cls) -> None:
         raise UserError(f"method {cfg.method.name!r} is not supported under FSDP; use one of: {', '.join(valid)} "
                         "(or DDP: configs/accelerate/multi_gpu.yaml)")
 
+    families = method_cls.supported_families
+    if families is not None and cfg.model.family not in families:
+        raise UserError(f"method {cfg.method.name!r} does not work on the {cfg.model.family} family; valid: "
+                        f"{', '.join(families)}")
     subsets = method_cls.supported_subsets
     if subsets is not None and cfg.model.subset not in subsets:
         raise UserError(f"method {cfg.method.name!r} does not work on model.subset={cfg.model.subset}; valid: "

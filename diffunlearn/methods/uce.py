@@ -65,6 +65,7 @@ class UCE(UnlearningMethod):
     supports_classes: ClassVar[bool] = False
     supports_fsdp: ClassVar[bool] = False  # edits full weight matrices in place
     supported_subsets: ClassVar[tuple] = ("cross_attention", "all")  # it edits the projection weights themselves
+    supported_families: ClassVar[tuple] = ("sd",)  # cross-attention (attn2) reading the text; SD3's joint attention
 
     def __init__(self, cfg, trainer):
         if not trainer.cfg.forget.is_concept:

@@ -14,7 +14,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from ..distributed import global_draw
-from ..errors import choice_error
+from ..errors import UserError, choice_error
 
 
 def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -101,6 +101,7 @@ class DiffusionModel(TrainableModel):
     conditioning: ClassVar[str]  # a key of CONDITIONINGS
     # the run configs (under configs/) the Python API starts from: for an embedded model, for any other checkpoint
     presets: ClassVar[dict] = {}
+    default_sampler: ClassVar[str] = "ddim"  # what the recipes' quality checks sample with
     REQUIRED: ClassVar[tuple] = ("network", "predict", "condition", "null_condition", "drop_condition", "sample")
 
     @classmethod
@@ -175,6 +176,12 @@ class DiffusionModel(TrainableModel):
         """Denoiser output of the training target's shape, x_t: (B, C, H, W), t: (B,)."""
         raise NotImplementedError
 
+    def check_sampler(self, sampler: str) -> None:
+        """Refuse (one line) an `eval.sampler` this family cannot sample with (DDPM schedules: ddim, ddpm)."""
+        if sampler not in ("ddim", "ddpm"):
+            raise UserError(f"eval.sampler {sampler!r} is not supported by the {self.family} family; valid: ddim, "
+                            "ddpm")
+
     def sample_timesteps(self, batch_size: int, generator, antithetic: bool = False) -> torch.Tensor:
         n = self.noise_scheduler.config.num_train_timesteps
         if not antithetic:
@@ -201,7 +208,11 @@ class DiffusionModel(TrainableModel):
              if timesteps is None else timesteps.to(self.device, torch.long))
         noise = global_draw(lambda n: torch.randn((n, *x0.shape[1:]), generator=generator, device=self.device,
                                                   dtype=x0.dtype), local, shard)
-        return x0, noise, t, self.noise_scheduler.add_noise(x0, noise, t)
+        return x0, noise, t, self.add_noise(x0, noise, t)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t of x0 at integer timesteps t (B,): the training scheduler's forward process."""
+        return self.noise_scheduler.add_noise(x0, noise, t)
 
     def training_losses(self, batch: dict, generator: Optional[torch.Generator] = None, cond_drop: float = 0.0,
                         guidance_scale: Optional[float] = None, antithetic: bool = False,

@@ -1,7 +1,8 @@
 """Latent-space families (DiT, Stable Diffusion): images go through the pipeline's frozen `AutoencoderKL`.
 
-Training encodes with the posterior mean (deterministic, so a resumed or multi-process run sees the same latents)
-scaled by `vae.config.scaling_factor`; sampling decodes with the inverse scaling, as diffusers' pipelines do.
+Training encodes with the posterior mean (deterministic, so a resumed or multi-process run sees the same latents),
+shifted by `vae.config.shift_factor` (SD3's VAEs; none elsewhere) and scaled by `vae.config.scaling_factor`; sampling
+decodes with the inverse, as diffusers' pipelines do.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ def tiny_vae_config(in_channels: int = 1, latent_channels: int = 4, channels=(32
 def encode_latents(vae, pixel_values: torch.Tensor) -> torch.Tensor:
     """Scaled latents (B, c, h, w) of images (B, C, H, W) in [-1, 1] (posterior mean, no gradient)."""
     posterior = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist
-    return posterior.mean * vae.config.scaling_factor
+    return (posterior.mean - (getattr(vae.config, "shift_factor", None) or 0.0)) * vae.config.scaling_factor
 
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """Images (B, C, H, W) in [0, 1] from scaled latents."""
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 

@@ -109,22 +109,3 @@ def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
                             "(start and end tokens included)")
     return tokenizer(list(prompts), padding="max_length", max_length=limit, truncation=False,
                      return_tensors="pt").input_ids
-
-
-@torch.no_grad()
-def encode_prompts(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
-    """Frozen prompt embeddings (N, L, D) of token ids (N, L), as `StableDiffusionPipeline.encode_prompt` makes
-    them (last hidden state, no attention mask, no clip skip)."""
-    return text_encoder(input_ids.to(text_encoder.device))[0]
-
-
-def encode_token_embeddings(text_encoder, input_ids: torch.Tensor, token_embeds: torch.Tensor) -> torch.Tensor:
-    """Prompt embeddings (N, L, D) as `encode_prompts` makes them for token ids (N, L), with the token-embedding
-    lookup's output replaced by `token_embeds` (N, L, E): differentiable in `token_embeds`, for attacks that
-    optimise relaxed tokens. `token_embeds` = the table's rows of `input_ids` gives `encode_prompts(input_ids)`."""
-    lookup = text_encoder.get_input_embeddings()
-    handle = lookup.register_forward_hook(lambda module, inputs, output: token_embeds.to(output.dtype))
-    try:
-        return text_encoder(input_ids.to(text_encoder.device))[0]
-    finally:
-        handle.remove()

@@ -16,6 +16,8 @@ RECIPES = {
     "vae": ("diffunlearn.recipes.latent", "VAERecipe", "train_vae", "vae_quality"),
     "dit": ("diffunlearn.recipes.latent", "DiTRecipe", "train_dit", "dit_quality"),
     "sd": ("diffunlearn.recipes.text_to_image", "TextToImageRecipe", "train_text_to_image", "text_to_image_quality"),
+    "sd3": ("diffunlearn.recipes.text_to_image_sd3", "SD3Recipe", "train_sd3", "text_to_image_quality"),
+    "sdxl": ("diffunlearn.recipes.text_to_image_sdxl", "SDXLRecipe", "train_sdxl", "text_to_image_quality"),
 }
 
 

@@ -10,8 +10,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from ..config import check_positive
 from ..models.ddpm import ClassConditionalDDPM, ClassConditionalDDPMPipeline, tiny_unet_config
-from .denoiser import DenoiserRecipe, fit_denoiser, sample_accuracy
 from ..training.fit import warmup_schedule
+from .denoiser import DenoiserRecipe, fit_denoiser, sample_accuracy
 
 
 @dataclass

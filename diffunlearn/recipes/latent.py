@@ -20,9 +20,9 @@ from ..data.digits import DIGIT_NAMES
 from ..errors import UserError
 from ..models.dit import ClassConditionalDiT, build_dit_pipeline, tiny_dit_config
 from ..models.latent import decode_latents, encode_latents, tiny_vae_config
+from ..training.fit import fit, warmup_schedule
 from .classifier import classifier_accuracy
 from .denoiser import DenoiserRecipe, fit_denoiser, sample_accuracy
-from ..training.fit import fit, warmup_schedule
 
 
 @dataclass

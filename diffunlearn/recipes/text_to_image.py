@@ -139,12 +139,13 @@ def train_text_to_image(recipe: TextToImageRecipe, train_set=None, progress: boo
     return model
 
 
-def text_to_image_quality(model: StableDiffusion, recipe: TextToImageRecipe,
+def text_to_image_quality(model, recipe: TextToImageRecipe,
                           classifier: str = "embedded:digits/classifier") -> dict:
     """Per prompt, the share of samples the embedded digits classifier recognises as the digit the prompt asks for.
 
-    Prompts: "a handwritten digit <name>" for every digit; DDIM 25 steps, guidance 2.0, image j of digit c from seed
-    100000 * c + j. Also the share of samples of GENERIC_CAPTION recognised as some digit (any of 0-9).
+    Prompts: "a handwritten digit <name>" for every digit; 25 steps of the family's sampler, guidance 2.0, image j
+    of digit c from seed 100000 * c + j. Also the share of samples of GENERIC_CAPTION recognised as some digit (any
+    of 0-9).
     """
     from ..assets import resolve_model_path
     from ..config import EvalConfig
@@ -154,7 +155,7 @@ def text_to_image_quality(model: StableDiffusion, recipe: TextToImageRecipe,
 
     judge = DigitsClassifier.from_pretrained(resolve_model_path(classifier), use_safetensors=True).eval()
     n, digits = recipe.quality_samples, range(len(DIGIT_NAMES))
-    eval_cfg = EvalConfig(num_inference_steps=25, guidance_scale=2.0, batch_size=500)
+    eval_cfg = EvalConfig(num_inference_steps=25, guidance_scale=2.0, batch_size=500, sampler=model.default_sampler)
     labels, seeds = labels_and_seeds(digits, n, eval_seed=0)
     prompts = [digit_prompt(d) for d in digits]
     preds = classify(judge, generate(model, model.tokenize(prompts)[labels], seeds, eval_cfg))
@@ -162,7 +163,8 @@ def text_to_image_quality(model: StableDiffusion, recipe: TextToImageRecipe,
     generic_seeds = [10 * 100_000 + j for j in range(n)]
     generic = classify(judge, generate(model, model.tokenize([GENERIC_CAPTION] * n), generic_seeds, eval_cfg))
     return {"prompt_accuracy": {
-        "protocol": f"{n} samples/prompt, ddim 25 steps, guidance 2.0, seeds 100000*digit+j, judged by {classifier}",
+        "protocol": f"{n} samples/prompt, {eval_cfg.sampler} 25 steps, guidance 2.0, seeds 100000*digit+j, judged by "
+                    f"{classifier}",
         "min": min(per_prompt.values()), "mean": sum(per_prompt.values()) / len(per_prompt),
         "per_prompt": per_prompt,
         "generic_prompt_is_digit": (generic < len(DIGIT_NAMES)).float().mean().item(),
