@@ -127,8 +127,8 @@ def test_subsets_train_what_they_name():
     model = tiny_sd3()
     model.set_trainable("cross_attention")
     names = [n for n, _ in model.trainable_parameters()]
-    assert names and all(n.startswith("transformer_blocks.") and ".attn." in n for n in names)
-    assert {m for m in CONTEXT_PROJECTIONS} <= {n.split(".")[3] for n in names}  # the text tokens' projections too
+    assert names and all(any(f".attn.{m}." in n for m in CONTEXT_PROJECTIONS) for n in names)
+    assert {m for m in CONTEXT_PROJECTIONS} <= {n.split(".")[3] for n in names}
     assert not any(p.requires_grad for e in model.text_encoders() for p in e.parameters())
     model.set_trainable("all")
     assert len(model.trainable_parameters()) == len(list(model.network.parameters()))

@@ -45,9 +45,10 @@ class StableDiffusion3(TextFamilyMixin, LatentModelMixin, DiffusionModel):
                  "text_encoder_3=None, tokenizer_3=None)` (diffusers' way to load SD3 without T5; a LoRA run also "
                  "saves its adapter under `lora/`: `pipe.load_lora_weights(folder + '/lora')` on the base pipeline)")
     trainable_subsets = ("all", "cross_attention", "lora")
-    # cross_attention: each block's joint attention `attn`, the only place image and text tokens meet (as the GPU
-    # benchmark's subset; SD3.5's `attn2` is image-only)
-    lora_targets, attention_modules = LORA_TARGETS, ("attn",)
+    # cross_attention: the text tokens' projections in each joint attention (their queries, keys, values and
+    # output): all that reads the prompt and nothing that the image tokens' own self-attention uses, as ESD-x's
+    # attn2 in the UNet (the image projections of `attn` are shared with it; training them costs every prompt)
+    lora_targets, attention_modules = LORA_TARGETS, CONTEXT_PROJECTIONS
     default_sampler = "euler"
     max_sequence_length = 256  # the zero T5 rows the stock pipeline appends (its default max_sequence_length)
 
