@@ -8,6 +8,7 @@ ever silently defaulted (the reference code lost its adaptive-weight setting to 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -66,10 +67,15 @@ class DataConfig:
     samples_per_target: int = 128  # generated: images per class or prompt
     remain_classes: Optional[List[int]] = None  # generated class runs: the remain classes (default: all others)
     generation_seed: int = 20241  # generated: image j of target i uses seed generation_seed + 100000 * i + j
+    generation_guidance: Optional[float] = None  # generated: the guidance D_f / D_r are sampled at (null: eval's)
 
     def __post_init__(self):
         check_choice("data", "name", self.name, DATA_SOURCES)
         check_positive("data", samples_per_target=self.samples_per_target)
+        if self.generation_guidance is not None and not (math.isfinite(self.generation_guidance)
+                                                         and self.generation_guidance >= 0):
+            raise UserError(f"data.generation_guidance must be a finite number >= 0 or null, got "
+                            f"{self.generation_guidance!r}")
         if not 0.0 < self.test_fraction < 1.0:
             raise UserError(f"data.test_fraction must be in (0, 1), got {self.test_fraction!r}")
 

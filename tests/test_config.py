@@ -26,6 +26,7 @@ def test_main_config_loads_and_overrides_apply():
     (["forget.classes=[]"], "forget.classes and forget.prompts are both empty"),
     (["train.optimizer=lbfgs"], "unknown train.optimizer 'lbfgs'; valid: adam, adamw, sgd"),
     (["eval.sampler=heun"], "unknown eval.sampler 'heun'; valid: ddim, ddpm, euler"),
+    (["data.generation_guidance=-1"], "data.generation_guidance must be a finite number >= 0 or null, got -1"),
     (["steps"], "bad override 'steps'; expected key=value"),
     (["eval.guidance_scale=nan"], "config key 'eval.guidance_scale' must be a finite number, got nan"),
     (["train.lr=inf"], "config key 'train.lr' must be a finite number, got inf"),

@@ -135,6 +135,7 @@ def tiny_sd_dir(tmp_path_factory):
     (["model.subset=everything"], "unknown model.subset for the sd family 'everything'; valid: all, cross_attention, lora"),
     (["forget.anchors=[a,b,c]"], "forget.anchors needs 1 or 1 prompts"),
     (["eval.sampler=euler"], "eval.sampler 'euler' is not supported by the sd family; valid: ddim, ddpm"),
+    (["data.generation_guidance=0.5"], "data.generation_guidance 0.5 is not supported by the sd family"),
 ])
 def test_sd_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tmp_path, tiny_sd_dir, extra, message):
     out = tmp_path / "run"

@@ -9,6 +9,7 @@ forget prompts (each paired with its anchor prompt), D_r its images for the anch
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import torch
@@ -39,6 +40,9 @@ def check_target(cfg, model) -> None:
     if hasattr(model, "check_sampler"):  # diffusion families (classifiers do not sample)
         model.check_sampler(cfg.eval.sampler)
     if concept:
+        if 0 < (cfg.data.generation_guidance or 0) < 1:
+            raise UserError(f"data.generation_guidance {cfg.data.generation_guidance} is not supported by the "
+                            f"{cfg.model.family} family; valid: 0, 1 or > 1")
         if 0 < cfg.eval.guidance_scale < 1:  # the stock text-to-image pipelines only guide above 1
             raise UserError(f"eval.guidance_scale {cfg.eval.guidance_scale} is not supported by the "
                             f"{cfg.model.family} family; "
@@ -72,7 +76,9 @@ def base_model_key(path: str) -> str:
 def _generate(model, conditions, seed_keys, per_target, cfg, model_key) -> torch.Tensor:
     seeds = [image_seed(cfg.data.generation_seed, k, j) for k in seed_keys for j in range(per_target)]
     conds = torch.cat([c.unsqueeze(0).expand(per_target, *c.shape) for c in conditions])
-    return generate_cached(model, conds, seeds, cfg.eval, model_key)
+    guidance = cfg.data.generation_guidance
+    eval_cfg = cfg.eval if guidance is None else dataclasses.replace(cfg.eval, guidance_scale=guidance)
+    return generate_cached(model, conds, seeds, eval_cfg, model_key)
 
 
 def build_sets(cfg, model, model_path: str) -> tuple:

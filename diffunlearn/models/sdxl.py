@@ -97,14 +97,6 @@ class StableDiffusionXL(TextFamilyMixin, LatentModelMixin, DiffusionModel):
     def sample(self, input_ids, generator, num_inference_steps, guidance_scale, sampler="ddim") -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] for prompt token ids (B, L), through the stock pipeline's `__call__`
         (guidance as `StableDiffusionPipeline`'s: 0, 1 or > 1)."""
-        self.check_guidance(guidance_scale)
-        cond = self.encode_prompt_ids(input_ids)
-        (states, pooled), (null_states, null_pooled) = self.unpack(cond), self.unpack(self.null_condition(cond))
         pipe = self.stock_pipeline(unet=self.network,
                                    scheduler=sampling_scheduler(self.pipeline.scheduler.config, sampler))
-        pipe.set_progress_bar_config(disable=True)
-        prompt = (null_states, null_pooled) if guidance_scale == 0 else (states, pooled)
-        size = self.image_shape()[-1]
-        return pipe(prompt_embeds=prompt[0], pooled_prompt_embeds=prompt[1], negative_prompt_embeds=null_states,
-                    negative_pooled_prompt_embeds=null_pooled, guidance_scale=guidance_scale, height=size, width=size,
-                    num_inference_steps=num_inference_steps, generator=generator, output_type="pt").images
+        return self.pooled_sample(pipe, input_ids, generator, num_inference_steps, guidance_scale)

@@ -168,6 +168,20 @@ class TextFamilyMixin:
         """`cond` with the rows where `keep` (B,) is False replaced by the empty prompt's conditions."""
         return torch.where(keep[:, None, None], cond, self.null_condition(cond))
 
+    def pooled_sample(self, pipe, input_ids, generator, num_inference_steps, guidance_scale) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] from `pipe` (a stock SDXL / SD3 pipeline on this model's components) for
+        prompt token ids (B, L): the packed conditions' prompt and pooled embeddings, the null condition's as the
+        negative (guidance 0: the null condition as the prompt)."""
+        self.check_guidance(guidance_scale)
+        cond = self.encode_prompt_ids(input_ids)
+        (states, pooled), (null_states, null_pooled) = self.unpack(cond), self.unpack(self.null_condition(cond))
+        pipe.set_progress_bar_config(disable=True)
+        prompt = (null_states, null_pooled) if guidance_scale == 0 else (states, pooled)
+        size = self.image_shape()[-1]
+        return pipe(prompt_embeds=prompt[0], pooled_prompt_embeds=prompt[1], negative_prompt_embeds=null_states,
+                    negative_pooled_prompt_embeds=null_pooled, guidance_scale=guidance_scale, height=size, width=size,
+                    num_inference_steps=num_inference_steps, generator=generator, output_type="pt").images
+
     def check_guidance(self, guidance_scale: float) -> None:
         """The stock text-to-image pipelines guide only above 1 and sample the prompt alone at or below it: 0
         (unconditional: the empty prompt as the prompt), 1 or > 1 are served, 0 < s < 1 is refused."""
