@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 
 
@@ -40,8 +41,8 @@ def accumulate(rows, batches) -> Statistics:
 
     The rows of consecutive batches are written into one reused buffer of up to `BLOCK_BYTES` (`rows.fill`), and
     each full buffer updates A and b with one product [X R]^T [X R] in the rows' precision (float32 products are
-    added to the float64 sums). The product is symmetric: on the CPU, BLAS syrk computes its upper triangle (half
-    the multiplications); elsewhere three of its four half-width blocks (3/4). Few large products, no fresh
+    added to the float64 sums). The product is symmetric: on the CPU, BLAS syrk computes one triangle (half the
+    multiplications); elsewhere three of its four half-width blocks (3/4); the other triangle is mirrored. Few large products, no fresh
     allocation per batch.
     """
     p, width = rows.num_params, rows.num_params + rows.num_rhs
@@ -62,7 +63,9 @@ def accumulate(rows, batches) -> Statistics:
             # syrk on the Fortran-ordered block.T: the upper triangle of the Fortran-ordered result is the lower
             # triangle of the C-ordered one; float64 accumulates in place (beta 1), float32 is added
             if block.dtype == torch.float64:
-                blas.dsyrk(1.0, block.numpy().T, beta=1.0, c=moments.numpy().T, trans=0, overwrite_c=True)
+                out = blas.dsyrk(1.0, block.numpy().T, beta=1.0, c=moments.numpy().T, trans=0, overwrite_c=True)
+                if not np.shares_memory(out, moments.numpy()):  # f2py worked on a copy: take its result
+                    moments.copy_(torch.from_numpy(out.T))
             else:
                 moments.add_(torch.from_numpy(blas.ssyrk(1.0, block.numpy().T, trans=0).T))
             return
