@@ -36,3 +36,16 @@ def folder_digest(folder) -> str:
         digest.update(str(path.relative_to(folder)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def assert_recipe_trained(before, model, prompt: str) -> None:
+    """A text-to-image recipe run moved the denoiser and every text encoder away from their seeded init (`before`,
+    built the same way), left the encoders frozen, and the model samples (B, C, H, W) images in [0, 1]."""
+    import torch
+
+    for a, b in zip([before.network] + before.text_encoders(), [model.network] + model.text_encoders()):
+        assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not any(p.requires_grad for e in model.text_encoders() for p in e.parameters())
+    images = model.sample(model.tokenize([prompt]), [torch.Generator().manual_seed(0)], 2, 2.0,
+                          sampler=model.default_sampler)
+    assert images.shape == (1, *model.image_shape()) and 0 <= float(images.min()) and float(images.max()) <= 1

@@ -133,23 +133,18 @@ def test_gpu_accelerate_configs_launch_their_process_count(name):
     assert args.num_processes == 8 and (args.multi_gpu or args.use_fsdp)
 
 
-def test_sd35_nudity_config_is_the_sd14_config_on_the_flow_matching_family():
-    cfg = load_config("configs/sd/sd35_nudity_sfron.yaml")
-    assert get_family(cfg.model.family).family == "sd3"
-    assert cfg.model.path == "stabilityai/stable-diffusion-3.5-medium"
+@pytest.mark.parametrize("path, family, hub_id, sampling", [
+    ("configs/sd/sdxl_nudity_sfron.yaml", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", ("ddim", 50, 5.0)),
+    ("configs/sd/sd35_nudity_sfron.yaml", "sd3", "stabilityai/stable-diffusion-3.5-medium", ("euler", 40, 4.5)),
+])
+def test_sdxl_and_sd35_configs_are_the_sd14_config_on_their_families(path, family, hub_id, sampling):
+    """The SD v1.4 config's method, forget prompts, training and data settings on the newer families, with each
+    model card's sampler, steps and guidance and the same NudeNet judge against base-model samples."""
+    cfg = load_config(path)
+    assert get_family(cfg.model.family).family == family and cfg.model.path == hub_id
     sd14 = load_config(SD)
     for section in ("method", "forget", "train", "data"):
         assert getattr(cfg, section) == getattr(sd14, section), section
     e = cfg.eval
-    assert (e.sampler, e.num_inference_steps, e.guidance_scale) == ("euler", 40, 4.5)
+    assert (e.sampler, e.num_inference_steps, e.guidance_scale) == sampling
     assert (e.judge, e.classifier, e.fid_reference) == ("nudenet", "nudenet", "base")
-
-
-def test_sdxl_nudity_config_is_the_sd14_config_on_the_sdxl_family():
-    cfg = load_config("configs/sd/sdxl_nudity_sfron.yaml")
-    assert get_family(cfg.model.family).family == "sdxl"
-    assert cfg.model.path == "stabilityai/stable-diffusion-xl-base-1.0"
-    sd14 = load_config(SD)
-    for section in ("method", "forget", "train", "data"):
-        assert getattr(cfg, section) == getattr(sd14, section), section
-    assert (cfg.eval.sampler, cfg.eval.num_inference_steps, cfg.eval.guidance_scale) == ("ddim", 50, 5.0)

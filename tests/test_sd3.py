@@ -6,6 +6,7 @@ of test_matrix.py; SFR-on's mask and steps rows of test_families.py."""
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
+from helpers import assert_recipe_trained
 
 from diffunlearn.errors import UserError
 from diffunlearn.models.sd3 import CONTEXT_PROJECTIONS, StableDiffusion3
@@ -25,15 +26,6 @@ def tiny_sd3(seed: int = 0, shift: float = 1.0) -> StableDiffusion3:
 @pytest.fixture(scope="module")
 def model():
     return tiny_sd3(shift=3.0)
-
-
-def batch_for(model, prompts, anchors=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    batch = {"pixel_values": torch.rand(len(prompts), 1, 8, 8, generator=g) * 2 - 1,
-             "input_ids": model.tokenize(prompts)}
-    if anchors is not None:
-        batch["anchor_ids"] = model.tokenize(anchors)
-    return batch
 
 
 def test_family_is_registered():
@@ -172,12 +164,7 @@ def test_the_recipe_trains_the_transformer_and_both_text_encoders(tmp_path):
     recipe = SD3Recipe(**{**TINY, "steps": 2, "batch_size": 8, "warmup_steps": 1})
     torch.manual_seed(0)
     before = build_sd3(recipe)
-    model = train_sd3(recipe, progress=False)
-    for a, b in zip([before.network] + before.text_encoders(), [model.network] + model.text_encoders()):
-        assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    assert not any(p.requires_grad for e in model.text_encoders() for p in e.parameters())
-    images = model.sample(model.tokenize([SEVEN]), [torch.Generator().manual_seed(0)], 2, 2.0)
-    assert images.shape == (1, 1, 8, 8) and 0 <= float(images.min()) and float(images.max()) <= 1
+    assert_recipe_trained(before, train_sd3(recipe, progress=False), SEVEN)
 
 
 def test_tiny_clip_with_projection_matches_the_tokenizer():

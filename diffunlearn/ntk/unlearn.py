@@ -151,8 +151,7 @@ def fast_ntk_scrub(model: nn.Module, forget, retain, subset: str = "head", loss:
             else JacobianRows(work, chosen.names, w0, num_classes, loss, chunk_size, curvature, precision))
     rows.with_fisher = fisher_noise > 0  # the Fisher is only needed for the noise
     n_forget, n_retain = len(forget_set), len(retain_set)
-    rows_per_sample = 1 if chosen.head is not None else num_classes
-    use = form if form != "auto" else ("primal" if rows.num_params <= (n_forget + n_retain) * rows_per_sample
+    use = form if form != "auto" else ("primal" if rows.num_params <= (n_forget + n_retain) * rows.rows_per_sample
                                        else "dual")
     lam_full, lam_retain = (n_forget + n_retain) * weight_decay, n_retain * weight_decay
     seconds = {"digest": 0.0}

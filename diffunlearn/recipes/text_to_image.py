@@ -118,25 +118,44 @@ def warmup_cosine(step: int, recipe: TextToImageRecipe) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)))
 
 
-def train_text_to_image(recipe: TextToImageRecipe, train_set=None, progress: bool = True) -> StableDiffusion:
-    """Train the tiny SD (UNet and text encoder jointly, AdamW with warmup and cosine decay, EMA) on captioned
-    digits; returns the EMA weights, text encoder frozen."""
+class PromptEncoder(torch.nn.Module):
+    """The text encoders as one module whose forward is the family's conditioning (so accelerate can wrap it)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoders = torch.nn.ModuleList(model.text_encoders())
+        self._model = [model]  # not a submodule
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._model[0]._encode(input_ids)
+
+
+def train_joint(build, recipe, train_set=None, desc: str = "train", progress: bool = True):
+    """Train a text-to-image model, `build(recipe)` once the run is seeded (the denoiser and its text encoders
+    jointly, AdamW with warmup and cosine decay, EMA) on captioned digits with its family's loss; returns it
+    with the EMA weights, text encoders frozen. Shared by the SD, SDXL and SD3 recipes."""
     accelerator, train_set = recipe.start(train_set)
-    model = build_text_to_image(recipe).to(accelerator.device)
-    unet, text_encoder = model.pipeline.unet, model.pipeline.text_encoder
+    model = build(recipe).to(accelerator.device)
+    encoder = PromptEncoder(model)
     table = caption_table(model)
-    optimizer = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()), lr=recipe.lr,
+    optimizer = torch.optim.AdamW(list(model.network.parameters()) + list(encoder.parameters()), lr=recipe.lr,
                                   weight_decay=0.0)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, recipe))
 
-    def encode(encoder, batch, step):  # a random caption per image; with gradient: the encoder learns with the UNet
+    def encode(prepared, batch, step):  # a random caption per image; with gradient: the encoders learn too
         caption_gen = torch.Generator().manual_seed(recipe.seed * 104729 + step)
-        return encoder(sample_captions(table, batch["labels"], recipe, caption_gen).to(accelerator.device))[0]
+        return prepared(sample_captions(table, batch["labels"], recipe, caption_gen).to(accelerator.device))
 
-    fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, "train sd", progress,
-                 encoder=text_encoder, encode=encode)
-    text_encoder.eval().requires_grad_(False)  # frozen from here on: unlearning never trains it
+    fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, desc, progress, encoder=encoder,
+                 encode=encode)
+    for text_encoder in model.text_encoders():
+        text_encoder.eval().requires_grad_(False)
     return model
+
+
+def train_text_to_image(recipe: TextToImageRecipe, train_set=None, progress: bool = True) -> StableDiffusion:
+    """Train the tiny SD (UNet and text encoder jointly, `train_joint`)."""
+    return train_joint(build_text_to_image, recipe, train_set, "train sd", progress)
 
 
 def text_to_image_quality(model, recipe: TextToImageRecipe,

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
 from ..config import check_positive
 from ..models.latent import tiny_vae_config
 from ..models.sd3 import StableDiffusion3
 from ..models.text import build_tokenizer, tiny_text_encoder_config
-from .denoiser import fit_denoiser
-from .text_to_image import (TextToImageRecipe, caption_table, caption_vocabulary, sample_captions,
-                            text_to_image_quality, warmup_cosine)
+from .text_to_image import TextToImageRecipe, caption_vocabulary, text_to_image_quality, train_joint
 
-__all__ = ["PromptEncoder", "SD3Recipe", "build_sd3", "text_to_image_quality", "tiny_clip_with_projection",
-           "train_sd3"]
+__all__ = ["SD3Recipe", "build_sd3", "text_to_image_quality", "tiny_clip_with_projection", "train_sd3"]
 
 
 @dataclass
@@ -73,41 +69,6 @@ def build_sd3(recipe: SD3Recipe, vae=None) -> StableDiffusion3:
     return StableDiffusion3(StableDiffusion3Pipeline(
         transformer=transformer, scheduler=scheduler, vae=vae.eval().requires_grad_(False), text_encoder=encoders[0],
         tokenizer=tokenizer, text_encoder_2=encoders[1], tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None))
-
-
-class PromptEncoder(torch.nn.Module):
-    """Both text encoders as one module whose forward is the family's conditioning (so accelerate can wrap it)."""
-
-    def __init__(self, model: StableDiffusion3):
-        super().__init__()
-        self.encoders = torch.nn.ModuleList(model.text_encoders())
-        self._model = [model]  # not a submodule
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._model[0]._encode(input_ids)
-
-
-def train_joint(build, recipe, train_set=None, desc: str = "train", progress: bool = True):
-    """Train a two-encoder text-to-image model, `build(recipe)` once the run is seeded (the denoiser and both text
-    encoders jointly, AdamW with warmup and cosine decay, EMA) on captioned digits with its family's loss; returns it
-    with the EMA weights, text encoders frozen. Shared by the SD3 and SDXL recipes."""
-    accelerator, train_set = recipe.start(train_set)
-    model = build(recipe).to(accelerator.device)
-    encoder = PromptEncoder(model)
-    table = caption_table(model)
-    optimizer = torch.optim.AdamW(list(model.network.parameters()) + list(encoder.parameters()), lr=recipe.lr,
-                                  weight_decay=0.0)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, recipe))
-
-    def encode(prepared, batch, step):  # a random caption per image; with gradient: the encoders learn too
-        caption_gen = torch.Generator().manual_seed(recipe.seed * 104729 + step)
-        return prepared(sample_captions(table, batch["labels"], recipe, caption_gen).to(accelerator.device))
-
-    fit_denoiser(model, recipe, train_set, accelerator, optimizer, lr_schedule, desc, progress, encoder=encoder,
-                 encode=encode)
-    for text_encoder in model.text_encoders():
-        text_encoder.eval().requires_grad_(False)
-    return model
 
 
 def train_sd3(recipe: SD3Recipe, train_set=None, progress: bool = True) -> StableDiffusion3:

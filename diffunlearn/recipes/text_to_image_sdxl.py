@@ -15,8 +15,8 @@ from ..models.latent import tiny_vae_config
 from ..models.sd import tiny_sd_unet_config
 from ..models.sdxl import StableDiffusionXL
 from ..models.text import build_tokenizer, tiny_text_encoder
-from .text_to_image import TextToImageRecipe, caption_vocabulary, text_to_image_quality
-from .text_to_image_sd3 import tiny_clip_with_projection, train_joint
+from .text_to_image import TextToImageRecipe, caption_vocabulary, text_to_image_quality, train_joint
+from .text_to_image_sd3 import tiny_clip_with_projection
 
 __all__ = ["SDXLRecipe", "build_sdxl", "text_to_image_quality", "train_sdxl"]
 TIME_IDS = 6  # original size, crop corner, target size
