@@ -7,6 +7,9 @@ and a few iterations change the weights. End to end, the CLI's outputs load with
 """
 
 import json
+import re
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +25,7 @@ from test_sdxl import tiny_sdxl
 from diffunlearn.commands.cli import main
 from diffunlearn.config_loading import build_config, read_yaml
 from diffunlearn.data.sets import build_sets
+from diffunlearn.methods.rl import relabel_prompts
 from diffunlearn.registry import get_method
 from diffunlearn.training.trainer import Trainer
 
@@ -33,13 +37,17 @@ SMALL = ["train.batch_size=8", "method.mask_batches=2", "data.samples_per_target
          "eval.batch_size=64"]
 
 
-def family_trainer(family, tmp_path, overrides=()):
-    """A Trainer for `family`'s tiny model with the family's digits config (generated data for SD)."""
+def family_trainer(family, tmp_path, overrides=(), method=None):
+    """A Trainer for `family`'s tiny model with the family's digits config (generated data for SD); `method`
+    replaces the config's SFR-on section by that method's defaults."""
     model = BUILDERS[family]()
     folder = tmp_path / "base"
     model.save_pretrained(folder)
     raw = read_yaml(CONFIGS[family])
-    cfg = build_config(raw, [f"model.path={folder}", *SMALL, *overrides])
+    small = SMALL
+    if method:
+        raw["method"], small = {"name": method}, [o for o in SMALL if not o.startswith("method.")]
+    cfg = build_config(raw, [f"model.path={folder}", *small, *overrides])
     forget_set, remain_set = build_sets(cfg, model, str(folder))
     (tmp_path / "work").mkdir()
     return Trainer(cfg, model, get_method(cfg.method.name), forget_set, remain_set, tmp_path / "work",
@@ -176,3 +184,55 @@ def test_image_shape_is_what_sample_returns(family):
     images = model.sample(cond, torch.Generator().manual_seed(0), num_inference_steps=1, guidance_scale=1.0,
                           sampler=model.default_sampler)
     assert tuple(images.shape[1:]) == model.image_shape()
+
+
+def test_stock_samples_loads_our_folder_with_stock_diffusers_and_judges_it(tmp_path, capsys):
+    """eval/stock_samples.py: the SD3 folder through stock `StableDiffusion3Pipeline` (no T5), one line per prompt;
+    an unknown family exits 2 naming the valid ones."""
+    stock_main = runpy.run_path(str(Path(__file__).parents[1] / "eval" / "stock_samples.py"))["main"]
+    tiny_sd3().save_pretrained(tmp_path / "sd3")
+    stock_main([str(tmp_path / "sd3"), "--family", "sd3", "--prompts", "a handwritten digit seven", "--samples", "3",
+                "--steps", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("StableDiffusion3Pipeline.from_pretrained(")
+    assert re.fullmatch(r"'a handwritten digit seven': read as its digit [01]\.\d{3}; most common [a-z ]+ \(\d/3\); "
+                        r"counts \[(\d, ){10}\d\]", lines[1])
+    with pytest.raises(SystemExit) as exit_:
+        stock_main([str(tmp_path / "sd3"), "--family", "flux", "--prompts", "x"])
+    assert exit_.value.code == 2 and "family 'flux' is not one of sd, sdxl, sd3" in capsys.readouterr().err
+
+
+SGD = ["train.optimizer=sgd", "train.momentum=0.0", "train.lr=0.01"]  # steps of norm <= 0.01 (clip 1.0)
+
+
+@pytest.mark.parametrize("family", ["sd3", "sdxl"])
+def test_baselines_forget_prompts_on_the_text_families(family, tmp_path):
+    """GA, RL and SalUn on a concept: GA raises the forget prompt's loss; RL (retained_images) teaches the forget
+    prompt the remain images; RL / SalUn pseudo_label is the MSE to the detached prediction under the anchor."""
+    ga = family_trainer(family, tmp_path / "ga", SGD, method="ga")
+    batch = ga.forget_batch(0)
+    with torch.no_grad():
+        before = ga.losses(batch, 0, stream=1).mean().item()
+    ga.method.training_step(0)
+    with torch.no_grad():
+        assert ga.losses(batch, 0, stream=1).mean().item() > before
+
+    rl = family_trainer(family, tmp_path / "rl", [*SGD, "method.remain_weight=0.0"], method="rl")
+    forget_ids = rl.model.tokenize(["a handwritten digit seven"])
+    relabelled = relabel_prompts(rl.remain_batch(0), forget_ids, rl.generator(0, 3))
+    assert bool((relabelled["input_ids"] == forget_ids).all())
+    assert not bool((rl.remain_batch(0)["input_ids"] == forget_ids).all(1).any())
+    with torch.no_grad():
+        before = rl.losses(relabelled, 0, stream=1).mean().item()
+    rl.method.training_step(0)
+    with torch.no_grad():
+        assert rl.losses(relabelled, 0, stream=1).mean().item() < before
+
+    pseudo = family_trainer(family, tmp_path / "pseudo", ["method.target=pseudo_label"], method="rl")
+    model, forget = pseudo.model, pseudo.forget_batch(0)
+    _, _, t, x_t = model.noised(forget, pseudo.generator(0, 1), pseudo.train_cfg.antithetic, pseudo.shard)
+    with torch.no_grad():
+        anchor = model.predict(x_t, t, model.condition({"input_ids": model.tokenize(["a handwritten digit one"])
+                                                         .expand(len(x_t), -1)}))
+        expected = torch.nn.functional.mse_loss(model.predict(x_t, t, model.condition(forget)), anchor)
+        assert torch.allclose(pseudo.method.relabel_loss(0), expected, rtol=1e-5) and expected.item() > 0

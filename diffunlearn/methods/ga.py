@@ -19,10 +19,12 @@ class GAConfig(MethodConfig):
 
 @register_method
 class GradientAscent(UnlearningMethod):
-    """Gradient ascent on D_f (the classic baseline, e.g. Thudi et al., 2022): maximise the mean forget loss."""
+    """Gradient ascent on D_f (the classic baseline, e.g. Thudi et al., 2022): maximise the mean forget loss (for
+    concepts: the denoising loss of the forget prompts' images under the forget prompts)."""
 
     name = "ga"
     config_cls = GAConfig
+    supports_concepts = True
 
     def training_step(self, step: int) -> dict:
         loss_f = self.trainer.losses(self.trainer.forget_batch(step), step, stream=Stream.FORGET).mean()

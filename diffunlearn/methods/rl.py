@@ -1,4 +1,4 @@
-"""RL: relabelling. Generators: the forgotten class's condition learns other classes' images. Classifiers: the
+"""RL: relabelling. Generators: the forgotten class's (or prompt's) condition learns other images. Classifiers: the
 forget images learn random other labels."""
 
 from __future__ import annotations
@@ -34,14 +34,24 @@ class RLConfig(MethodConfig):
             raise choice_error("method.target", self.target, RELABEL_TARGETS)
 
 
+def _draws(choices: int, size: int, generator, shard: tuple) -> torch.Tensor:
+    """`size` indices drawn uniformly from range(choices) for the global batch, this process's slice (`shard`, see
+    `Trainer.shard`), so a sample's draw does not depend on the number of processes."""
+    return global_draw(lambda n: torch.randint(0, choices, (n,), generator=generator, device=generator.device),
+                       size, shard)
+
+
 def relabel(batch: dict, classes, generator, shard: tuple = (0, 1)) -> dict:
-    """The batch with each label replaced by one drawn uniformly from `classes`: (B,) -> (B,). Draws are made for
-    the global batch and sliced (`shard`, see `Trainer.shard`), so a sample's new label does not depend on the
-    number of processes."""
+    """The batch with each label replaced by one drawn uniformly from `classes`: (B,) -> (B,)."""
     classes = torch.as_tensor(list(classes), device=generator.device)
-    pick = global_draw(lambda n: torch.randint(0, len(classes), (n,), generator=generator, device=classes.device),
-                       len(batch["labels"]), shard)
+    pick = _draws(len(classes), len(batch["labels"]), generator, shard)
     return {**batch, "labels": classes[pick].to(batch["labels"].device)}
+
+
+def relabel_prompts(batch: dict, prompt_ids: torch.Tensor, generator, shard: tuple = (0, 1)) -> dict:
+    """The text batch with each sample's prompt replaced by one of `prompt_ids` (P, L), drawn as `relabel` draws."""
+    pick = _draws(len(prompt_ids), len(batch["input_ids"]), generator, shard)
+    return {**batch, "input_ids": prompt_ids.to(batch["input_ids"].device)[pick.to(batch["input_ids"].device)]}
 
 
 @register_method
@@ -54,12 +64,17 @@ class Relabel(UnlearningMethod):
     `target` pseudo_label (SalUn's Eq. for generation, as its DDPM code runs it): on forget images, the prediction
     under the forgotten class is pulled toward the (detached) prediction under a random retained class c' at the
     same x_t and t, a per-element mean squared error (torch `MSELoss`) beside the remain loss summed over (C, H, W).
+    Concepts (text families, `forget.prompts`): retained_images = remain images (D_r: the anchors' and remain
+    prompts' images) under the forget prompts; pseudo_label = the prediction under the forget prompt pulled toward
+    the detached prediction under its anchor prompt (SalUn's Stable Diffusion code maps onto a pseudo prompt the
+    same way), per-element mean squared error.
     Classifiers (a family with a `relabelled(batch, generator)` hook): the forget batch with each label replaced
     by a random other class, i.e. fine-tuning on D_f-relabelled + D_r.
     """
 
     name = "rl"
     config_cls = RLConfig
+    supports_concepts = True
     mask = None  # SalUn sets a saliency mask
 
     def relabel_loss(self, step: int) -> torch.Tensor:
@@ -68,6 +83,14 @@ class Relabel(UnlearningMethod):
         if family_relabel is not None:
             relabelled = family_relabel(trainer.forget_batch(step), trainer.generator(step, Stream.RELABEL))
             return trainer.losses(relabelled, step, stream=Stream.FORGET).mean()
+        concept = trainer.cfg.forget.is_concept
+        if concept and self.cfg.target == "retained_images":
+            prompts = self.model.tokenize(list(trainer.cfg.forget.prompts))
+            relabelled = relabel_prompts(trainer.remain_batch(step), prompts, trainer.generator(step, Stream.RELABEL),
+                                         trainer.shard)
+            return trainer.losses(relabelled, step, stream=Stream.FORGET).mean()
+        if concept:
+            return trainer.anchored_losses(trainer.forget_batch(step), step, stream=Stream.FORGET, mean=True).mean()
         if self.cfg.target == "retained_images":
             relabelled = relabel(trainer.remain_batch(step), trainer.cfg.forget.classes, trainer.generator(step, Stream.RELABEL),
                                  trainer.shard)
