@@ -114,6 +114,38 @@ def test_generic_jacobian_path_equals_the_exact_head_path(digits):
                         atol=1e-6)  # float32 features vs float32 Jacobians, then float32 weights
 
 
+def test_the_set_digest_sees_the_multiset_of_labelled_samples_and_nothing_else(monkeypatch):
+    """The cache key of D: order and split do not change it; a swap of labels or of pixels between two samples, a
+    one-ulp change, a duplicated sample do. Hashing block by block (small conversion blocks, samples over 2 KiB)
+    gives the same per-sample rows as one exact float64 product."""
+    from diffunlearn.data import batches
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((3, 8, 8), (3, 20, 20)):  # 768 B and 4,800 B per sample (the chunked path)
+        x, y = torch.randn(40, *shape, generator=gen), torch.arange(40) % 7
+        digest = lambda *parts: batches.multiset_digest(*(batches.LabeledBatches(p, 16, "s") for p in parts))  # noqa
+        base = digest((x, y))
+        perm = torch.randperm(40, generator=gen)
+        assert digest((x[perm], y[perm])) == base == digest((x[:15], y[:15]), (x[15:], y[15:]))
+        y_swap = y.clone()
+        y_swap[[0, 1]] = y[[1, 0]]
+        x_swap = x.clone()
+        x_swap[0, 0, 0, 0], x_swap[1, 0, 0, 0] = x[1, 0, 0, 0], x[0, 0, 0, 0]
+        x_ulp = x.clone()
+        x_ulp[5, 1, 2, 3] = torch.nextafter(x[5, 1, 2, 3], torch.tensor(1e9))
+        changed = [digest((x, y_swap)), digest((x_swap, y)), digest((x_ulp, y)),
+                   digest((torch.cat([x, x[:1]]), torch.cat([y, y[:1]])))]
+        assert len({base, *changed}) == 5
+        rows = batches.sample_digests(batches.LabeledBatches((x, y), 16, "s"))
+        monkeypatch.setattr(batches, "CONVERT_BYTES", 3 * 8 * 512)  # three rows per conversion block
+        assert torch.equal(batches.sample_digests(batches.LabeledBatches((x, y), 16, "s")), rows)
+        monkeypatch.undo()
+        words = x.reshape(40, -1).numpy().view(np.uint32)
+        if words.shape[1] <= 512:  # one exact product, no blocks
+            direct = torch.from_numpy(words.astype(np.float64)) @ torch.from_numpy(batches._coefficients(192))
+            assert torch.equal(rows[:, :-1], direct.long()) and torch.equal(rows[:, -1], y)
+
+
 def test_cached_downdate_equals_a_direct_solve_and_a_second_request_computes_only_forget_rows(digits):
     train, _ = digits
     clear_memory_cache()

@@ -120,13 +120,28 @@ class LabeledBatches:
 
 HASH_COLUMNS = 8  # independent linear hashes per sample
 HASH_BYTES = 1 << 24  # bytes of images hashed per product when the set is in memory
+CONVERT_BYTES = 1 << 19  # float64 words converted at a time: a block that stays in the core's cache
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
 
 @functools.lru_cache(maxsize=4)
-def _coefficients(words: int) -> torch.Tensor:
+def _coefficients(words: int) -> np.ndarray:
     """Fixed random multipliers (words, HASH_COLUMNS) in [0, 2^12), float64 (seeded by the word count)."""
     generator = torch.Generator().manual_seed(0x5EED + words)
-    return torch.randint(1 << 12, (words, HASH_COLUMNS), generator=generator).double()
+    return torch.randint(1 << 12, (words, HASH_COLUMNS), generator=generator).double().numpy()
+
+
+def _linear_hashes(words: np.ndarray) -> np.ndarray:
+    """(n, w) uint32 words @ `_coefficients(w)`, exact in float64, converted block by block into one reused buffer
+    (no n x w float64 copy)."""
+    coefficients, out = _coefficients(words.shape[1]), np.empty((len(words), HASH_COLUMNS))
+    step = max(1, CONVERT_BYTES // (8 * words.shape[1]))
+    buffer = np.empty((min(step, len(words)), words.shape[1]))
+    for start in range(0, len(words), step):
+        part = buffer[:len(words[start:start + step])]
+        part[...] = words[start:start + step]
+        np.matmul(part, coefficients, out=out[start:start + step])
+    return out
 
 
 def sample_digests(batches: LabeledBatches) -> torch.Tensor:
@@ -144,22 +159,38 @@ def sample_digests(batches: LabeledBatches) -> torch.Tensor:
         flat = (np.pad(flat, ((0, 0), (0, -flat.shape[1] % 4))) if flat.shape[1] % 4 else flat).view(np.uint32)
         words = flat.shape[1]
         if words > 512:
-            flat = np.pad(flat, ((0, 0), (0, -words % 512))).reshape(len(flat), -1, 512)
-            chunks = (torch.from_numpy(flat.astype(np.float64)) @ _coefficients(512)).long().numpy()
-            hashes = torch.tensor(np.stack([np.frombuffer(hashlib.blake2b(c.tobytes()).digest(), "<i8")
-                                            for c in chunks]))
+            flat = np.pad(flat, ((0, 0), (0, -words % 512))).reshape(-1, 512)
+            chunks = _linear_hashes(flat).astype(np.int64).reshape(len(images), -1)
+            hashes = np.stack([np.frombuffer(hashlib.blake2b(c.tobytes()).digest(), "<i8") for c in chunks])
         else:
-            hashes = torch.from_numpy(flat.astype(np.float64)) @ _coefficients(words)
-        rows.append(torch.cat([hashes.long(), labels.cpu().long().reshape(-1, 1)], 1))
+            hashes = _linear_hashes(flat).astype(np.int64)
+        rows.append(torch.cat([torch.from_numpy(hashes), labels.cpu().long().reshape(-1, 1)], 1))
     return torch.cat(rows) if rows else torch.zeros(0, HASH_COLUMNS + 1, dtype=torch.long)
 
 
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, in place on uint64 (wrapping arithmetic): a bijection that spreads every bit."""
+    z ^= z >> np.uint64(30)
+    z *= _MIX[0]
+    z ^= z >> np.uint64(27)
+    z *= _MIX[1]
+    z ^= z >> np.uint64(31)
+    return z
+
+
 def multiset_digest(*sets: LabeledBatches) -> str:
-    """Digest of the union of `sets` as a multiset: independent of order and of how it is split between them."""
-    rows = np.ascontiguousarray(torch.cat([sample_digests(s) for s in sets]).numpy().astype("<i8"))
-    ordered = np.sort(rows.view(np.dtype((np.void, rows.shape[1] * 8))).ravel())  # rows as byte strings
+    """Digest of the union of `sets` as a multiset: independent of order and of how it is split between them.
+
+    Each sample's hash columns are bound to its label (each column xor a different mix of the label), mixed, and
+    summed over the samples modulo 2^64, column by column: a sum does not see order, and mixing first makes it no
+    longer linear in the images (a swap of pixels or labels between two samples changes it). O(N), no sort.
+    """
+    rows = torch.cat([sample_digests(s) for s in sets]).numpy().view(np.uint64)
+    hashes = rows[:, :HASH_COLUMNS].copy()
+    hashes ^= _mix64(rows[:, HASH_COLUMNS:] + np.arange(1, HASH_COLUMNS + 1, dtype=np.uint64))
+    sums = _mix64(hashes).sum(0, dtype=np.uint64)
     shapes = sorted({str(s.sample_shape()) for s in sets if len(s)})
-    return hashlib.sha256(repr(shapes).encode() + ordered.tobytes()).hexdigest()
+    return hashlib.sha256(repr((shapes, len(rows))).encode() + sums.tobytes()).hexdigest()
 
 
 def _config_value(config, *keys):
