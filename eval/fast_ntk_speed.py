@@ -53,18 +53,30 @@ def timed(fn, repeats: int = 1):
     return best, out
 
 
-def timed_cold(fn, repeats: int = 3):
-    """Like `timed`, with the statistics cache emptied (memory and disk) before each call: every call is cold."""
+def empty_cache():
+    """Forget the statistics cache (memory and disk): the next call is cold."""
     import shutil
 
     from diffunlearn.assets import cache_dir
     from diffunlearn.ntk.cache import clear_memory_cache
 
-    def cold():
-        clear_memory_cache()
-        shutil.rmtree(cache_dir() / "fast_ntk", ignore_errors=True)
-        return fn()
-    return timed(cold, repeats)
+    clear_memory_cache()
+    shutil.rmtree(cache_dir() / "fast_ntk", ignore_errors=True)
+
+
+def timed_in_turns(calls: dict, repeats: int = 5, cold=()):
+    """{name: (best wall seconds, last result)} of `calls` run in turns, one of each per round, so that a drift in
+    the machine's speed reaches every ratio between them alike; the calls named in `cold` start from an empty
+    statistics cache (emptied before the timer starts)."""
+    best, last = dict.fromkeys(calls, float("inf")), {}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            if name in cold:
+                empty_cache()
+            start = time.perf_counter()
+            last[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: (best[name], last[name]) for name in calls}
 
 
 def synthetic(n=5000, features=512, classes=10, seed=0):
@@ -190,9 +202,15 @@ def run(recipe_path):
     fast_ntk_scrub(FeatureClassifier().eval(), (x[:64], y[:64]), (x[64:128], y[64:128]), cache=False)  # warm-up
     split = lambda c: ((x[y == c], y[y == c]), (x[y != c], y[y != c]))  # noqa: E731
     forget, retain = split(0)
-    t_cold, cold = timed_cold(lambda: fast_ntk_scrub(model, forget, retain, cache=True))
-    t_cold32, cold32 = timed_cold(lambda: fast_ntk_scrub(model, forget, retain, cache=True, precision="float32"))
-    t_nocache32, _ = timed(lambda: fast_ntk_scrub(model, forget, retain, cache=False, precision="float32"), repeats=3)
+    design = torch.cat([x, torch.ones(len(x), 1)], 1)
+    design64 = design.double()
+    turns = timed_in_turns({  # each cold call beside the exact solve's floor, one X^T X pass, in its precision
+        "gram64": lambda: design64.T @ design64, "cold": lambda: fast_ntk_scrub(model, forget, retain, cache=True),
+        "gram32": lambda: design.T @ design,
+        "cold32": lambda: fast_ntk_scrub(model, forget, retain, cache=True, precision="float32"),
+        "nocache32": lambda: fast_ntk_scrub(model, forget, retain, cache=False, precision="float32")},
+        repeats=5, cold=("cold", "cold32"))
+    (t_gram64, _), (t_cold, cold), (t_gram32, _), (t_cold32, cold32), (t_nocache32, _) = turns.values()
     fast_ntk_scrub(model, forget, retain, cache=True)  # D cached again for the requests below
     fast_ntk_scrub(model, forget, retain, cache="synthetic-5000")  # computes and caches D under a name
     requests = {}
@@ -207,9 +225,6 @@ def run(recipe_path):
     rx, ry = retain
     t_recipe, _ = timed(lambda: retrain_head_recipe(rx, ry, recipe))
     t_full, _ = timed(lambda: retrain_full_batch(rx, ry))
-    design = torch.cat([x, torch.ones(len(x), 1)], 1)
-    t_gram64, _ = timed(lambda: design.double().T @ design.double(), repeats=5)  # the exact solve's floor
-    t_gram32, _ = timed(lambda: design.T @ design, repeats=5)
     t_skl, _ = timed(lambda: retrain_sklearn(rx, ry))
     assert hit.info["cache"] == "memory" and cold.info["cache"] == "miss" == cold32.info["cache"]
     moved = (cold.model.head.weight - model.head.weight).norm().item()
@@ -217,10 +232,10 @@ def run(recipe_path):
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
     print("\n1. Fast-NTK, subset=head: N=5000, forget one class (~500), C=10, 512 features, P_S=513 per class")
-    calls = (("A first call: computes D, caches it (best of 3)", t_cold, cold.info["jacobian_samples"]),
-             ("A32 the same, precision='float32' (best of 3)", t_cold32, cold32.info["jacobian_samples"]),
+    calls = (("A first call: computes D, caches it (best of 5)", t_cold, cold.info["jacobian_samples"]),
+             ("A32 the same, precision='float32' (best of 5)", t_cold32, cold32.info["jacobian_samples"]),
              ("B cache=False (best of 3)", t_nocache, 5000),
-             ("B32 the same, precision='float32' (best of 3)", t_nocache32, 5000),
+             ("B32 the same, precision='float32' (best of 5)", t_nocache32, 5000),
              ("C cache hit, D identified by digest (best of 3)", t_digest, hit.info["jacobian_samples"]),
              ("D cache hit, D named by caller (best of 3)", t_named, hit.info["jacobian_samples"]))
     print(f"{'Fast-NTK call':<50}{'seconds':>10}  samples through the model")
@@ -234,7 +249,8 @@ def run(recipe_path):
         print(f"{name:<40}{t:>9.3f}" + "".join(f"{t / c[1]:>7.0f}x" for c in calls))
     print(f"retraining the head = {recipe_path}'s training loop ({recipe.epochs} epochs, AdamW lr {recipe.lr}, "
           f"wd {recipe.weight_decay}, one-cycle, batch {recipe.batch_size}) on the head alone, on fixed D_r features")
-    print(f"\nfloor of any exact cold solve: one pass X^T X over D (5000 x 513), float64 {t_gram64:.4f} s "
+    print(f"\nfloor of any exact cold solve: one pass X^T X over D (5000 x 513; best of 5, timed in turns with the "
+          f"cold calls A, A32, B32), float64 {t_gram64:.4f} s "
           f"(bound {t_recipe / t_gram64:.0f}x vs the recipe), float32 {t_gram32:.4f} s (bound "
           f"{t_recipe / t_gram32:.0f}x); cold call A spends {t_cold / t_gram64:.1f}x the float64 floor")
     print(f"cold call A / one float64 X^T X pass: {t_cold / t_gram64:.2f} (<= 1.3: "
