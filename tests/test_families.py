@@ -164,15 +164,15 @@ def test_prompt_target_on_a_class_family_is_refused(capsys, tmp_path, tiny_ddpm_
 
 def test_class_only_method_on_a_prompt_target_is_refused(capsys, tmp_path, tiny_sd_dir):
     raw = read_yaml(CONFIGS["sd"])
-    raw["method"] = {"name": "rl"}
-    config = tmp_path / "rl.yaml"
+    raw["method"] = {"name": "sa"}
+    config = tmp_path / "sa.yaml"
     config.write_text(yaml.safe_dump(raw))
     with pytest.raises(SystemExit) as info:
         main(["unlearn", str(config), "--output", str(tmp_path / "run"), f"model.path={tiny_sd_dir}",
               *[o for o in SMALL if not o.startswith("method.")]])
     err = capsys.readouterr().err.strip()
-    assert info.value.code == 2 and err.endswith("method 'rl' forgets classes only; for forget.prompts use one "
-                                                 "of: esd, sfr_on, uce"), err
+    assert info.value.code == 2 and err.endswith("method 'sa' forgets classes only; for forget.prompts use one "
+                                                 "of: esd, ga, rl, salun, sfr_on, uce"), err
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.partial"))
 
 
