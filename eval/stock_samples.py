@@ -40,14 +40,11 @@ def main(argv=None):
     if args.family not in PIPELINES:
         print(f"stock_samples: error: family {args.family!r} is not one of {', '.join(PIPELINES)}", file=sys.stderr)
         sys.exit(2)
-    from diffunlearn.assets import resolve_model_path
-    from diffunlearn.data.digits import DIGIT_NAMES
-    from diffunlearn.evaluation.metrics import classify
-    from diffunlearn.models.digits_classifier import DigitsClassifier
+    from diffunlearn.config import EvalConfig
+    from diffunlearn.evaluation.judge_loading import load_judge
 
-    judge = DigitsClassifier.from_pretrained(resolve_model_path("embedded:digits/classifier"),
-                                             use_safetensors=True).eval()
-    names = list(DIGIT_NAMES) + ["not a digit"] * bool(judge.config.reject_class)  # its reject output, last
+    judge = load_judge(EvalConfig(judge="digits", classifier="embedded:digits/classifier"))
+    names = judge.labels + ["not a digit"]  # `predict` gives -1 for the classifier's reject output: counted last
     pipe = load_stock(args.folder, args.family)
     pipe.set_progress_bar_config(disable=True)
     print(f"{type(pipe).__name__}.from_pretrained({args.folder!r}): {args.samples} samples per prompt, "
@@ -57,9 +54,9 @@ def main(argv=None):
         with torch.no_grad():
             images = pipe([prompt] * args.samples, num_inference_steps=args.steps, guidance_scale=args.guidance,
                           generator=generator, output_type="pt").images
-        preds = classify(judge, images.float())
-        asked = next((i for i, name in enumerate(DIGIT_NAMES) if prompt.endswith(f" {name}")), None)
-        counts = torch.bincount(preds, minlength=len(names))
+        preds = judge.predict(images.float())
+        asked = next((i for i, name in enumerate(judge.labels) if prompt.endswith(f" {name}")), None)
+        counts = torch.bincount(torch.where(preds < 0, len(judge.labels), preds), minlength=len(names))
         share = "n/a" if asked is None else f"{(preds == asked).float().mean().item():.3f}"
         print(f"{prompt!r}: read as its digit {share}; most common {names[int(counts.argmax())]} "
               f"({int(counts.max())}/{args.samples}); counts {counts.tolist()}")

@@ -40,13 +40,11 @@ def check_target(cfg, model) -> None:
     if hasattr(model, "check_sampler"):  # diffusion families (classifiers do not sample)
         model.check_sampler(cfg.eval.sampler)
     if concept:
-        if 0 < (cfg.data.generation_guidance or 0) < 1:
-            raise UserError(f"data.generation_guidance {cfg.data.generation_guidance} is not supported by the "
-                            f"{cfg.model.family} family; valid: 0, 1 or > 1")
-        if 0 < cfg.eval.guidance_scale < 1:  # the stock text-to-image pipelines only guide above 1
-            raise UserError(f"eval.guidance_scale {cfg.eval.guidance_scale} is not supported by the "
-                            f"{cfg.model.family} family; "
-                            "valid: 0 (unconditional), 1 (conditional) or > 1 (classifier-free guidance)")
+        for key, scale in (("data.generation_guidance", cfg.data.generation_guidance or 0),
+                           ("eval.guidance_scale", cfg.eval.guidance_scale)):
+            if 0 < scale < 1:  # the stock text-to-image pipelines only guide above 1
+                raise UserError(f"{key} {scale} is not supported by the {cfg.model.family} family; "
+                                "valid: 0 (unconditional), 1 (conditional) or > 1 (classifier-free guidance)")
         model.tokenize(list(cfg.forget.prompts) + list(cfg.forget.anchors) + list(cfg.forget.remain_prompts))
         return
     bad = [c for c in cfg.forget.classes if c >= model.num_classes]

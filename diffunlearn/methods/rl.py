@@ -3,6 +3,7 @@ forget images learn random other labels."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -77,6 +78,11 @@ class Relabel(UnlearningMethod):
     supports_concepts = True
     mask = None  # SalUn sets a saliency mask
 
+    @functools.cached_property
+    def forget_prompt_ids(self) -> torch.Tensor:
+        """Token ids (P, L) of the forget prompts (concepts), tokenized once."""
+        return self.model.tokenize(list(self.trainer.cfg.forget.prompts))
+
     def relabel_loss(self, step: int) -> torch.Tensor:
         trainer = self.trainer
         family_relabel = getattr(self.model, "relabelled", None)
@@ -85,9 +91,8 @@ class Relabel(UnlearningMethod):
             return trainer.losses(relabelled, step, stream=Stream.FORGET).mean()
         concept = trainer.cfg.forget.is_concept
         if concept and self.cfg.target == "retained_images":
-            prompts = self.model.tokenize(list(trainer.cfg.forget.prompts))
-            relabelled = relabel_prompts(trainer.remain_batch(step), prompts, trainer.generator(step, Stream.RELABEL),
-                                         trainer.shard)
+            relabelled = relabel_prompts(trainer.remain_batch(step), self.forget_prompt_ids,
+                                         trainer.generator(step, Stream.RELABEL), trainer.shard)
             return trainer.losses(relabelled, step, stream=Stream.FORGET).mean()
         if concept:
             return trainer.anchored_losses(trainer.forget_batch(step), step, stream=Stream.FORGET, mean=True).mean()

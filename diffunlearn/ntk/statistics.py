@@ -42,8 +42,8 @@ def accumulate(rows, batches) -> Statistics:
     The rows of consecutive batches are written into one reused buffer of up to `BLOCK_BYTES` (`rows.fill`), and
     each full buffer updates A and b with one product [X R]^T [X R] in the rows' precision (float32 products are
     added to the float64 sums). The product is symmetric: on the CPU, BLAS syrk computes one triangle (half the
-    multiplications); elsewhere three of its four half-width blocks (3/4); the other triangle is mirrored. Few large products, no fresh
-    allocation per batch.
+    multiplications); elsewhere three of its four half-width blocks (3/4); the other triangle is mirrored. Few
+    large products, no fresh allocation per batch.
     """
     p, width = rows.num_params, rows.num_params + rows.num_rhs
     moments = torch.zeros(width, width, dtype=torch.float64, device=rows.device)  # [X R]^T [X R]
