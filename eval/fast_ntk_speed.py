@@ -10,7 +10,6 @@
 2. Subset "bn+head" on the embedded digits CNN (forget class 7 of the 1,437 training digits): peak resident memory
    of the call (sampled from /proc) and the sizes of the accumulated matrices, against the N*C*P floats a full-model
    NTK Jacobian G would need for the same model and data.
-
 3. Subset "prompt+head" on a ViT-B/16-sized vision transformer (transformers `ViTForImageClassification` with
    ViT-B/16's config: 86M parameters, 224 px, random weights, 10 classes) with 10 shallow visual prompt tokens, N
    random images (`--vit-samples`, 500 by default; 0 skips it): wall time and peak resident memory of the call,
@@ -64,15 +63,22 @@ def empty_cache():
     shutil.rmtree(cache_dir() / "fast_ntk", ignore_errors=True)
 
 
-def timed_in_turns(calls: dict, repeats: int = 5, cold=()):
+TURNS = 15  # rounds of the calls timed in turns (their best is kept)
+SWEEP_MIB = 256  # memory written before each call timed in turns: more than this VM's caches (ratios level off here)
+
+
+def timed_in_turns(calls: dict, repeats: int = 5, cold=(), sweep_mib: int = SWEEP_MIB):
     """{name: (best wall seconds, last result)} of `calls` run in turns, one of each per round, so that a drift in
     the machine's speed reaches every ratio between them alike; the calls named in `cold` start from an empty
-    statistics cache (emptied before the timer starts)."""
-    best, last = dict.fromkeys(calls, float("inf")), {}
+    statistics cache. Before each timed call (floors included) a `sweep_mib` MiB buffer is rewritten: every call
+    starts with its data out of the CPU caches, as a first call would (without it, a floor that follows a call
+    which does not read its data starts warmer than the call does)."""
+    sweep, best, last = torch.zeros(max(sweep_mib, 1) << 18), dict.fromkeys(calls, float("inf")), {}
     for _ in range(repeats):
         for name, fn in calls.items():
             if name in cold:
                 empty_cache()
+            sweep.add_(1.0)
             start = time.perf_counter()
             last[name] = fn()
             best[name] = min(best[name], time.perf_counter() - start)
@@ -171,9 +177,10 @@ def vit_prompts(n: int, classes: int = 10, tokens: int = 10, chunk_size: int = 2
     info = result.info
     full = n * classes * p_all * 4
     print(f"\n3. Fast-NTK, subset=prompt+head, ViT-B/16-sized ({p_all / 1e6:.1f}M parameters, 224 px, random "
-          f"weights), {tokens} prompt tokens: N={n} ({len(forget[1])} forget), C={classes}, P_S={info['num_params']:,}, "
-          f"form={info['form']}, vmap chunk {chunk_size}, " + (torch.cuda.get_device_name() if device.startswith(
-              "cuda") else f"CPU, {torch.get_num_threads()} thread(s)"))
+          f"weights), {tokens} prompt tokens: N={n} ({len(forget[1])} forget), C={classes}, "
+          f"P_S={info['num_params']:,}, form={info['form']}, vmap chunk {chunk_size}, "
+          + (torch.cuda.get_device_name() if device.startswith("cuda")
+             else f"CPU, {torch.get_num_threads()} thread(s)"))
     print(f"wall time {seconds:.1f} s (rows of D_f {info['seconds']['forget_rows']:.1f} s, of D_r "
           f"{info['seconds']['retain_rows']:.1f} s, solve {info['seconds']['solve']:.1f} s); peak "
           f"{'GPU memory' if device.startswith('cuda') else 'RSS'} increase "
@@ -193,24 +200,25 @@ def run(recipe_path):
     # 1. Head subset on 5,000 x 512 synthetic features.
     x, y = synthetic()
     model = FeatureClassifier().eval()
+    design = torch.cat([x, torch.ones(len(x), 1)], 1)  # the rows [x, 1], in each precision
+    design64 = design.double()
     with torch.no_grad():  # a trained head: ridge on D (closed form), so the model is a sensible starting point
-        design = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
-        coef = torch.linalg.solve(design.T @ design + len(x) * 5e-4 * torch.eye(513, dtype=torch.float64),
-                                  design.T @ nn.functional.one_hot(y, 10).double())
+        coef = torch.linalg.solve(design64.T @ design64 + len(x) * 5e-4 * torch.eye(513, dtype=torch.float64),
+                                  design64.T @ nn.functional.one_hot(y, 10).double())
         model.head.weight.copy_(coef[:-1].T)
         model.head.bias.copy_(coef[-1])
     fast_ntk_scrub(FeatureClassifier().eval(), (x[:64], y[:64]), (x[64:128], y[64:128]), cache=False)  # warm-up
     split = lambda c: ((x[y == c], y[y == c]), (x[y != c], y[y != c]))  # noqa: E731
     forget, retain = split(0)
-    design = torch.cat([x, torch.ones(len(x), 1)], 1)
-    design64 = design.double()
     turns = timed_in_turns({  # each cold call beside the exact solve's floor, one X^T X pass, in its precision
         "gram64": lambda: design64.T @ design64, "cold": lambda: fast_ntk_scrub(model, forget, retain, cache=True),
+        "nocache": lambda: fast_ntk_scrub(model, forget, retain, cache=False),
         "gram32": lambda: design.T @ design,
         "cold32": lambda: fast_ntk_scrub(model, forget, retain, cache=True, precision="float32"),
         "nocache32": lambda: fast_ntk_scrub(model, forget, retain, cache=False, precision="float32")},
-        repeats=5, cold=("cold", "cold32"))
-    (t_gram64, _), (t_cold, cold), (t_gram32, _), (t_cold32, cold32), (t_nocache32, _) = turns.values()
+        repeats=TURNS, cold=("cold", "cold32"))
+    (t_gram64, _), (t_cold, cold), (t_nocache, _), (t_gram32, _), (t_cold32, cold32), (t_nocache32, _) = \
+        turns.values()
     fast_ntk_scrub(model, forget, retain, cache=True)  # D cached again for the requests below
     fast_ntk_scrub(model, forget, retain, cache="synthetic-5000")  # computes and caches D under a name
     requests = {}
@@ -218,10 +226,9 @@ def run(recipe_path):
         for c in (1, 2, 3):  # new forget classes on the same model and D: cache hit, forget rows only, downdate
             f, r = split(c)
             requests[label, c] = timed(lambda: fast_ntk_scrub(model, f, r, cache=cache))
-    t_digest = min(t for (label, _), (t, _) in requests.items() if label == "digest")
-    t_named = min(t for (label, _), (t, _) in requests.items() if label == "named")
+    t_digest, t_named = (min(t for (kind, _), (t, _) in requests.items() if kind == label)
+                         for label in ("digest", "named"))
     hit = requests["named", 1][1]
-    t_nocache, _ = timed(lambda: fast_ntk_scrub(model, forget, retain, cache=False), repeats=3)
     rx, ry = retain
     t_recipe, _ = timed(lambda: retrain_head_recipe(rx, ry, recipe))
     t_full, _ = timed(lambda: retrain_full_batch(rx, ry))
@@ -232,10 +239,10 @@ def run(recipe_path):
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
     print("\n1. Fast-NTK, subset=head: N=5000, forget one class (~500), C=10, 512 features, P_S=513 per class")
-    calls = (("A first call: computes D, caches it (best of 5)", t_cold, cold.info["jacobian_samples"]),
-             ("A32 the same, precision='float32' (best of 5)", t_cold32, cold32.info["jacobian_samples"]),
-             ("B cache=False (best of 3)", t_nocache, 5000),
-             ("B32 the same, precision='float32' (best of 5)", t_nocache32, 5000),
+    calls = ((f"A first call: computes D, caches it (best of {TURNS})", t_cold, cold.info["jacobian_samples"]),
+             (f"A32 the same, precision='float32' (best of {TURNS})", t_cold32, cold32.info["jacobian_samples"]),
+             (f"B cache=False (best of {TURNS})", t_nocache, 5000),
+             (f"B32 the same, precision='float32' (best of {TURNS})", t_nocache32, 5000),
              ("C cache hit, D identified by digest (best of 3)", t_digest, hit.info["jacobian_samples"]),
              ("D cache hit, D named by caller (best of 3)", t_named, hit.info["jacobian_samples"]))
     print(f"{'Fast-NTK call':<50}{'seconds':>10}  samples through the model")
@@ -249,17 +256,16 @@ def run(recipe_path):
         print(f"{name:<40}{t:>9.3f}" + "".join(f"{t / c[1]:>7.0f}x" for c in calls))
     print(f"retraining the head = {recipe_path}'s training loop ({recipe.epochs} epochs, AdamW lr {recipe.lr}, "
           f"wd {recipe.weight_decay}, one-cycle, batch {recipe.batch_size}) on the head alone, on fixed D_r features")
-    print(f"\nfloor of any exact cold solve: one pass X^T X over D (5000 x 513; best of 5, timed in turns with the "
-          f"cold calls A, A32, B32), float64 {t_gram64:.4f} s "
+    print(f"\nfloor of any exact cold solve: one pass X^T X over D (5000 x 513; best of {TURNS}, timed in turns with "
+          f"the cold calls A, B, A32, B32, each after a {SWEEP_MIB} MiB memory sweep), float64 {t_gram64:.4f} s "
           f"(bound {t_recipe / t_gram64:.0f}x vs the recipe), float32 {t_gram32:.4f} s (bound "
-          f"{t_recipe / t_gram32:.0f}x); cold call A spends {t_cold / t_gram64:.1f}x the float64 floor")
-    print(f"cold call A / one float64 X^T X pass: {t_cold / t_gram64:.2f} (<= 1.3: "
-          f"{'holds' if t_cold / t_gram64 <= 1.3 else 'DOES NOT HOLD'}); cold call with precision='float32' "
-          f"{t_cold32:.4f} s / one float32 pass: {t_cold32 / t_gram32:.2f} (<= 2.0: "
-          f"{'holds' if t_cold32 / t_gram32 <= 2.0 else 'DOES NOT HOLD'}), without the cache (B32, no digest of D, no "
-          f"statistics file) {t_nocache32:.4f} s: {t_nocache32 / t_gram32:.2f} (<= 2.0: "
-          f"{'holds' if t_nocache32 / t_gram32 <= 2.0 else 'DOES NOT HOLD'}); its head differs from the float64 one "
-          f"by {error32:.1e} of the scrub's step (relative Frobenius norm)")
+          f"{t_recipe / t_gram32:.0f}x)")
+    verdict = lambda ratio, bar: f"{ratio:.2f} (<= {bar}: {'holds' if ratio <= bar else 'DOES NOT HOLD'})"  # noqa
+    print(f"cold call A / one float64 X^T X pass: {verdict(t_cold / t_gram64, 1.3)}; without the cache (B, no digest "
+          f"of D, no statistics file): {t_nocache / t_gram64:.2f}")
+    print(f"cold call A32 (precision='float32') / one float32 pass: {verdict(t_cold32 / t_gram32, 2.0)}; without the "
+          f"cache (B32): {t_nocache32 / t_gram32:.2f}; its head differs from the float64 one by {error32:.1e} of the "
+          f"scrub's step (relative Frobenius norm)")
     print(f"acceptance, first (cold) call A: {t_cold:.3f} s < 1 s: {'holds' if t_cold < 1 else 'DOES NOT HOLD'}; "
           f"{t_recipe / t_cold:.0f}x faster than retraining the head, >= 100x: "
           f"{'holds' if t_recipe / t_cold >= 100 else 'DOES NOT HOLD'}")

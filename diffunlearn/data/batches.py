@@ -1,9 +1,8 @@
-"""Labelled sets in any accepted form -> CPU mini-batches `(images, labels)`, shape checks and set digests."""
+"""Labelled sets in any accepted form -> CPU mini-batches `(images, labels)` and shape checks (set digests:
+`diffunlearn.data.digest`)."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from typing import Iterator, Optional
 
 import numpy as np
@@ -116,81 +115,6 @@ class LabeledBatches:
         if not batches:
             return torch.empty(0), torch.empty(0, dtype=torch.long)
         return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-
-
-HASH_COLUMNS = 8  # independent linear hashes per sample
-HASH_BYTES = 1 << 24  # bytes of images hashed per product when the set is in memory
-CONVERT_BYTES = 1 << 19  # float64 words converted at a time: a block that stays in the core's cache
-_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
-
-
-@functools.lru_cache(maxsize=4)
-def _coefficients(words: int) -> np.ndarray:
-    """Fixed random multipliers (words, HASH_COLUMNS) in [0, 2^12), float64 (seeded by the word count)."""
-    generator = torch.Generator().manual_seed(0x5EED + words)
-    return torch.randint(1 << 12, (words, HASH_COLUMNS), generator=generator).double().numpy()
-
-
-def _linear_hashes(words: np.ndarray) -> np.ndarray:
-    """(n, w) uint32 words @ `_coefficients(w)`, exact in float64, converted block by block into one reused buffer
-    (no n x w float64 copy)."""
-    coefficients, out = _coefficients(words.shape[1]), np.empty((len(words), HASH_COLUMNS))
-    step = max(1, CONVERT_BYTES // (8 * words.shape[1]))
-    buffer = np.empty((min(step, len(words)), words.shape[1]))
-    for start in range(0, len(words), step):
-        part = buffer[:len(words[start:start + step])]
-        part[...] = words[start:start + step]
-        np.matmul(part, coefficients, out=out[start:start + step])
-    return out
-
-
-def sample_digests(batches: LabeledBatches) -> torch.Tensor:
-    """One row per sample (N, HASH_COLUMNS + 1) int64: linear hashes of its bytes, then its label.
-
-    The bytes are read as 32-bit words w (< 2^32) and hashed as sum_j w_j a_j with fixed multipliers a_j < 2^12:
-    every product and sum is an integer below 2^53 (for up to 2^9 words, 2 KiB per sample), exact in float64
-    whatever the summation order, so a sample's row does not depend on its batch or the BLAS. Distinct samples share
-    a row with probability < 2^-96 per pair (each column is a 2^-12 event). Longer samples are hashed in chunks of
-    2^9 words and their chunk hashes digested with blake2b. A cache key, not a cryptographic digest.
-    """
-    rows = []
-    for images, labels in batches.chunks(HASH_BYTES):
-        flat = np.ascontiguousarray(images.detach().cpu().reshape(len(images), -1).numpy()).view(np.uint8)
-        flat = (np.pad(flat, ((0, 0), (0, -flat.shape[1] % 4))) if flat.shape[1] % 4 else flat).view(np.uint32)
-        words = flat.shape[1]
-        if words > 512:
-            flat = np.pad(flat, ((0, 0), (0, -words % 512))).reshape(-1, 512)
-            chunks = _linear_hashes(flat).astype(np.int64).reshape(len(images), -1)
-            hashes = np.stack([np.frombuffer(hashlib.blake2b(c.tobytes()).digest(), "<i8") for c in chunks])
-        else:
-            hashes = _linear_hashes(flat).astype(np.int64)
-        rows.append(torch.cat([torch.from_numpy(hashes), labels.cpu().long().reshape(-1, 1)], 1))
-    return torch.cat(rows) if rows else torch.zeros(0, HASH_COLUMNS + 1, dtype=torch.long)
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, in place on uint64 (wrapping arithmetic): a bijection that spreads every bit."""
-    z ^= z >> np.uint64(30)
-    z *= _MIX[0]
-    z ^= z >> np.uint64(27)
-    z *= _MIX[1]
-    z ^= z >> np.uint64(31)
-    return z
-
-
-def multiset_digest(*sets: LabeledBatches) -> str:
-    """Digest of the union of `sets` as a multiset: independent of order and of how it is split between them.
-
-    Each sample's hash columns are bound to its label (each column xor a different mix of the label), mixed, and
-    summed over the samples modulo 2^64, column by column: a sum does not see order, and mixing first makes it no
-    longer linear in the images (a swap of pixels or labels between two samples changes it). O(N), no sort.
-    """
-    rows = torch.cat([sample_digests(s) for s in sets]).numpy().view(np.uint64)
-    hashes = rows[:, :HASH_COLUMNS].copy()
-    hashes ^= _mix64(rows[:, HASH_COLUMNS:] + np.arange(1, HASH_COLUMNS + 1, dtype=np.uint64))
-    sums = _mix64(hashes).sum(0, dtype=np.uint64)
-    shapes = sorted({str(s.sample_shape()) for s in sets if len(s)})
-    return hashlib.sha256(repr((shapes, len(rows))).encode() + sums.tobytes()).hexdigest()
 
 
 def _config_value(config, *keys):

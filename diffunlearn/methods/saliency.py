@@ -56,7 +56,7 @@ class SaliencyMask:
 
 
 def _digest(update, tensor: torch.Tensor) -> None:
-    update(full_tensor(tensor).detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    update(full_tensor(tensor).detach().cpu().contiguous().flatten().view(torch.uint8).numpy())  # no bytes copy
 
 
 def mean_squared_gradient(trainer, losses, clip=None) -> dict:

@@ -20,14 +20,14 @@ from ..assets import cache_dir
 from ..outputs import atomic_write
 from .statistics import Statistics
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the gram holds X^T X's lower triangle only (the solves read no more)
 MEMORY_ENTRIES = 4
 _MEMORY: "OrderedDict[str, Statistics]" = OrderedDict()
 
 
 def _update(digest, tensor: torch.Tensor) -> None:
     digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())  # no bytes copy
 
 
 def statistics_key(model, subset_names: list, init: Optional[dict], loss: str, data_digest: str) -> str:

@@ -75,9 +75,10 @@ class _Rows:
         self.samples_computed = 0
 
     def _inputs(self, images: torch.Tensor, labels: torch.Tensor):
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise UserError(f"label {int(labels.max()) if int(labels.max()) >= self.num_classes else int(labels.min())}"
-                            f" is out of range; the model has {self.num_classes} classes (0..{self.num_classes - 1})")
+        low, high = (int(v) for v in torch.aminmax(labels)) if len(labels) else (0, 0)
+        if low < 0 or high >= self.num_classes:
+            raise UserError(f"label {high if high >= self.num_classes else low} is out of range; the model has "
+                            f"{self.num_classes} classes (0..{self.num_classes - 1})")
         self.samples_computed += len(labels)
         images = images.to(self.device, self.dtype if images.is_floating_point() else None)
         return images, labels.to(self.device)
@@ -173,8 +174,10 @@ class HeadRows(_Rows):
         res = block[:, self.num_params:]
         if self.loss == "ce":
             softmax_(res)
-        weights = fisher_weights(res, self.loss, res if self.loss == "ce" else None).to(block.dtype)
-        fisher = (block[:, :self.num_params].square().T @ weights).double() if self.with_fisher else None
+        fisher = None
+        if self.with_fisher:
+            weights = fisher_weights(res, self.loss, res if self.loss == "ce" else None).to(block.dtype)
+            fisher = (block[:, :self.num_params].square().T @ weights).double()
         res.scatter_add_(1, labels[:, None], torch.full((len(labels), 1), -1.0, dtype=res.dtype, device=res.device))
         return fisher
 

@@ -16,7 +16,8 @@ JITTERS = (0.0, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
 
 
 def cholesky_solve(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Solve `matrix @ x = rhs` for a symmetric positive (semi-)definite `matrix`, which it may modify in place.
+    """Solve `matrix @ x = rhs` for a symmetric positive (semi-)definite `matrix` given by its lower triangle, which
+    it may modify in place.
 
     On a failed factorisation, adds eps * mean(diag) to the diagonal, eps in `JITTERS`.
 
@@ -35,11 +36,11 @@ def cholesky_solve(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tenso
 
 def ridge_primal(gram: torch.Tensor, rhs: torch.Tensor, lam: float, count: int,
                  overwrite: bool = False) -> tuple[torch.Tensor, float]:
-    """theta (P, k) from A = X^T X (P, P) and b = X^T R (P, k); zero for an empty set. `overwrite`: `gram` is
-    not needed afterwards and may be used as the work matrix (no copy)."""
+    """theta (P, k) from A = X^T X (P, P; its lower triangle is read) and b = X^T R (P, k); zero for an empty set.
+    `overwrite`: `gram` is not needed afterwards and may be used as the work matrix (no copy)."""
     if count == 0:
         return torch.zeros_like(rhs), 0.0
-    system = gram if overwrite and gram.is_contiguous() else gram.clone()
+    system = gram if overwrite else gram.clone()
     system.diagonal().add_(lam)
     return cholesky_solve(system, rhs)
 

@@ -12,7 +12,8 @@ import torch
 @dataclass
 class Statistics:
     """Sufficient statistics of one set: A = X^T X (P, P), b = X^T R (P, k), Fisher sum (P, k) or None (not
-    computed), N, float64.
+    computed), N, float64. Only A's lower triangle is computed (the Cholesky solves read no more); its strictly upper
+    part holds zeros or partial sums.
 
     `solved` memoises ridge solutions {lambda: (theta, jitter)} of a cached set (kept in memory only).
     """
@@ -41,9 +42,10 @@ def accumulate(rows, batches) -> Statistics:
 
     The rows of consecutive batches are written into one reused buffer of up to `BLOCK_BYTES` (`rows.fill`), and
     each full buffer updates A and b with one product [X R]^T [X R] in the rows' precision (float32 products are
-    added to the float64 sums). The product is symmetric: on the CPU, BLAS syrk computes one triangle (half the
-    multiplications); elsewhere three of its four half-width blocks (3/4); the other triangle is mirrored. Few
-    large products, no fresh allocation per batch.
+    added to the float64 sums). The product is symmetric: on the CPU, BLAS syrk computes its lower triangle (half
+    the multiplications); elsewhere three of its four half-width blocks (3/4); nothing is mirrored (b is read from
+    the lower block R^T X). Few large products, no fresh allocation per batch. The curvature's scale of A
+    (`rows.gram_scale`) is the products' alpha, taken back out of b.
     """
     p, width = rows.num_params, rows.num_params + rows.num_rhs
     moments = torch.zeros(width, width, dtype=torch.float64, device=rows.device)  # [X R]^T [X R]
@@ -51,7 +53,7 @@ def accumulate(rows, batches) -> Statistics:
     limit = max(1, BLOCK_BYTES // (width * torch.tensor([], dtype=rows.work_dtype).element_size()))
     buffer, filled, count = None, 0, 0
 
-    half, use_syrk = width // 2, CPU_SYRK and rows.device.type == "cpu"
+    half, use_syrk, alpha = width // 2, CPU_SYRK and rows.device.type == "cpu", rows.gram_scale
 
     def flush(block):  # the symmetric product: CPU BLAS syrk (lower triangle), else three of four half blocks
         block_fisher = rows.finish(block)
@@ -63,19 +65,19 @@ def accumulate(rows, batches) -> Statistics:
             # syrk on the Fortran-ordered block.T: the upper triangle of the Fortran-ordered result is the lower
             # triangle of the C-ordered one; float64 accumulates in place (beta 1), float32 is added
             if block.dtype == torch.float64:
-                out = blas.dsyrk(1.0, block.numpy().T, beta=1.0, c=moments.numpy().T, trans=0, overwrite_c=True)
+                out = blas.dsyrk(alpha, block.numpy().T, beta=1.0, c=moments.numpy().T, trans=0, overwrite_c=True)
                 if not np.shares_memory(out, moments.numpy()):  # f2py worked on a copy: take its result
                     moments.copy_(torch.from_numpy(out.T))
             else:
-                moments.add_(torch.from_numpy(blas.ssyrk(1.0, block.numpy().T, trans=0).T))
+                moments.add_(torch.from_numpy(blas.ssyrk(alpha, block.numpy().T, trans=0).T))
             return
         for rows_, cols in ((slice(0, half), slice(0, half)), (slice(half, width), slice(0, half)),
                             (slice(half, width), slice(half, width))):
             left, right = block[:, rows_], block[:, cols]
             if block.dtype == torch.float64:
-                moments[rows_, cols].addmm_(left.T, right)
+                moments[rows_, cols].addmm_(left.T, right, alpha=alpha)
             else:
-                moments[rows_, cols].add_(left.T @ right)
+                moments[rows_, cols].add_(left.T @ right, alpha=alpha)
 
     for images, labels in batches:
         size = len(labels) * rows.rows_per_sample
@@ -97,10 +99,8 @@ def accumulate(rows, batches) -> Statistics:
         count += len(labels)
     if filled:
         flush(buffer[:filled])
-    moments = moments.tril_() + moments.tril(-1).T  # the lower triangle (and its blocks' spill) mirrored
-    if rows.gram_scale != 1.0:
-        moments[:p, :p] *= rows.gram_scale
-    return Statistics(moments[:p, :p], moments[:p, p:], fisher, count)  # views: no copy of the P x P block
+    rhs = moments[p:, :p].T if alpha == 1.0 else moments[p:, :p].T / alpha
+    return Statistics(moments[:p, :p], rhs, fisher, count)  # a view: no copy of the P x P block
 
 
 def collect(rows, batches):

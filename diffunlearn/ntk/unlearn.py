@@ -23,7 +23,8 @@ from time import perf_counter
 import torch
 from torch import nn
 
-from ..data.batches import LabeledBatches, check_input_shapes, multiset_digest
+from ..data.batches import LabeledBatches, check_input_shapes
+from ..data.digest import multiset_digest
 from ..errors import UserError, choice_error
 from .cache import load_statistics, statistics_key, store_statistics
 from .rows import CURVATURES, LOSSES, HeadRows, JacobianRows, model_logits
