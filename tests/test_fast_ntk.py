@@ -183,6 +183,23 @@ def test_cached_downdate_equals_a_direct_solve_and_a_second_request_computes_onl
                         atol=1e-9)
 
 
+def test_the_in_memory_statistics_are_capped_by_count_and_by_size(monkeypatch):
+    """Least recently used entries leave memory beyond MEMORY_ENTRIES or MEMORY_BYTES; the newest always stays."""
+    from diffunlearn.ntk import cache
+    from diffunlearn.ntk.statistics import Statistics
+
+    clear_memory_cache()
+    entry = lambda p: Statistics(torch.zeros(p, p, dtype=torch.float64), torch.zeros(p, 1, dtype=torch.float64),  # noqa
+                                 None, 1)
+    monkeypatch.setattr(cache, "MEMORY_BYTES", 3 * 100 * 101 * 8)  # three 100-parameter entries
+    for name in "abcd":
+        cache.store_statistics(name, entry(100), disk=False)
+    assert list(cache._MEMORY) == ["b", "c", "d"]
+    cache.store_statistics("big", entry(300), disk=False)  # larger than the cap alone: kept, all others leave
+    assert list(cache._MEMORY) == ["big"]
+    clear_memory_cache()
+
+
 @pytest.mark.parametrize("subset", ["head", "bn"])
 def test_an_empty_forget_set_changes_nothing_and_the_input_model_is_never_modified(digits, subset):
     train, _ = digits

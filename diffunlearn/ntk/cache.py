@@ -22,6 +22,8 @@ from .statistics import Statistics
 
 FORMAT_VERSION = 2  # 2: the gram holds X^T X's lower triangle only (the solves read no more)
 MEMORY_ENTRIES = 4
+MEMORY_BYTES = 2 << 30  # the in-memory entries' total size cap (P_S^2 float64 each: 1.9 GB at P_S = 15k); the
+# newest entry is kept whatever its size
 _MEMORY: "OrderedDict[str, Statistics]" = OrderedDict()
 
 
@@ -64,10 +66,15 @@ def load_statistics(key: str, device=None) -> tuple[Optional[Statistics], str]:
     return Statistics(stats.gram.to(device), stats.rhs.to(device), fisher, stats.count, stats.solved), where
 
 
+def _nbytes(stats: Statistics) -> int:
+    return sum(t.numel() * t.element_size() for t in (stats.gram, stats.rhs, stats.fisher) if t is not None)
+
+
 def _remember(key: str, stats: Statistics) -> None:
     _MEMORY[key] = stats
     _MEMORY.move_to_end(key)
-    while len(_MEMORY) > MEMORY_ENTRIES:
+    while len(_MEMORY) > 1 and (len(_MEMORY) > MEMORY_ENTRIES or
+                                sum(_nbytes(entry) for entry in _MEMORY.values()) > MEMORY_BYTES):
         _MEMORY.popitem(last=False)
 
 

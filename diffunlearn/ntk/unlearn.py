@@ -122,7 +122,8 @@ def fast_ntk_scrub(model: nn.Module, forget, retain, subset: str = "head", loss:
         scale: apply the trapezium scale s instead of s = 1.
         fisher_noise: alpha of the Fisher noise added after scrubbing (0 = off; ~1e-9 in the reference).
         batch_size: samples per mini-batch; chunk_size: vmap chunk over samples for Jacobians (None = whole batch).
-        cache: reuse / store the statistics of D = retain + forget (primal form only): True identifies D by a
+        cache: reuse / store the statistics of D = retain + forget (primal form only; in memory the 4 most recent
+            sets, 2 GiB in all, and on disk under DIFFUNLEARN_CACHE, P_S^2 float64 each): True identifies D by a
             digest of its samples (order-free, split-free); a string names D instead (no hashing; you vouch that
             the name always means the same samples); False recomputes everything.
         form: "auto" (primal when P_S <= rows of D, else dual), "primal" or "dual".
