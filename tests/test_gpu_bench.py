@@ -53,6 +53,26 @@ def test_every_family_trains_one_step_per_subset(family):
         set_subset(case.spec, case.network, "everything")
 
 
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+def test_the_benchmarked_cross_attention_is_the_familys_own_subset(family):
+    """The weights the benchmark trains for `cross_attention` are those the family's `set_trainable` picks (SD3:
+    the text tokens' projections, not the whole joint attention), counted on the real config too."""
+    from diffunlearn.benchmarks.gpu.cases import FAMILY_CLASSES
+
+    case = Case(get_spec(family, tiny=True), "cpu")
+    benchmarked = {n for n, _ in set_subset(case.spec, case.network, "cross_attention")}
+    suffixes = FAMILY_CLASSES[family].attention_modules
+    family_pick = {n for n, _ in case.network.named_parameters() if any(f".{s}." in f".{n}" for s in suffixes)}
+    assert benchmarked == family_pick and benchmarked
+    if family == "sd3":
+        import diffusers
+
+        with torch.device("meta"):
+            real = getattr(diffusers, SPECS["sd3"].network_class)(**SPECS["sd3"].network)
+        counted = sum(p.numel() for _, p in set_subset(SPECS["sd3"], real, "cross_attention"))
+        assert round(counted / 1e6, 1) == 224.3  # of SD3.5-medium's 2,243M (docs/gpu.md)
+
+
 def test_masked_update_keeps_masked_elements_under_adam_momentum():
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 3)
