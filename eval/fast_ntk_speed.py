@@ -73,7 +73,7 @@ def timed_in_turns(calls: dict, repeats: int = 5, cold=(), sweep_mib: int = SWEE
     statistics cache. Before each timed call (floors included) a `sweep_mib` MiB buffer is rewritten: every call
     starts with its data out of the CPU caches, as a first call would (without it, a floor that follows a call
     which does not read its data starts warmer than the call does)."""
-    sweep, best, last = torch.zeros(max(sweep_mib, 1) << 18), dict.fromkeys(calls, float("inf")), {}
+    sweep, best, last = torch.zeros(sweep_mib << 18), dict.fromkeys(calls, float("inf")), {}
     for _ in range(repeats):
         for name, fn in calls.items():
             if name in cold:

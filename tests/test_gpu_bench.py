@@ -55,8 +55,9 @@ def test_every_family_trains_one_step_per_subset(family):
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
 def test_the_benchmarked_cross_attention_is_the_familys_own_subset(family):
-    """The weights the benchmark trains for `cross_attention` are those the family's `set_trainable` picks (SD3:
-    the text tokens' projections, not the whole joint attention), counted on the real config too."""
+    """The weights the benchmark trains for `cross_attention` are those under the family's `attention_modules`,
+    the modules its `set_trainable` opens (SD3: the text tokens' projections, not the whole joint attention);
+    counted on the real SD3.5 config too."""
     from diffunlearn.benchmarks.gpu.cases import FAMILY_CLASSES
 
     case = Case(get_spec(family, tiny=True), "cpu")
