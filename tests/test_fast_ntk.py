@@ -200,6 +200,23 @@ def test_the_in_memory_statistics_are_capped_by_count_and_by_size(monkeypatch):
     clear_memory_cache()
 
 
+@pytest.mark.slow
+def test_the_speed_benchmark_runs_to_the_end_and_prints_its_verdicts():
+    """eval/fast_ntk_speed.py (sections 1 and 2) runs to the end, its own checks holding (the cold calls miss, the
+    later requests hit), and prints both cold-call ratios with a verdict; the timings themselves are not asserted."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    out = subprocess.run([sys.executable, "eval/fast_ntk_speed.py", "--threads", "1", "--vit-samples", "0"], cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for line in ("cold call A / one float64 X^T X pass:", "cold call A32 (precision='float32') / one float32 pass:"):
+        assert re.search(re.escape(line) + r" \d+\.\d\d \(<= \d\.\d: (holds|DOES NOT HOLD)\)", out.stdout), line
+    assert "full-model G / measured peak:" in out.stdout
+
+
 @pytest.mark.parametrize("subset", ["head", "bn"])
 def test_an_empty_forget_set_changes_nothing_and_the_input_model_is_never_modified(digits, subset):
     train, _ = digits
