@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 HASH_COLUMNS = 8  # independent linear hashes per sample
-HASH_BYTES = 1 << 24  # bytes of images hashed per product when the set is in memory
+HASH_BYTES = 1 << 24  # bytes of images hashed per call when the set is in memory
 CONVERT_BYTES = 1 << 19  # float64 words converted at a time: a block that stays in the core's cache
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 FOLD_ROWS = 1 << 14  # samples whose hashes are mixed and summed at once
@@ -63,18 +63,6 @@ def image_hashes(images: torch.Tensor, buffer=None) -> np.ndarray:
     flat = np.pad(flat, ((0, 0), (0, -words % 512))).reshape(-1, 512)
     chunks = _linear_hashes(flat, buffer).astype(np.int64).reshape(len(images), -1)
     return np.stack([np.frombuffer(hashlib.blake2b(c.tobytes()).digest(), "<u8") for c in chunks])
-
-
-def batch_rows(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """One row per sample (n, HASH_COLUMNS + 1) int64: the `image_hashes` of its bytes, then its label."""
-    hashes = torch.from_numpy(image_hashes(images).view(np.int64))
-    return torch.cat([hashes, labels.cpu().long().reshape(-1, 1)], 1)
-
-
-def sample_digests(batches) -> torch.Tensor:
-    """`batch_rows` of every sample of a set, in its order (N, HASH_COLUMNS + 1)."""
-    rows = [batch_rows(images, labels) for images, labels in batches.chunks(HASH_BYTES)]
-    return torch.cat(rows) if rows else torch.zeros(0, HASH_COLUMNS + 1, dtype=torch.long)
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
