@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import tempfile
 import time
 
@@ -68,14 +69,17 @@ SWEEP_MIB = 256  # memory written before each call timed in turns: more than thi
 
 
 def timed_in_turns(calls: dict, repeats: int = 5, cold=(), sweep_mib: int = SWEEP_MIB):
-    """{name: (best wall seconds, last result)} of `calls` run in turns, one of each per round, so that a drift in
-    the machine's speed reaches every ratio between them alike; the calls named in `cold` start from an empty
+    """{name: (best wall seconds, last result)} of `calls` run in turns, one of each per round in a seeded random
+    order, so that a drift in the machine's speed reaches every ratio between them alike and no call always follows
+    the same one (on this VM a call that follows a GEMM ran ~2 ms slower); the calls named in `cold` start from an empty
     statistics cache. Before each timed call (floors included) a `sweep_mib` MiB buffer is rewritten: every call
     starts with its data out of the CPU caches, as a first call would (without it, a floor that follows a call
     which does not read its data starts warmer than the call does)."""
     sweep, best, last = torch.zeros(sweep_mib << 18), dict.fromkeys(calls, float("inf")), {}
+    order = random.Random(0)
     for _ in range(repeats):
-        for name, fn in calls.items():
+        for name in order.sample(list(calls), len(calls)):  # a new seeded order each round: no call always
+            fn = calls[name]                                # follows the same one
             if name in cold:
                 empty_cache()
             sweep.add_(1.0)

@@ -116,13 +116,13 @@ def test_generic_jacobian_path_equals_the_exact_head_path(digits):
 
 def test_the_set_digest_sees_the_multiset_of_labelled_samples_and_nothing_else(monkeypatch):
     """The cache key of D: order and split do not change it; a swap of labels or of pixels between two samples, a
-    one-ulp change, a duplicated sample do. Hashing block by block (small conversion blocks, samples over 2 KiB)
-    gives the same per-sample hashes as one exact float64 product."""
+    one-ulp change, a duplicated sample do. The per-sample hashes are the exact integer products of the bytes (by
+    torch's int8 product or its float64 fallback alike); samples over CHUNK_BYTES are hashed chunk by chunk."""
     from diffunlearn.data import batches
     from diffunlearn.data import digest as digests
 
     gen = torch.Generator().manual_seed(0)
-    for shape in ((3, 8, 8), (3, 20, 20)):  # 768 B and 4,800 B per sample (the chunked path)
+    for shape in ((3, 8, 8), (3, 100, 60)):  # 768 B and 72,000 B per sample (the chunked path)
         x, y = torch.randn(40, *shape, generator=gen), torch.arange(40) % 7
         digest = lambda *parts: digests.multiset_digest(*(batches.LabeledBatches(p, 16, "s") for p in parts))  # noqa
         base = digest((x, y))
@@ -141,14 +141,14 @@ def test_the_set_digest_sees_the_multiset_of_labelled_samples_and_nothing_else(m
         for part in (perm[30:], perm[:7], perm[7:30]):
             streamed.update(x[part], y[part])
         assert streamed.hexdigest() == base
-        rows = digests.image_hashes(x).view(np.int64)  # each sample's hash columns
-        monkeypatch.setattr(digests, "CONVERT_BYTES", 3 * 8 * 512)  # three rows per conversion block
-        assert np.array_equal(digests.image_hashes(x).view(np.int64), rows)
+        rows = digests.image_hashes(x)  # each sample's hash columns
+        monkeypatch.setattr(digests, "_integer_products_exact", lambda: False)  # the float64 fallback
+        assert np.array_equal(digests.image_hashes(x), rows)
         monkeypatch.undo()
-        words = x.reshape(40, -1).numpy().view(np.int32)
-        if words.shape[1] <= 512:  # one exact product, no blocks
-            direct = torch.from_numpy(words.astype(np.float64)) @ torch.from_numpy(digests._coefficients(192))
-            assert np.array_equal(rows, direct.long().numpy())
+        data = x.reshape(40, -1).view(torch.int8).long()
+        if data.shape[1] <= digests.CHUNK_BYTES:  # the integers themselves: one exact product, int32 pairs
+            direct = data @ digests._coefficients()[:data.shape[1]].long()
+            assert np.array_equal(rows.view(np.int32), direct.numpy())
 
 
 def test_cached_downdate_equals_a_direct_solve_and_a_second_request_computes_only_forget_rows(digits):

@@ -13,55 +13,60 @@ import hashlib
 import numpy as np
 import torch
 
-HASH_COLUMNS = 8  # independent linear hashes per sample
+HASH_COLUMNS = 16  # independent linear hashes per sample (int32 each; packed in pairs into 8 uint64 words)
+CHUNK_BYTES = 1 << 16  # bytes hashed by one exact product: |sum| <= 2^16 * 2^7 * 2^6 = 2^29 fits int32
 HASH_BYTES = 1 << 24  # bytes of images hashed per call when the set is in memory
-CONVERT_BYTES = 1 << 19  # float64 words converted at a time: a block that stays in the core's cache
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 FOLD_ROWS = 1 << 14  # samples whose hashes are mixed and summed at once
-_LANES = np.arange(1, HASH_COLUMNS + 1, dtype=np.uint64)  # binds the label to each column differently
+_LANES = np.arange(1, HASH_COLUMNS // 2 + 1, dtype=np.uint64)  # binds the label to each word differently
 
 
-@functools.lru_cache(maxsize=4)
-def _coefficients(words: int) -> np.ndarray:
-    """Fixed random multipliers (words, HASH_COLUMNS) in [0, 2^12), float64 (seeded by the word count)."""
-    generator = torch.Generator().manual_seed(0x5EED + words)
-    return torch.randint(1 << 12, (words, HASH_COLUMNS), generator=generator).double().numpy()
+@functools.lru_cache(maxsize=1)
+def _coefficients() -> torch.Tensor:
+    """Fixed random multipliers (CHUNK_BYTES, HASH_COLUMNS) in [-64, 64), int8 (seeded); a sample of b bytes uses
+    the first b rows. Seven bits: CPU int8 kernels without VNNI add pairs of u8 x s8 products in int16 with
+    saturation, which |a| <= 64 never reaches (2 * 255 * 64 < 2^15)."""
+    generator = torch.Generator().manual_seed(0x5EED)
+    return torch.randint(-64, 64, (CHUNK_BYTES, HASH_COLUMNS), dtype=torch.int8, generator=generator)
 
 
-def _linear_hashes(words: np.ndarray, buffer=None) -> np.ndarray:
-    """(n, w) int32 words @ `_coefficients(w)`, exact in float64, converted block by block into one reused buffer
-    (no n x w float64 copy; `buffer`: a float64 array of `CONVERT_BYTES` to reuse across calls)."""
-    coefficients, out = _coefficients(words.shape[1]), np.empty((len(words), HASH_COLUMNS))
-    step = max(1, CONVERT_BYTES // (8 * words.shape[1]))
-    size = min(step, len(words)) * words.shape[1]
-    buffer = np.empty(size) if buffer is None or buffer.size < size else buffer
-    for start in range(0, len(words), step):
-        part = buffer[:len(words[start:start + step]) * words.shape[1]].reshape(-1, words.shape[1])
-        part[...] = words[start:start + step]
-        np.matmul(part, coefficients, out=out[start:start + step])
-    return out
+@functools.lru_cache(maxsize=1)
+def _integer_products_exact() -> bool:
+    """Whether torch's CPU int8 product is available and exact here (checked once, extreme bytes included)."""
+    generator = torch.Generator().manual_seed(1)
+    data = torch.randint(-128, 128, (34, 4096), dtype=torch.int8, generator=generator)
+    data[0], data[1] = -128, 127
+    coefficients = _coefficients()[:4096]
+    try:
+        return torch.equal(torch._int_mm(data, coefficients).long(), data.long() @ coefficients.long())
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
-def image_hashes(images: torch.Tensor, buffer=None) -> np.ndarray:
-    """(n, HASH_COLUMNS) uint64 hashes of each sample's bytes.
+def _exact_products(data: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """(n, b) int8 @ (b, k) int8 -> (n, k) int32, exact: integer products (torch._int_mm, no conversion of the
+    data), or else float64 products of the same integers (exact: every partial sum is below 2^53)."""
+    if _integer_products_exact():
+        return torch._int_mm(data, coefficients)
+    return (data.double() @ coefficients.double()).to(torch.int32)
 
-    The bytes are read as signed 32-bit words w (|w| <= 2^31) and hashed as sum_j w_j a_j with fixed multipliers
-    0 <= a_j < 2^12: every product and partial sum is an integer below 2^52 in magnitude (for up to 2^9 words, 2 KiB
-    per sample), exact in float64 whatever the summation order, so a sample's hashes do not depend on its batch or
-    the BLAS. Distinct samples share all columns with probability < 2^-96 per pair (each column is a 2^-12 event).
-    Longer samples are hashed in chunks of 2^9 words and their chunk hashes digested with blake2b. A cache key, not
-    a cryptographic digest.
+
+def image_hashes(images: torch.Tensor) -> np.ndarray:
+    """(n, HASH_COLUMNS // 2) uint64 hashes of each sample's bytes.
+
+    The bytes are read as signed 8-bit integers u (|u| <= 2^7) and hashed as sum_j u_j a_j with fixed multipliers
+    -64 <= a_j < 64: integer arithmetic, exact, so a sample's hashes do not depend on its batch or the kernel. Two
+    distinct samples agree on one column with probability <= 2^-7 (for a differing byte j, one value of a_j of 128
+    solves it), on all 16 with <= 2^-112; the int32 columns are packed in pairs into uint64 words. Samples
+    over `CHUNK_BYTES` are hashed in chunks, whose hashes are digested with blake2b. A cache key, not a
+    cryptographic digest.
     """
-    flat = np.ascontiguousarray(images.detach().cpu().reshape(len(images), -1).numpy())
-    if flat.itemsize != 4:
-        flat = flat.view(np.uint8)
-        flat = np.pad(flat, ((0, 0), (0, -flat.shape[1] % 4))) if flat.shape[1] % 4 else flat
-    flat = flat.view(np.int32)
-    words = flat.shape[1]
-    if words <= 512:
-        return _linear_hashes(flat, buffer).astype(np.int64).view(np.uint64)
-    flat = np.pad(flat, ((0, 0), (0, -words % 512))).reshape(-1, 512)
-    chunks = _linear_hashes(flat, buffer).astype(np.int64).reshape(len(images), -1)
+    flat = images.detach().cpu().reshape(len(images), -1)
+    flat = flat.contiguous().view(torch.int8) if flat.dtype != torch.int8 else flat.contiguous()
+    if flat.shape[1] <= CHUNK_BYTES:
+        return _exact_products(flat, _coefficients()[:flat.shape[1]]).view(torch.int64).numpy().view(np.uint64)
+    flat = torch.nn.functional.pad(flat, (0, -flat.shape[1] % CHUNK_BYTES)).reshape(-1, CHUNK_BYTES)
+    chunks = _exact_products(flat, _coefficients()).reshape(len(images), -1).numpy()
     return np.stack([np.frombuffer(hashlib.blake2b(c.tobytes()).digest(), "<u8") for c in chunks])
 
 
@@ -84,14 +89,13 @@ class MultisetDigest:
     """
 
     def __init__(self):
-        self.sums, self.count, self.shapes = np.zeros(HASH_COLUMNS, dtype=np.uint64), 0, set()
-        self.buffer = np.empty(CONVERT_BYTES // 8)  # the conversion block, reused by every update
+        self.sums, self.count, self.shapes = np.zeros(HASH_COLUMNS // 2, dtype=np.uint64), 0, set()
         self.pending = []  # (hashes, labels) not yet mixed into the sums: mixed in bulk (fewer small array ops)
 
     def update(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if len(labels) == 0:
             return
-        self.pending.append((image_hashes(images, self.buffer), labels.cpu().numpy()))
+        self.pending.append((image_hashes(images), labels.cpu().numpy()))
         self.count += len(labels)
         self.shapes.add(tuple(images.shape[1:]))
         if sum(len(h) for h, _ in self.pending) >= FOLD_ROWS:
