@@ -201,6 +201,37 @@ def test_the_in_memory_statistics_are_capped_by_count_and_by_size(monkeypatch):
     clear_memory_cache()
 
 
+def test_the_statistics_files_are_capped_on_disk_least_recently_used_first(monkeypatch):
+    """Beyond DIFFUNLEARN_NTK_CACHE_BYTES the least recently used files are deleted (a load from disk is a use), the
+    newest always stays; a bad value is refused, one line, before anything runs."""
+    import os
+
+    from diffunlearn.ntk import cache
+    from diffunlearn.ntk.statistics import Statistics
+
+    entry = lambda p: Statistics(torch.zeros(p, p, dtype=torch.float64), torch.zeros(p, 1, dtype=torch.float64),  # noqa
+                                 None, 1)
+    cache.store_statistics("a", entry(100))
+    one = cache._path("a").stat().st_size
+    monkeypatch.setenv("DIFFUNLEARN_NTK_CACHE_BYTES", str(3 * one))  # three files of this size
+    for name in "bc":
+        cache.store_statistics(name, entry(100))
+    for age, name in enumerate("abc"):
+        os.utime(cache._path(name), (1000 + age, 1000 + age))  # a oldest, c newest
+    clear_memory_cache()
+    assert cache.load_statistics("a")[1] == "disk"  # a used: now the most recent
+    cache.store_statistics("d", entry(100))  # four files: b, the least recently used, goes
+    assert sorted(p.stem for p in cache._path("a").parent.glob("*.safetensors")) == ["a", "c", "d"]
+    cache.store_statistics("big", entry(300))  # larger than the cap alone: kept, all others go
+    assert [p.stem for p in cache._path("a").parent.glob("*.safetensors")] == ["big"]
+    clear_memory_cache()
+    monkeypatch.setenv("DIFFUNLEARN_NTK_CACHE_BYTES", "8GB")
+    model, x, y = nn.Sequential(nn.Linear(16, 4)), torch.randn(8, 16), torch.arange(8) % 4
+    with pytest.raises(UserError, match=r"DIFFUNLEARN_NTK_CACHE_BYTES='8GB' is invalid; give a whole number"):
+        fast_ntk_scrub(model, (x[:2], y[:2]), (x[2:], y[2:]))
+    assert fast_ntk_scrub(model, (x[:2], y[:2]), (x[2:], y[2:]), cache=False).info["cache"] == "off"
+
+
 @pytest.mark.slow
 def test_the_speed_benchmark_runs_to_the_end_and_prints_its_verdicts():
     """eval/fast_ntk_speed.py (sections 1 and 2) runs to the end, its own checks holding (the cold calls miss, the

@@ -3,13 +3,15 @@
 The key covers everything the statistics depend on: all model weights and buffers, the subset, the loss, the
 linearisation point and the identity of D: the multiset of its samples (order-free, and independent of how D is
 split into forget and retain), or a name the caller gives D (skips hashing the data on every request).
-Files live under `diffunlearn.assets.cache_dir()/fast_ntk` (env DIFFUNLEARN_CACHE).
+Files live under `diffunlearn.assets.cache_dir()/fast_ntk` (env DIFFUNLEARN_CACHE), `DISK_BYTES` in all: after each
+write the least recently used files go first (a load from disk counts as a use), the newest is always kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import OrderedDict
 from typing import Optional
 
@@ -17,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..assets import cache_dir
+from ..errors import UserError
 from ..outputs import atomic_write
 from .statistics import Statistics
 
@@ -24,6 +27,8 @@ FORMAT_VERSION = 2  # 2: the gram holds X^T X's lower triangle only (the solves 
 MEMORY_ENTRIES = 4
 MEMORY_BYTES = 2 << 30  # the in-memory entries' total size cap (P_S^2 float64 each: 1.9 GB at P_S = 15k); the
 # newest entry is kept whatever its size
+DISK_BYTES = 8 << 30  # the files' total size cap (ViT-B/16 prompt + head: 1.9 GB per set); env
+# DIFFUNLEARN_NTK_CACHE_BYTES overrides it
 _MEMORY: "OrderedDict[str, Statistics]" = OrderedDict()
 
 
@@ -57,6 +62,7 @@ def load_statistics(key: str, device=None) -> tuple[Optional[Statistics], str]:
         where = "memory"
     elif _path(key).is_file():
         tensors = load_file(str(_path(key)))
+        _touch(_path(key))
         stats = Statistics(tensors["gram"], tensors["rhs"], tensors.get("fisher"), int(tensors["count"]))
         _remember(key, stats)
         where = "disk"
@@ -87,6 +93,45 @@ def store_statistics(key: str, stats: Statistics, disk: bool = True) -> None:
         tensors = {"gram": cpu.gram.contiguous(), "rhs": cpu.rhs.contiguous(), "count": torch.tensor(cpu.count),
                    **({} if fisher is None else {"fisher": fisher.contiguous()})}
         atomic_write(_path(key), lambda tmp: save_file(tensors, str(tmp)))
+        _trim_disk(_path(key))
+
+
+def _touch(path) -> None:
+    try:
+        os.utime(path)  # marks the use; the least recently used files are trimmed first
+    except OSError:  # a read-only cache folder: it is still read, never trimmed by this process
+        pass
+
+
+def disk_limit() -> int:
+    """The statistics files' total size cap in bytes (DIFFUNLEARN_NTK_CACHE_BYTES, else `DISK_BYTES`)."""
+    value = os.environ.get("DIFFUNLEARN_NTK_CACHE_BYTES", "")
+    if not value.isdigit():
+        if value:
+            raise UserError(f"DIFFUNLEARN_NTK_CACHE_BYTES={value!r} is invalid; give a whole number of bytes (0 keeps "
+                            "only the newest file)")
+        return DISK_BYTES
+    return int(value)
+
+
+def _trim_disk(newest) -> None:
+    """Delete the least recently used statistics files until the folder holds `disk_limit()` bytes or less; the
+    file just written (`newest`) stays."""
+    others, total = [], newest.stat().st_size
+    for path in newest.parent.glob("*.safetensors"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # another process trimmed it
+            continue
+        if path != newest:
+            others.append((stat.st_mtime, stat.st_size, path))
+            total += stat.st_size
+    limit = disk_limit()
+    for _, size, path in sorted(others):  # least recently used first
+        if total <= limit:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
 
 
 def clear_memory_cache() -> None:

@@ -26,7 +26,7 @@ from torch import nn
 from ..data.batches import LabeledBatches, check_input_shapes
 from ..data.digest import multiset_digest
 from ..errors import UserError, choice_error
-from .cache import load_statistics, statistics_key, store_statistics
+from .cache import disk_limit, load_statistics, statistics_key, store_statistics
 from .rows import CURVATURES, LOSSES, HeadRows, JacobianRows, model_logits
 from .solve import ridge_dual, ridge_primal
 from .statistics import accumulate, collect
@@ -70,6 +70,8 @@ def _check_options(model, loss, weight_decay, batch_size, chunk_size, form, fish
             raise UserError(f"{name} {value!r} is invalid; give a finite number {'>= 0' if low == 0 else '> 0'}")
     if not isinstance(cache, (bool, str)) or cache == "":
         raise UserError(f"cache {cache!r} is invalid; give True, False or a non-empty name for the full set D")
+    if cache:
+        disk_limit()  # a bad DIFFUNLEARN_NTK_CACHE_BYTES is refused before anything runs
     for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
         if not (value is None and name == "chunk_size") and (not isinstance(value, int) or value < 1):
             raise UserError(f"{name} {value!r} is invalid; give a positive integer"
@@ -123,9 +125,10 @@ def fast_ntk_scrub(model: nn.Module, forget, retain, subset: str = "head", loss:
         fisher_noise: alpha of the Fisher noise added after scrubbing (0 = off; ~1e-9 in the reference).
         batch_size: samples per mini-batch; chunk_size: vmap chunk over samples for Jacobians (None = whole batch).
         cache: reuse / store the statistics of D = retain + forget (primal form only; in memory the 4 most recent
-            sets, 2 GiB in all, and on disk under DIFFUNLEARN_CACHE, P_S^2 float64 each): True identifies D by a
-            digest of its samples (order-free, split-free); a string names D instead (no hashing; you vouch that
-            the name always means the same samples); False recomputes everything.
+            sets, 2 GiB in all, and on disk under DIFFUNLEARN_CACHE, P_S^2 float64 each, the least recently used
+            trimmed beyond 8 GiB or env DIFFUNLEARN_NTK_CACHE_BYTES): True identifies D by a digest of its samples
+            (order-free, split-free); a string names D instead (no hashing; you vouch that the name always means
+            the same samples); False recomputes everything.
         form: "auto" (primal when P_S <= rows of D, else dual), "primal" or "dual".
         fisher_cap: cap on 1 / F in the noise variance; seed: seed of the noise.
         curvature: output metric of the cross-entropy Gauss-Newton step (see `diffunlearn.ntk.rows`): "uniform"
