@@ -1,4 +1,5 @@
-"""Digests of labelled sets (`diffunlearn.data.batches.LabeledBatches`): the cache key of Fast-NTK's statistics.
+"""Digests of labelled sets (`diffunlearn.data.batches.LabeledBatches`): the cache key of Fast-NTK's statistics;
+and `hash_tensor`, a tensor fed to a hashlib digest (the cache keys of models and masks).
 
 `multiset_digest(*sets)` identifies the multiset of (image, label) samples of the union of `sets`: independent of
 order and of how the samples are split between the sets or into batches. `MultisetDigest` computes the same digest
@@ -12,6 +13,8 @@ import hashlib
 
 import numpy as np
 import torch
+
+from ..distributed import full_tensor
 
 HASH_COLUMNS = 16  # independent linear hashes per sample (int32 each; packed in pairs into 8 uint64 words)
 CHUNK_BYTES = 1 << 16  # bytes hashed by one exact product: |sum| <= 2^16 * 2^7 * 2^6 = 2^29 fits int32
@@ -122,3 +125,11 @@ def multiset_digest(*sets) -> str:
         for images, labels in batches.chunks(HASH_BYTES):
             digest.update(images, labels)
     return digest.hexdigest()
+
+
+def hash_tensor(digest, tensor: torch.Tensor) -> None:
+    """Feed `tensor`'s dtype, shape and bytes to the hashlib `digest`, without a bytes copy (a DTensor is gathered
+    whole: every process must call it)."""
+    tensor = full_tensor(tensor).detach()
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(tensor.cpu().contiguous().flatten().view(torch.uint8).numpy())

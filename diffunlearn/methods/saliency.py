@@ -21,6 +21,7 @@ from accelerate.utils import broadcast_object_list
 from safetensors.torch import load_file, save_file
 
 from ..assets import cache_dir
+from ..data.digest import hash_tensor
 from ..distributed import count_true, full_tensor, kth_largest, local_tensor, shard_like
 from ..outputs import atomic_write
 from ..training.streams import Stream
@@ -53,10 +54,6 @@ class SaliencyMask:
         """Read a full mask and lay each tensor out like its parameter in the (name, parameter) pairs `params`."""
         like = dict(params)
         return cls({k: shard_like(v.bool().to(like[k].device), like[k]) for k, v in load_file(str(path)).items()})
-
-
-def _digest(update, tensor: torch.Tensor) -> None:
-    update(full_tensor(tensor).detach().cpu().contiguous().flatten().view(torch.uint8).numpy())  # no bytes copy
 
 
 def mean_squared_gradient(trainer, losses, clip=None) -> dict:
@@ -96,11 +93,11 @@ def fisher_saliency_mask(trainer, num_batches: int, gamma: float, guidance_scale
     digest = hashlib.sha256(json.dumps([trainer.cfg.seed, gamma, guidance_scale, clip, eps,
                                         trainer.accelerator.num_processes]).encode())
     for _, p in trainer.params:
-        _digest(digest.update, p)
+        hash_tensor(digest, p)
     for batch in forget + remain:
         for value in batch.values():
             if isinstance(value, torch.Tensor):
-                _digest(digest.update, value)
+                hash_tensor(digest, value)
     path = cache_dir() / "masks" / f"{digest.hexdigest()[:32]}.safetensors"
     decision = [str(path), use_cache and path.is_file()]
     broadcast_object_list(decision)  # every process must take the same branch (the Fisher pass is collective)

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..assets import cache_dir
+from ..data.digest import hash_tensor
 from ..errors import UserError
 from ..outputs import atomic_write
 from .statistics import Statistics
@@ -32,21 +33,16 @@ DISK_BYTES = 8 << 30  # the files' total size cap (ViT-B/16 prompt + head: 1.9 G
 _MEMORY: "OrderedDict[str, Statistics]" = OrderedDict()
 
 
-def _update(digest, tensor: torch.Tensor) -> None:
-    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())  # no bytes copy
-
-
 def statistics_key(model, subset_names: list, init: Optional[dict], loss: str, data_digest: str) -> str:
     """Hex key of the statistics of one (model, subset, loss, w0, D)."""
     digest = hashlib.sha256(json.dumps([FORMAT_VERSION, type(model).__name__, subset_names, loss, data_digest,
                                         init is None]).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
-        _update(digest, tensor)
+        hash_tensor(digest, tensor)
     for name in sorted(init or {}):
         digest.update(name.encode())
-        _update(digest, init[name])
+        hash_tensor(digest, init[name])
     return digest.hexdigest()[:32]
 
 
