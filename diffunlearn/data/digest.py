@@ -50,7 +50,10 @@ def _exact_products(data: torch.Tensor, coefficients: torch.Tensor) -> torch.Ten
     """(n, b) int8 @ (b, k) int8 -> (n, k) int32, exact: integer products (torch._int_mm, no conversion of the
     data), or else float64 products of the same integers (exact: every partial sum is below 2^53)."""
     if _integer_products_exact():
-        return torch._int_mm(data, coefficients)
+        try:
+            return torch._int_mm(data, coefficients)
+        except RuntimeError:  # a shape this build's kernel refuses: the fallback gives the same integers
+            pass
     return (data.double() @ coefficients.double()).to(torch.int32)
 
 
