@@ -58,11 +58,11 @@ def test_the_benchmarked_cross_attention_is_the_familys_own_subset(family):
     """The weights the benchmark trains for `cross_attention` are those under the family's `attention_modules`,
     the modules its `set_trainable` opens (SD3: the text tokens' projections, not the whole joint attention);
     counted on the real SD3.5 config too."""
-    from diffunlearn.benchmarks.gpu.cases import FAMILY_CLASSES
+    from diffunlearn.registry import get_family
 
     case = Case(get_spec(family, tiny=True), "cpu")
     benchmarked = {n for n, _ in set_subset(case.spec, case.network, "cross_attention")}
-    suffixes = FAMILY_CLASSES[family].attention_modules
+    suffixes = get_family(family).attention_modules
     family_pick = {n for n, _ in case.network.named_parameters() if any(f".{s}." in f".{n}" for s in suffixes)}
     assert benchmarked == family_pick and benchmarked
     if family == "sd3":

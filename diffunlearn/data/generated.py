@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..outputs import atomic_write
+from .digest import hash_tensor
 
 SEED_STRIDE = 100_000
 
@@ -44,7 +45,7 @@ def labels_and_seeds(classes, per_class: int, eval_seed: int):
 def generation_key(model_key: str, conditions: torch.Tensor, seeds: list, sample_cfg: dict) -> str:
     """Digest of everything that determines a generated set: model weights, conditions, seeds, sampler."""
     digest = hashlib.sha256(model_key.encode())
-    digest.update(conditions.cpu().contiguous().numpy().tobytes())
+    hash_tensor(digest, conditions)
     digest.update(json.dumps([seeds, sample_cfg], sort_keys=True).encode())
     return digest.hexdigest()[:32]
 

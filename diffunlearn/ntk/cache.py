@@ -56,9 +56,9 @@ def load_statistics(key: str, device=None) -> tuple[Optional[Statistics], str]:
         _MEMORY.move_to_end(key)
         stats = _MEMORY[key]
         where = "memory"
-    elif _path(key).is_file():
-        tensors = load_file(str(_path(key)))
-        _touch(_path(key))
+    elif (path := _path(key)).is_file():
+        tensors = load_file(str(path))
+        _touch(path)
         stats = Statistics(tensors["gram"], tensors["rhs"], tensors.get("fisher"), int(tensors["count"]))
         _remember(key, stats)
         where = "disk"
@@ -88,8 +88,9 @@ def store_statistics(key: str, stats: Statistics, disk: bool = True) -> None:
     if disk:
         tensors = {"gram": cpu.gram.contiguous(), "rhs": cpu.rhs.contiguous(), "count": torch.tensor(cpu.count),
                    **({} if fisher is None else {"fisher": fisher.contiguous()})}
-        atomic_write(_path(key), lambda tmp: save_file(tensors, str(tmp)))
-        _trim_disk(_path(key))
+        path = _path(key)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+        _trim_disk(path)
 
 
 def _touch(path) -> None:

@@ -16,17 +16,14 @@ from diffusers import AutoencoderKL, DDPMScheduler
 
 from ...errors import UserError
 from ...models.dit import disable_label_dropout
-from ...models.sd import LORA_TARGETS, StableDiffusion
-from ...models.sd3 import StableDiffusion3
-from ...models.sdxl import StableDiffusionXL
-
-FAMILY_CLASSES = {"sd": StableDiffusion, "sdxl": StableDiffusionXL, "sd3": StableDiffusion3}
+from ...models.sd import LORA_TARGETS
+from ...registry import get_family
 
 
 def cross_attention_modules(spec, network) -> list:
     """Modules of the `cross_attention` subset as the family itself trains it (its `attention_modules`): the UNets'
     `attn2` (text cross-attention, as ESD-x); SD3's text-token projections of each joint attention."""
-    suffixes = FAMILY_CLASSES[spec.key].attention_modules
+    suffixes = get_family(spec.key).attention_modules
     return [m for n, m in network.named_modules() if n.split(".")[-1] in suffixes]
 
 
