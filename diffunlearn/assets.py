@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import UserError
 
 ASSETS = Path(__file__).parent / "assets"
+CONFIGS = Path(__file__).parent / "configs"  # the shipped YAML configs (package data; `configs/` links here)
 MANIFEST = ASSETS / "manifest.json"
 EMBEDDED_PREFIX = "embedded:"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -45,6 +46,16 @@ def resolve_model_path(path: str) -> str:
         return path
     raise UserError(f"model path {path!r} does not exist; give a local diffusers folder, a Hub id (org/name) "
                     f"or one of: {', '.join(EMBEDDED_PREFIX + n for n in embedded_names())}")
+
+
+def resolve_config_path(path) -> Path:
+    """A config path as given when it exists; else `configs/REST` (relative) names the shipped config REST, so the
+    README's commands work from any folder once the package is installed."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or not path.parts or path.parts[0] != "configs":
+        return path
+    shipped = CONFIGS.joinpath(*path.parts[1:])
+    return shipped if shipped.is_file() else path
 
 
 def sha256_file(path) -> str:

@@ -85,7 +85,7 @@ def prepare_work_dir(work: Path, identity: dict, overwrite: bool, is_main: bool 
 
 
 def pipeline_folder(path) -> str:
-    """The pipeline of a model path: an output folder of `diffunlearn unlearn` holds it under `pipeline/`."""
+    """The pipeline of a model path: a run folder holds it at its root; one written by earlier versions under `pipeline/`."""
     folder = Path(path)
     return str(folder / "pipeline") if (folder / "pipeline" / "model_index.json").is_file() else str(path)
 

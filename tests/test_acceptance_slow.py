@@ -17,4 +17,4 @@ def test_main_job_forgets_digit_seven_and_keeps_the_rest(tmp_path):
     report = json.loads((out / "report.json").read_text())
     verdict = check_class_forgetting(report)
     assert all(passed for _, passed in verdict.values()), verdict
-    UNet2DModel.from_pretrained(out / "pipeline", subfolder="unet")
+    UNet2DModel.from_pretrained(out, subfolder="unet")

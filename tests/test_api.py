@@ -13,6 +13,8 @@ from diffusers import DiTPipeline, StableDiffusionPipeline
 from huggingface_hub import ModelCard
 from test_dit import tiny_dit
 from test_sd import tiny_sd
+from test_sd3 import tiny_sd3
+from test_sdxl import tiny_sdxl
 
 import diffunlearn
 from diffunlearn.errors import UserError
@@ -41,19 +43,24 @@ def absolute_paths_in(folder: Path, needles) -> list:
     return hits
 
 
-@pytest.mark.parametrize("family", ["ddpm", "dit", "sd"])
+STOCK_KWARGS = {"sd": {"safety_checker": None, "requires_safety_checker": False},
+                "sd3": {"text_encoder_3": None, "tokenizer_3": None}}
+
+
+@pytest.mark.parametrize("family", ["ddpm", "dit", "sd", "sd3", "sdxl"])
 def test_unlearn_a_pipeline_returns_the_same_class_and_leaves_the_input_alone(family, tmp_path):
-    model = {"ddpm": tiny_ddpm, "dit": tiny_dit, "sd": tiny_sd}[family]()
+    model = {"ddpm": tiny_ddpm, "dit": tiny_dit, "sd": tiny_sd, "sd3": tiny_sd3, "sdxl": tiny_sdxl}[family]()
     pipe = model.pipeline
     before = weights_hash(pipe)
+    prompts = {"forget": "a handwritten digit seven", "anchor": "a handwritten digit one"}
     forget = {"ddpm": {"forget": [7]}, "dit": {"forget": ["seven"]},  # DiT: names through get_label_ids
-              "sd": {"forget": "a handwritten digit seven", "anchor": "a handwritten digit one"}}[family]
+              "sd": prompts, "sd3": prompts, "sdxl": prompts}[family]
     result = diffunlearn.unlearn(pipe, **forget, seed=0, steps=2, config=f"configs/digits/{family}_sfron.yaml",
                                  overrides=FAST, evaluate=False, progress=False, output=tmp_path / "run")
     assert type(result.pipeline) is type(pipe)
     assert weights_hash(pipe) == before, "the input pipeline must not change"
     assert weights_hash(result.pipeline) != before, "the unlearned pipeline must differ"
-    if family == "sd":
+    if family.startswith("sd"):
         assert result.report["forget_prompts"] == ["a handwritten digit seven"]
     else:
         assert result.report["forget_classes"] == [7]
@@ -63,6 +70,8 @@ def test_unlearn_a_pipeline_returns_the_same_class_and_leaves_the_input_alone(fa
     result.save_pretrained(tmp_path / "saved")
     again = diffunlearn.from_pretrained(str(tmp_path / "saved"))  # the run folder loads as its pipeline
     assert type(again) is type(pipe) and weights_hash(again) == weights_hash(result.pipeline)
+    stock = type(pipe).from_pretrained(tmp_path / "saved", **STOCK_KWARGS.get(family, {}))  # the pair HF users expect
+    assert weights_hash(stock) == weights_hash(result.pipeline)
     needles = [str(tmp_path), os.getcwd() + "/", str(Path.home()) + "/", "/tmp/diffunlearn-"]
     assert absolute_paths_in(tmp_path / "saved", needles) == []
 
@@ -71,13 +80,14 @@ def test_evaluated_run_card_parses_and_push_stages_the_folder(tiny_ddpm_dir, tin
                                                                monkeypatch):
     """With evaluation: the card's YAML parses with huggingface_hub's ModelCard (model-index with the protocol),
     no base_model for a local base, no absolute path in any file; push_to_hub creates the repo and uploads the
-    pipeline with its card, report and gallery (the two Hub calls recorded, nothing sent)."""
+    folder save_pretrained writes: the pipeline at the root with its card, the report and gallery beside it (the
+    two Hub calls recorded, nothing sent)."""
     from huggingface_hub import HfApi
 
     pipe = diffunlearn.from_pretrained(str(tiny_ddpm_dir))
     result = diffunlearn.unlearn(pipe, forget=[7], steps=2, progress=False, output=tmp_path / "run",
                                  overrides={**FAST, "eval.classifier": str(tiny_classifier_dir)})
-    card = ModelCard.load(tmp_path / "run" / "pipeline" / "README.md")
+    card = ModelCard.load(tmp_path / "run" / "README.md")
     assert card.data.library_name == "diffusers" and card.data.base_model is None
     metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert metrics["forget_accuracy"] == pytest.approx(result.report["unlearned"]["forget_accuracy"], abs=1e-4)
@@ -96,7 +106,10 @@ def test_evaluated_run_card_parses_and_push_stages_the_folder(tiny_ddpm_dir, tin
     assert calls[0] == ("create", "me/ddpm-without-seven")
     files = calls[1][2]
     assert {"model_index.json", "README.md", "unet/diffusion_pytorch_model.safetensors",
-            "diffunlearn/report.json", "diffunlearn/gallery/index.html"} <= set(files)
+            "report.json", "config.yaml", "gallery/index.html"} <= set(files)
+    result.save_pretrained(tmp_path / "saved")
+    saved = sorted(str(p.relative_to(tmp_path / "saved")) for p in (tmp_path / "saved").rglob("*") if p.is_file())
+    assert saved == files, "push_to_hub uploads what save_pretrained writes"
 
 
 def test_card_names_a_hub_base_model_only():

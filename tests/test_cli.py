@@ -40,19 +40,19 @@ def test_end_to_end_run_writes_pipeline_report_gallery_and_card(tmp_path, tiny_d
     for name in ("grid.png", "index.html", "base_3.png", "unlearned_3.png"):
         assert (out / "gallery" / name).is_file()
     assert "FORGOTTEN" in (out / "gallery" / "index.html").read_text()
-    card = (out / "pipeline" / "README.md").read_text()
+    card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: diffusers") and "forget_accuracy" in card
-    UNet2DModel.from_pretrained(out / "pipeline", subfolder="unet")
-    pipe = ClassConditionalDDPMPipeline.from_pretrained(out / "pipeline")
+    UNet2DModel.from_pretrained(out, subfolder="unet")
+    pipe = ClassConditionalDDPMPipeline.from_pretrained(out)
     assert len(pipe([3], num_inference_steps=2).images) == 1
     assert not list(tmp_path.glob(".run.partial")), "the partial folder is moved into place"
 
     # `diffunlearn evaluate` scores the output folder under the same protocol: the report's unlearned numbers
     evaluated = tmp_path / "eval" / "unlearned.json"
-    main(["evaluate", MAIN, "--model", str(out / "pipeline"), "--output", str(evaluated),
+    main(["evaluate", MAIN, "--model", str(out), "--output", str(evaluated),
           *tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir), "forget.classes=[3]", "seed=1"])
     again = json.loads(evaluated.read_text())
-    assert again["protocol"] == report["protocol"] and again["model"] == "<local>/pipeline"  # no absolute path
+    assert again["protocol"] == report["protocol"] and again["model"] == f"<local>/{out.name}"  # no absolute path
     for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
         assert again["metrics"][key] == pytest.approx(report["unlearned"][key], rel=1e-6), key
 
@@ -116,7 +116,7 @@ def test_existing_run_is_not_overwritten_without_flag(capsys, tmp_path, tiny_ddp
     assert info.value.code == 2 and "already holds a run; pass --overwrite" in capsys.readouterr().err
     assert (out / "report.json").read_text() == "{}"
     main(argv + ["--overwrite", "--no-eval"])
-    assert (out / "pipeline" / "model_index.json").is_file() and not (out / "report.json").read_text() == "{}"
+    assert (out / "model_index.json").is_file() and not (out / "report.json").read_text() == "{}"
 
 
 def test_console_entry_point_exit_code(tmp_path):

@@ -47,8 +47,8 @@ def test_two_cpu_processes_match_one_process(optimizer, tmp_path, tiny_ddpm_dir,
     losses_one = (tmp_path / "one" / "losses.jsonl").read_text().splitlines()
     losses_two = (tmp_path / "two" / "losses.jsonl").read_text().splitlines()
     assert len(losses_one) == len(losses_two) == 6, two.stdout
-    one = load_file(tmp_path / "one" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
-    two = load_file(tmp_path / "two" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    one = load_file(tmp_path / "one" / "unet" / "diffusion_pytorch_model.safetensors")
+    two = load_file(tmp_path / "two" / "unet" / "diffusion_pytorch_model.safetensors")
     base = load_file(tiny_ddpm_dir / "unet" / "diffusion_pytorch_model.safetensors")
     moved = max((one[k] - base[k]).abs().max().item() for k in one)
     gap = max((one[k] - two[k]).abs().max().item() for k in one)

@@ -110,17 +110,17 @@ def test_cli_end_to_end_outputs_load_with_stock_pipelines(family, tmp_path, tiny
     report = json.loads((out / "report.json").read_text())
     for side in ("base", "unlearned"):
         assert 0.0 <= report[side]["forget_accuracy"] <= 1.0 and report[side]["fid_retained"] >= 0
-    assert (out / "gallery" / "grid.png").is_file() and (out / "pipeline" / "README.md").is_file()
+    assert (out / "gallery" / "grid.png").is_file() and (out / "README.md").is_file()
     if family == "dit":
-        pipe = DiTPipeline.from_pretrained(out / "pipeline")
+        pipe = DiTPipeline.from_pretrained(out)
         images = pipe(class_labels=[3], num_inference_steps=2, output_type="np").images
     else:
         assert report["forget_prompts"] == ["a handwritten digit seven"]
         assert report["protocol"]["forget_targets"] == ["a handwritten digit seven"]
-        pipe = {"sd": lambda: StableDiffusionPipeline.from_pretrained(out / "pipeline", safety_checker=None,
+        pipe = {"sd": lambda: StableDiffusionPipeline.from_pretrained(out, safety_checker=None,
                                                                        requires_safety_checker=False),
-                "sdxl": lambda: StableDiffusionXLPipeline.from_pretrained(out / "pipeline"),
-                "sd3": lambda: StableDiffusion3Pipeline.from_pretrained(out / "pipeline", text_encoder_3=None,
+                "sdxl": lambda: StableDiffusionXLPipeline.from_pretrained(out),
+                "sd3": lambda: StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None,
                                                                         tokenizer_3=None)}[family]()
         images = pipe("a handwritten digit three", num_inference_steps=2, output_type="np").images
     assert images.shape[0] == 1 and images.min() >= 0 and images.max() <= 1

@@ -92,7 +92,7 @@ def test_sigkill_then_same_command_resumes_to_identical_weights(tmp_path, tiny_d
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     report = json.loads((tmp_path / "killed" / "report.json").read_text())
     assert report["resumed"] and report["method_setup"]["first_step"] == max(done) + 1 > 0, (done, report)
-    a = UNet2DModel.from_pretrained(tmp_path / "straight" / "pipeline", subfolder="unet")
-    b = UNet2DModel.from_pretrained(tmp_path / "killed" / "pipeline", subfolder="unet")
+    a = UNet2DModel.from_pretrained(tmp_path / "straight", subfolder="unet")
+    b = UNet2DModel.from_pretrained(tmp_path / "killed", subfolder="unet")
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), name

@@ -22,7 +22,7 @@ from diffunlearn.commands.unlearn import unlearn_run
 from diffunlearn.distributed import kth_largest
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
-WEIGHTS = Path("pipeline") / "unet" / "diffusion_pytorch_model.safetensors"
+WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 # As under DDP (tests/test_distributed.py): sums over a batch split in two differ in the last bits, which SGD keeps
 # at round-off level. Measured with FSDP2: 1.4e-7 (SFR-on, weights moved by 0.09; the same after a resume),
 # 3.0e-8 (SalUn with its pseudo-label loss, moved by 0.037; its pseudo labels are drawn for the global batch).

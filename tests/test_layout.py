@@ -11,7 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "diffunlearn"
 LAYERS = [
-    {"errors", "version", "registry", "assets", "distributed", "config", "config_loading", "outputs"},  # foundation
+    {"errors", "version", "registry", "assets", "distributed", "config", "config_loading", "outputs",
+     "run_folder"},  # foundation
     {"data"},          # data sets, batches, generated-image cache
     {"models"},        # model families (one file each), loading
     {"training"},      # the trainer and the update rule
@@ -21,7 +22,7 @@ LAYERS = [
     {"recipes"},       # training the embedded base models (and RT)
     {"robustness"},    # attacks that try to bring a forgotten target back, and their suite
     {"benchmarks"},    # side-by-side tables
-    {"commands", "api", "__init__", "__main__"},  # entry points
+    {"commands", "api", "api_settings", "__init__", "__main__"},  # entry points
 ]
 MAX_LINES = 300
 

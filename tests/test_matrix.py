@@ -195,7 +195,7 @@ def test_an_interrupted_run_resumes_at_its_checkpoint_and_ends_bit_identical(row
 
     resumed = unlearn_run(config, tmp_path / "killed", overrides, evaluate=False, progress=False)
     assert resumed["resumed"] and resumed["method_setup"]["first_step"] == 2, resumed["method_setup"]
-    a, b = _weights(tmp_path / "straight" / "pipeline"), _weights(tmp_path / "killed" / "pipeline")
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     assert folder_digest(base) == digest, f"{row_name}/{method}: the base model folder changed"
@@ -212,7 +212,7 @@ def test_unlearn_with_evaluation_and_evaluate_leave_the_base_folder_unchanged(ro
     report = unlearn_run(config, tmp_path / "run", overrides, progress=False)
     assert 0.0 <= report["unlearned"]["forget_accuracy"] <= 1.0
     _reset_accelerate()
-    result = evaluate_model_command(config, str(tmp_path / "run" / "pipeline"), tmp_path / "eval.json", overrides)
+    result = evaluate_model_command(config, str(tmp_path / "run"), tmp_path / "eval.json", overrides)
     assert result["metrics"]["forget_accuracy"] == report["unlearned"]["forget_accuracy"]
     assert folder_digest(base) == digest, f"{row_name}: the base model folder changed"
 

@@ -146,7 +146,7 @@ def test_a_run_with_checks_reports_where_it_stopped_and_why(tmp_path, tiny_ddpm_
     assert all(0 <= c["forget_accuracy"] <= 0.99 and c["fid_retained"] > 0 for c in stop["checks"])
     assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 4
     assert report["timing"]["stop_checks"] > 0
-    card = (tmp_path / "run" / "pipeline" / "README.md").read_text()
+    card = (tmp_path / "run" / "README.md").read_text()
     assert "stopped at step 4 of 12" in card
     assert {"judge", "distance", "agree", "fid_forget_threshold"} <= set(report["signals"])
 

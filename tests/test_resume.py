@@ -37,8 +37,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     report = unlearn_run(MAIN, tmp_path / "resumed", overrides, evaluate=False, progress=False)
     assert report["resumed"] and report["method_setup"]["first_step"] == 2
 
-    a = UNet2DModel.from_pretrained(tmp_path / "straight" / "pipeline", subfolder="unet")
-    b = UNet2DModel.from_pretrained(tmp_path / "resumed" / "pipeline", subfolder="unet")
+    a = UNet2DModel.from_pretrained(tmp_path / "straight", subfolder="unet")
+    b = UNet2DModel.from_pretrained(tmp_path / "resumed", subfolder="unet")
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), name
 
@@ -59,13 +59,13 @@ def test_a_run_stopped_in_evaluation_resumes_without_training_again(tmp_path, mo
     partial = tmp_path / ".run.partial"
     assert (partial / "trained.json").is_file() and not (partial / "checkpoints").exists()
     assert not (tmp_path / "run").exists()
-    saved = UNet2DModel.from_pretrained(partial / "pipeline", subfolder="unet")
+    saved = UNet2DModel.from_pretrained(partial, subfolder="unet")
 
     monkeypatch.setattr(Evaluator, "__call__", real_call)
     monkeypatch.setattr(SFROn, "training_step", lambda self, step: pytest.fail("the rerun trained again"))
     report = unlearn_run(MAIN, tmp_path / "run", overrides, progress=False)
     assert report["resumed"] and report["timing"]["unlearning"] > 0 and report["timing"]["evaluation"] > 0
     assert 0 <= report["unlearned"]["forget_accuracy"] <= 1
-    final = UNet2DModel.from_pretrained(tmp_path / "run" / "pipeline", subfolder="unet")
+    final = UNet2DModel.from_pretrained(tmp_path / "run", subfolder="unet")
     for (name, p), (_, q) in zip(saved.named_parameters(), final.named_parameters()):
         assert torch.equal(p, q), name

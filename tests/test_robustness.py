@@ -163,7 +163,7 @@ def test_unlearn_runs_the_attacks_it_is_asked_for_and_reports_them(tmp_path, tin
     report = json.loads((out / "report.json").read_text())
     suite = json.loads((out / "robustness" / "robustness.json").read_text())
     assert report["robustness"]["completion"]["asr"] == suite["attacks"]["completion"]["asr"]
-    assert "| completion |" in (out / "pipeline" / "README.md").read_text()
+    assert "| completion |" in (out / "README.md").read_text()
 
 
 def test_unlearn_refuses_an_attack_that_does_not_exist_before_writing(capsys, tmp_path, tiny_ddpm_dir,

@@ -2,8 +2,9 @@
 
 A target is a class id (class configs: `forget.classes=[c]`) or, for concept configs, `FORGET:ANCHOR` as judge
 labels (`seven:one`): the forget prompt and the anchor are the prompts that `eval.prompts` maps to those labels, and
-every other prompt there is a remain prompt. A finished run (its `report.json` exists) is read back, not rerun, so
-an interrupted grid resumes where it stopped.
+every other prompt there is a remain prompt. A finished run whose `report.json` records the same identity (config,
+base weights, version) is read back, not rerun, so an interrupted grid resumes where it stopped; a run of other
+settings is run again.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import statistics
 import time
 from pathlib import Path
 
-from ..config_loading import load_config
+from ..config_loading import config_to_dict, load_config
 from ..errors import UserError
 from ..evaluation.criteria import CLASS_FORGETTING, check_class_forgetting
+from ..run_folder import identity, reusable
 
 COLUMNS = ("target", "seed", "base_fa", "fa", "retained_ratio", "fid_ratio", "stopped_at_step", "signals_agree",
            "unlearning_s", "wall_s", "passed")
@@ -64,8 +66,10 @@ def run_grid(config_path: str, targets, seeds, output, overrides=(), fa_max=None
         folder = out / f"{target.replace(':', '_to_')}_seed{seed}"
         start = time.perf_counter()
         wall_file = out / f".{folder.name}.wall_s"  # beside the run folder, which holds only what the run wrote
-        if (folder / "report.json").is_file() and wall_file.is_file():
-            report, wall = json.loads((folder / "report.json").read_text()), float(wall_file.read_text())
+        cfg = load_config(config_path, [*extra, f"seed={seed}", *overrides])
+        report = reusable(folder / "report.json", identity(config_to_dict(cfg), {"base": cfg.model.path}))
+        if report is not None and wall_file.is_file():
+            wall = float(wall_file.read_text())
         else:
             report = unlearn_run(config_path, folder, [*extra, f"seed={seed}", *overrides], overwrite=True,
                                  progress=False)

@@ -1,5 +1,6 @@
-"""`diffunlearn attack CONFIG --model DIR --output OUT [--attacks a,b] [--rt DIR] [key=value ...]`: the robustness
-suite (`robustness/suite.py`) against an unlearned model, its base beside it."""
+"""`diffunlearn attack [CONFIG] --model DIR --output OUT [--attacks a,b] [--rt DIR] [key=value ...]`: the robustness
+suite (`robustness/suite.py`) against an unlearned model, its base beside it. A run folder brings its own config
+(target, judge, protocol, base); CONFIG, when given, must name the same target."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import argparse
 def add_attack_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `attack` subcommand to an `add_subparsers()` object; its handler is `args.handler`."""
     parser = subparsers.add_parser("attack", help="attack an unlearned model: relearning, completion, inversion")
-    parser.add_argument("config", help="the run config that unlearned --model (forget target, judge, protocol)")
+    parser.add_argument("config", nargs="?", default=None,
+                        help="the run config that unlearned --model (forget target, judge, protocol); optional for a "
+                             "run folder, which brings its own")
     parser.add_argument("--model", required=True, help="the unlearned model: a run folder or a diffusers folder")
     parser.add_argument("--output", required=True, help="output folder (robustness.json, robustness.md, gallery/)")
     parser.add_argument("--attacks", default=None,

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import NonFiniteLossError, UserError
 
 USAGE_EXIT = 2  # bad input: nothing was written
 RUNTIME_EXIT = 3  # the run itself failed (e.g. a non-finite loss); the last good checkpoint is kept
+OPTIONAL_CONFIG = ("evaluate", "attack")  # a run folder given as --model brings its own config
 
 
 def _fail(message: str) -> None:
@@ -34,7 +36,7 @@ def summary(report: dict, output: str) -> str:
         what = f"prompts {report['forget_prompts']} (mapped onto {report['anchors']})"
     else:
         what = f"classes {report.get('forget_classes')}"
-    lines = [f"{report.get('method')} forgot {what} -> {output}/pipeline"]
+    lines = [f"{report.get('method')} forgot {what} -> {output} (a diffusers pipeline folder)"]
     if "unlearned" in report:
         lines.append(f"{'':20s}{'base':>10s}{'unlearned':>12s}")
         for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
@@ -63,10 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--no-eval", action="store_true", help="skip evaluation and gallery (unlearn only)")
     unlearn.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a model folder against a run config's protocol")
-    evaluate.add_argument("config", help="YAML run config giving the forget target and the protocol")
-    evaluate.add_argument("--model", required=True, help="diffusers folder (or embedded:NAME) to evaluate")
+    evaluate = commands.add_parser("evaluate", help="evaluate a model folder under a run's protocol")
+    evaluate.add_argument("config", nargs="?", default=None,
+                          help="YAML run config giving the forget target and the protocol (optional for a run "
+                               "folder, which brings its own; if given, it must name the run's target)")
+    evaluate.add_argument("--model", required=True, help="run folder, diffusers folder or embedded:NAME to evaluate")
     evaluate.add_argument("--output", required=True, help="JSON file for the metrics")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value")
 
     from .attack import add_attack_parser
@@ -86,6 +91,9 @@ def parse_args(parser: argparse.ArgumentParser, argv):
         parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides are key=value)")
     if takes_overrides:
         args.overrides = list(args.overrides) + extra
+        if getattr(args, "command", None) in OPTIONAL_CONFIG and args.config is not None and "=" in args.config \
+                and not Path(args.config).exists():  # CONFIG left out: the first word was an override
+            args.overrides, args.config = [args.config] + args.overrides, None
     return args
 
 
@@ -107,7 +115,7 @@ def main(argv=None) -> None:
         elif args.command == "evaluate":
             from .evaluate import evaluate_model_command
 
-            evaluate_model_command(args.config, args.model, args.output, args.overrides)
+            evaluate_model_command(args.config, args.model, args.output, args.overrides, overwrite=args.overwrite)
         elif hasattr(args, "handler"):
             args.handler(args)
     except UserError as exc:

@@ -6,18 +6,19 @@ Rows are the benchmark config's (`configs/digits/benchmark_*.yaml`): the run con
 entry of `methods`, built by `row_config` with the run's `train` and `stop` sections (every method stops when
 forgotten under the same rule, up to `train.steps`). Each row is a full `unlearn` run (its evaluation gives FA and
 the FID ratio under the run's protocol) followed by `diffunlearn attack` on its pipeline. Finished rows are kept in
-OUTPUT/runs/ and OUTPUT/attacks/, so a rerun of the same command only does what is missing.
+OUTPUT/runs/ and OUTPUT/attacks/ with their identity (config, budgets, model weights, version), so a rerun of the
+same command only does what is missing, and a rerun with other settings does again what they change.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..benchmarks.generation_config import load_benchmark_config, row_config
-from ..config_loading import config_to_yaml, load_config
+from ..config_loading import config_to_dict, config_to_yaml, load_config
 from ..outputs import atomic_write, markdown_table, write_json
 from ..robustness.suite import suite_result
+from ..run_folder import identity, reusable
 from .evaluate import evaluate_model_command
 from .unlearn import unlearn_run
 
@@ -53,8 +54,7 @@ def run_robustness_benchmark(config_path, output, attacks=None, rt=None, overrid
         config = root / "configs" / f"{name}.yaml"
         atomic_write(config, lambda tmp, c=cfg: tmp.write_text(config_to_yaml(c)))
         run = root / "runs" / name
-        report_file = run / "report.json"
-        report = json.loads(report_file.read_text()) if report_file.is_file() else \
+        report = reusable(run / "report.json", identity(config_to_dict(cfg), {"base": cfg.model.path})) or \
             unlearn_run(str(config), run, overwrite=True, progress=False)
         base_eval = base_eval or report["base"]
         suite = suite_result(str(config), run, root / "attacks" / name, attacks, attack_overrides, **beside)
@@ -70,9 +70,7 @@ def run_robustness_benchmark(config_path, output, attacks=None, rt=None, overrid
     rows = {"base": {"method": "none", "metrics": base_eval, "wall_s": None, "stopped_at_step": None,
                      **_asr_entries(base_suite)}, **rows}
     if rt:
-        rt_file = root / "attacks" / "rt_eval.json"
-        metrics = json.loads(rt_file.read_text())["metrics"] if rt_file.is_file() else \
-            evaluate_model_command(first, rt, rt_file)["metrics"]
+        metrics = evaluate_model_command(first, rt, root / "attacks" / "rt_eval.json", reuse=True)["metrics"]
         rt_suite = suite_result(first, rt, root / "attacks" / "rt", attacks, attack_overrides, **beside)
         rows["rt"] = {"method": "rt (retrained without the target)", "metrics": metrics, "wall_s": None,
                       "stopped_at_step": None, **_asr_entries(rt_suite)}

@@ -13,6 +13,7 @@ up) and moved into place only when complete.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from typing import Any, Optional
 
 from accelerate import PartialState
 
+from ..config import RunConfig
 from ..config_loading import config_to_dict, load_config
 from ..data.sets import build_sets, check_target
 from ..distributed import use_cpu
@@ -38,6 +40,7 @@ from ..models.loading import load_model
 from ..outputs import check_output, environment, finalize, prepare_work_dir, scrub, write_json
 from ..registry import get_method
 from ..robustness.suite import attack_settings, suite_result
+from ..run_folder import IDENTITY_KEY, identity
 from ..training.step import check_process_split
 from ..training.trainer import Trainer
 
@@ -81,7 +84,7 @@ class Run:
     """What `prepare` established for the rest of the run."""
 
     cfg: Any
-    config_path: str
+    config_path: Optional[str]  # None for a config given as an object
     overrides: list
     out: Path
     work: Path
@@ -96,9 +99,11 @@ class Run:
     resumed: bool
 
 
-def prepare(config_path, output, overrides=(), overwrite: bool = False, evaluate: bool = True) -> Run:
-    """Every check of a run, before anything is written; then the work folder (resumed when it holds this run)."""
-    cfg = load_config(config_path, overrides)
+def prepare(config, output, overrides=(), overwrite: bool = False, evaluate: bool = True) -> Run:
+    """Every check of a run, before anything is written; then the work folder (resumed when it holds this run).
+    `config`: a YAML path (with `overrides`) or a validated `RunConfig` (the Python API's)."""
+    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    config_path = None if isinstance(config, RunConfig) else config
     out = Path(output)
     check_output(out, overwrite)
     method_cls = get_method(cfg.method.name)
@@ -133,7 +138,9 @@ def train(run: Run, progress: bool = True) -> tuple:
     `finish` ends the process group after evaluation."""
     cfg, work = run.cfg, run.work
     if run.resumed and (work / TRAINED_FILE).is_file():  # trained before, then stopped (e.g. in evaluation)
-        run.model, _ = load_model(load_config(run.config_path, run.overrides + [f"model.path={work / 'pipeline'}"]))
+        trained = copy.deepcopy(cfg)
+        trained.model.path = str(work)
+        run.model, _ = load_model(trained)
         run.model.to(run.state.device)
         return json.loads((work / TRAINED_FILE).read_text()), run.state.device, run.state.destroy_process_group
     start = time.perf_counter()
@@ -148,7 +155,7 @@ def train(run: Run, progress: bool = True) -> tuple:
     timing["checks"] += monitor_setup
     timing["stop"] = monitor.summary() if monitor is not None else None
     if run.state.is_main_process:  # in this order, so that a stop anywhere in it resumes correctly
-        run.model.save_pretrained(work / "pipeline")
+        run.model.save_pretrained(work)  # the pipeline at the run folder's root
         write_json(work / TRAINED_FILE, timing)
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
     return timing, trainer.accelerator.device, trainer.finish
@@ -183,13 +190,14 @@ def build_report(run: Run, timing: dict, device, evaluation=None) -> dict:
     if evaluation is not None:
         report["signals"] = forgetting_signals(report["base"], report["unlearned"])
     report["method_setup"] = timing
+    report[IDENTITY_KEY] = identity(report["config"], {"base": run.base_path})  # when a benchmark may reuse it
     return scrub(report)
 
 
 def attack(run: Run, progress: bool = True) -> dict:
     """The robustness suite (`eval.attacks`, default settings) on the unlearned pipeline, inside the work folder (a
     rerun resumes it with the run); returns the ASR summary for the report and the model card."""
-    result = suite_result(run.config_path, run.work / "pipeline", run.work / "robustness", list(run.cfg.eval.attacks),
+    result = suite_result(None, run.work, run.work / "robustness", list(run.cfg.eval.attacks),
                           run.overrides, progress=print if progress else None)
     return {name: {key: entry.get(key) for key in ("asr", "base_asr", "rt_asr")}
             for name, entry in result["attacks"].items()}
@@ -198,7 +206,7 @@ def attack(run: Run, progress: bool = True) -> dict:
 def write(run: Run, report: dict, evaluation=None) -> None:
     """Model card, gallery (opening with the report's numbers) and report.json; then the folder moves into place."""
     work, cfg = run.work, run.cfg
-    write_model_card(work / "pipeline" / "README.md", cfg, report, run.model.load_hint)
+    write_model_card(work / "README.md", cfg, report, run.model.load_hint)
     if evaluation is not None:
         _, _, evaluator, base_images, unlearned_images = evaluation
         head = page_head(report, work / "losses.jsonl", stop_line(report["stop"], cfg.train.steps))
@@ -207,11 +215,11 @@ def write(run: Run, report: dict, evaluation=None) -> None:
     finalize(work, run.out)
 
 
-def unlearn_run(config_path, output, overrides=(), overwrite: bool = False, evaluate: bool = True,
+def unlearn_run(config, output, overrides=(), overwrite: bool = False, evaluate: bool = True,
                 progress: bool = True) -> dict:
     """Run `diffunlearn unlearn`; returns the report written to OUTPUT/report.json ({} in the other processes of a
-    launch: the main one reports)."""
-    run = prepare(config_path, output, overrides, overwrite, evaluate)
+    launch: the main one reports). `config`: a YAML path (with `overrides`) or a validated `RunConfig`."""
+    run = prepare(config, output, overrides, overwrite, evaluate)
     timing, device, finish = train(run, progress)
     evaluation = None
     if evaluate:

@@ -1,7 +1,8 @@
 """The robustness suite: run attacks against an unlearned model and, beside it, its base model (and RT when given).
 
-`diffunlearn attack CONFIG --model DIR --output OUT [--attacks a,b] [--rt DIR] [key=value ...]`: CONFIG is the run
-config that unlearned DIR (its forget target, judge and evaluation protocol); `attack.NAME.key=value` overrides set
+`diffunlearn attack [CONFIG] --model DIR --output OUT [--attacks a,b] [--rt DIR] [key=value ...]`: the run config
+that unlearned DIR (its forget target, judge and evaluation protocol) is a run folder's own, or CONFIG for any other
+model folder (for a run folder CONFIG must name the same target); `attack.NAME.key=value` overrides set
 an attack's settings, other overrides go to the run config. Every check runs before anything is written. Results
 are built in `.OUT.partial` one attack at a time (`NAME.json`), so a rerun of the same command resumes after the
 last finished attack; the folder moves into place when all are done. Outputs: `robustness.json` (per attack: ASR on
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..config_loading import config_to_dict, load_config, parse_overrides, validate
+from ..config_loading import build_config, config_to_dict, parse_overrides, validate
 from ..data.sets import build_sets, check_target
 from ..errors import UserError
 from ..evaluation.judge_loading import load_judge
@@ -26,7 +27,8 @@ from ..evaluation.targets import eval_targets
 from ..models.loading import load_model
 from ..outputs import (atomic_write, check_output, finalize, markdown_table, pipeline_folder, prepare_work_dir, scrub,
                        write_json)
-from ..registry import ATTACKS, get_attack, get_family, import_submodules
+from ..registry import ATTACKS, get_attack, import_submodules
+from ..run_folder import IDENTITY_KEY, config_for_model, identity, reusable
 from .base import AttackContext
 
 SUITE_FILE = "suite.yaml"  # identity of a partial suite: a rerun with the same one resumes
@@ -59,34 +61,42 @@ def attack_settings(names: list, overrides: list, model, run_cfg) -> dict:
     return settings
 
 
-def run_suite(config_path, model_path, output, attacks=None, overrides=(), overwrite: bool = False, rt_path=None,
-              progress=print, with_base: bool = True) -> dict:
-    """Run the suite; returns what `robustness.json` holds. `with_base=False` attacks `model_path` (and RT) only
-    (a benchmark attacks the base once, as a row of its own)."""
+def plan_suite(config_path, model_path, attacks=None, overrides=(), rt_path=None, with_base: bool = True) -> dict:
+    """Every check of a suite, before anything runs: the run config (a run folder's own, or CONFIG's), the attacks
+    and their settings, the models by role, and the identity a finished suite records."""
     run_overrides = [o for o in overrides if not o.startswith("attack.")]
-    cfg = load_config(config_path, run_overrides)
+    raw = config_for_model(config_path, str(model_path), run_overrides)
+    cfg = build_config(raw, run_overrides)
     base, base_path = load_model(cfg)
     check_target(cfg, base)
     names = list(dict.fromkeys(attacks)) if attacks else applicable(base.conditioning)
     settings = attack_settings(names, [o for o in overrides if o.startswith("attack.")], base, cfg)
-    out = Path(output)
-    check_output(out, overwrite)
     models = {"unlearned": pipeline_folder(model_path), **({"base": base_path} if with_base else {})}
     if rt_path:
         models["rt"] = pipeline_folder(rt_path)
-    loaded = {"base": base} if with_base else {}
-    for role in ("unlearned", "rt"):
-        if role in models:
-            loaded[role] = _load(config_path, run_overrides, models[role], role)
+    budgets = {n: dataclasses.asdict(c) for n, c in settings.items()}
+    return {"raw": raw, "run_overrides": run_overrides, "cfg": cfg, "base": base, "base_path": base_path,
+            "names": names, "settings": settings, "models": models, "identity": identity(config_to_dict(cfg), models, attacks=budgets)}
+
+
+def run_suite(config_path, model_path, output, attacks=None, overrides=(), overwrite: bool = False, rt_path=None,
+              progress=print, with_base: bool = True, plan=None) -> dict:
+    """Run the suite; returns what `robustness.json` holds. `with_base=False` attacks `model_path` (and RT) only
+    (a benchmark attacks the base once, as a row of its own)."""
+    plan = plan or plan_suite(config_path, model_path, attacks, overrides, rt_path, with_base)
+    cfg, models, names, settings = plan["cfg"], plan["models"], plan["names"], plan["settings"]
+    out = Path(output)
+    check_output(out, overwrite)
+    load = lambda role: _load(plan["raw"], plan["run_overrides"], models[role], role)  # noqa: E731
+    loaded = {"base": plan["base"]} if with_base else {}
+    loaded.update({role: load(role) for role in ("unlearned", "rt") if role in models})
     judge = load_judge(cfg.eval)
-    forget, _ = eval_targets(cfg, base, judge.labels)
-    forget_set, _ = build_sets(cfg, base, base_path)
+    forget, _ = eval_targets(cfg, plan["base"], judge.labels)
+    forget_set, _ = build_sets(cfg, plan["base"], plan["base_path"])
 
     work = out.parent / f".{out.name}.partial"
-    identity = {"config": config_to_dict(cfg), "models": models,
-                "attacks": {n: dataclasses.asdict(c) for n, c in settings.items()}}
-    prepare_work_dir(work, json.loads(json.dumps(identity)), overwrite, file=SUITE_FILE,
-                     what="attack suite with other settings", rerun="its command")
+    prepare_work_dir(work, plan["identity"], overwrite, file=SUITE_FILE, what="attack suite with other settings",
+                     rerun="its command")
     results = {}
     for name in names:
         done = work / f"{name}.json"
@@ -96,8 +106,7 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
         cls, entry = get_attack(name), {}
         for role, model in loaded.items():
             start = time.perf_counter()
-            context = AttackContext(cfg, model, lambda r=role: _load(config_path, run_overrides, models[r], r),
-                                    judge, forget, forget_set)
+            context = AttackContext(cfg, model, lambda r=role: load(r), judge, forget, forget_set)
             result = cls(settings[name]).run(context)
             entry[role] = {**result.to_dict(), "seconds": time.perf_counter() - start}
             if role == "unlearned" and result.images is not None:
@@ -108,7 +117,8 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
         write_json(done, entry)
     report = scrub({"models": models, "forget_targets": [t.name for t in forget], "judge": judge.protocol(),
                     "attacks": {n: {"asr": e["unlearned"]["asr"], "base_asr": e.get("base", {}).get("asr"),
-                                    "rt_asr": e.get("rt", {}).get("asr"), **e} for n, e in results.items()}})
+                                    "rt_asr": e.get("rt", {}).get("asr"), **e} for n, e in results.items()},
+                    IDENTITY_KEY: plan["identity"]})
     write_json(work / "robustness.json", report)
     atomic_write(work / "robustness.md", lambda tmp: tmp.write_text(summary_table(report) + "\n"))
     atomic_write(work / "gallery" / "index.html", lambda tmp: tmp.write_text(gallery_page(report)))
@@ -116,17 +126,17 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
     return report
 
 
-def suite_result(config_path, model_path, output, attacks=None, overrides=(), **kwargs) -> dict:
-    """What `output/robustness.json` holds when a suite finished there, else `run_suite` into `output` (resuming
-    its partial folder, replacing one of other settings): for runs and benchmarks that own their output folders."""
-    done = Path(output) / "robustness.json"
-    if done.is_file():
-        report = json.loads(done.read_text())
-        cfg = load_config(config_path, [o for o in overrides if not o.startswith("attack.")])
-        wanted = attacks or applicable(get_family(cfg.model.family).conditioning)
-        if set(wanted) <= set(report["attacks"]):  # else attacks were added since: run the suite again
-            return report
-    return run_suite(config_path, model_path, output, attacks, overrides, overwrite=True, **kwargs)
+def suite_result(config_path, model_path, output, attacks=None, overrides=(), rt_path=None, with_base: bool = True,
+                 **kwargs) -> dict:
+    """What `output/robustness.json` holds when a suite with the same identity (config, attack settings, model
+    weights, version) finished there, else `run_suite` into `output` (replacing what is there): for runs and
+    benchmarks that own their output folders."""
+    plan = plan_suite(config_path, model_path, attacks, overrides, rt_path, with_base)
+    done = reusable(Path(output) / "robustness.json", plan["identity"])
+    if done is not None:
+        return done
+    return run_suite(config_path, model_path, output, attacks, overrides, overwrite=True, rt_path=rt_path,
+                     with_base=with_base, plan=plan, **kwargs)
 
 
 def summary_table(report: dict) -> str:
@@ -154,9 +164,9 @@ def gallery_page(report: dict) -> str:
             f"(forget targets: {escape(', '.join(report['forget_targets']))})</h1>{rows}\n")
 
 
-def _load(config_path, run_overrides, folder, role):
+def _load(raw, run_overrides, folder, role):
     try:
-        model, _ = load_model(load_config(config_path, list(run_overrides) + [f"model.path={folder}"]))
+        model, _ = load_model(build_config(raw, list(run_overrides) + [f"model.path={folder}"]))
     except UserError as exc:
         raise UserError(f"--{'model' if role == 'unlearned' else role}: {exc}") from None
     return model
