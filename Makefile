@@ -21,6 +21,11 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
 
+# the package as `pip install` gives it: README.md's Python snippet and one CLI command from a folder outside the
+# checkout, on the built wheel (installed with --target; its dependencies come from $(VENV))
+wheel-check: $(VENV)/.installed
+	VENV=$(VENV) .ci/wheel-check
+
 # the README's robustness tables (side by side, DDPM and SD); RT of class 7 is trained once (10.6 min on 2 cores)
 robustness: $(VENV)/.installed
 	test -d out/rt_ddpm_7 || $(PY) pipelines/train_digits_ddpm.py --config configs/recipes/digits_ddpm.yaml \
@@ -30,4 +35,4 @@ robustness: $(VENV)/.installed
 	OMP_NUM_THREADS=2 $(PY) eval/robustness_benchmark.py --config configs/digits/benchmark_sd.yaml \
 		--output out/robustness_sd
 
-.PHONY: install demo test test-slow robustness
+.PHONY: install demo test test-slow wheel-check robustness

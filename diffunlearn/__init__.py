@@ -26,7 +26,7 @@ _API = {
     "unlearn": ("diffunlearn.api", "unlearn"),
     "evaluate": ("diffunlearn.api", "evaluate"),
     "UnlearnResult": ("diffunlearn.api", "UnlearnResult"),
-    "evaluate_config": ("diffunlearn.commands.evaluate", "evaluate_model_command"),
+    "evaluate_config": ("diffunlearn.runs.evaluate", "evaluate_model_command"),
     "ClassConditionalDDPMPipeline": ("diffunlearn.models.ddpm", "ClassConditionalDDPMPipeline"),
     "ClassConditionalDDPM": ("diffunlearn.models.ddpm", "ClassConditionalDDPM"),
     "ClassConditionalDiT": ("diffunlearn.models.dit", "ClassConditionalDiT"),

@@ -7,11 +7,12 @@
     result.report                                                 # what report.json holds
     result.save_pretrained("out/seven"); result.push_to_hub("me/ddpm-without-seven")
 
-The run is the CLI's (`commands/unlearn.unlearn_run`), handed a validated config object: the starting config (a
-run folder's own when the pipeline was loaded from one, else the shipped config of its family, `configs/`) takes
-the call's settings and is validated once; the input pipeline is saved to a temporary folder as the run's base (it is
-never modified; the folder is removed on every exit path), and the output folder is the CLI's: the pipeline at its
-root with its model card, report.json, config.yaml and gallery/ beside it.
+The run is the CLI's (`runs/unlearn.unlearn_run`), handed a validated config object and the input pipeline in
+memory: the starting config (a run folder's own when the pipeline was loaded from one, else the shipped config of
+its family, `configs/`) takes the call's settings and is validated once; the run trains a copy of the pipeline (the
+input is never modified; caches key it by a sha256 of its weights), and the output folder is the CLI's: the pipeline
+at its root with its model card, report.json, config.yaml and gallery/ beside it (a temporary folder when no output
+is given, removed when the call fails).
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ from .run_folder import loadable, recorded_base, recorded_config
 
 def pipeline_families() -> dict:
     """{pipeline class name: family wrapper} of the diffusion families (not the image classifiers)."""
-    from .registry import FAMILIES, import_submodules
+    from .registry import FAMILIES
 
-    import_submodules("diffunlearn.models")
-    return {f.pipeline_class.__name__: f for f in FAMILIES.values() if hasattr(f, "pipeline_class")}
+    return {f.pipeline_class.__name__: f for f in FAMILIES.load_all().values() if hasattr(f, "pipeline_class")}
 
 
 def family_of(pipe) -> str:
@@ -144,8 +144,9 @@ def unlearn(pipe_or_config, forget=None, method=None, anchor=None, seed=None, ou
     Raises:
         UserError: any bad argument or config value, before anything runs (nothing is left behind).
     """
-    from .commands.unlearn import unlearn_run
     from .config_loading import build_config
+    from .registry import get_family
+    from .runs.unlearn import unlearn_run
 
     if isinstance(pipe_or_config, (str, os.PathLike)):  # the YAML form: diffunlearn.unlearn(config, output, ...)
         path = resolve_config_path(pipe_or_config)
@@ -162,23 +163,23 @@ def unlearn(pipe_or_config, forget=None, method=None, anchor=None, seed=None, ou
     source = getattr(pipe, SOURCE, None) or getattr(pipe, "name_or_path", None)
     raw = starting_config(pipe, family, config)
     notes = apply_settings(raw, pipe, family, forget, anchor, remain, method, seed, overrides, keywords)
-    work = Path(tempfile.mkdtemp(prefix="diffunlearn-"))
+    set_dotted(raw, "model.family", family)
+    set_dotted(raw, "model.path", str(source) if source else "memory")  # recorded; the run trains a copy of `pipe`
+    set_dotted(raw, "model.source", str(source) if source else None)
+    cfg = build_config(raw)  # every setting checked once, before anything runs
+    work = Path(tempfile.mkdtemp(prefix="diffunlearn-")) if output is None else None  # the run folder's parent
+    out = Path(output) if output is not None else work / "run"
     try:
-        set_dotted(raw, "model.family", family)
-        set_dotted(raw, "model.path", str(work / "base"))  # the input as saved; removed after the run
-        set_dotted(raw, "model.source", str(source) if source else None)
-        cfg = build_config(raw)  # every setting checked once, before anything runs
-        pipe.save_pretrained(work / "base", safe_serialization=True)
-        out = Path(output) if output is not None else work / "run"
-        report = unlearn_run(cfg, out, overwrite=overwrite, evaluate=evaluate, progress=progress)
+        report = unlearn_run(cfg, out, overwrite=overwrite, evaluate=evaluate, progress=progress,
+                             base=get_family(family)(pipe))
         if notes:
             report["notes"] = notes
             write_json(out / "report.json", report)
         unlearned = from_pretrained(str(out))
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
         raise
-    shutil.rmtree(work / "base" if output is None else work, ignore_errors=True)
     if source:  # presets and provenance follow the original base (its card names it as base_model)
         setattr(unlearned, SOURCE, str(source))
     setattr(unlearned, BASE, str(source) if loadable(str(source)) else None)  # what `evaluate` compares with
@@ -194,7 +195,7 @@ def evaluate(pipe, forget=None, anchor=None, judge=None, base=None, config=None,
     Raises:
         UserError: a bad argument, or no `base=` where the pipeline's base is not on this machine.
     """
-    from .commands.evaluate import evaluate_model_command
+    from .runs.evaluate import evaluate_model_command
 
     family = family_of(pipe)
     raw = starting_config(pipe, family, config)

@@ -45,7 +45,10 @@ def starting_config(pipe, family: str, config=None) -> dict:
 
 
 def _as_list(value) -> list:
-    return [value] if isinstance(value, (str, numbers.Number)) or not hasattr(value, "__iter__") else list(value)
+    """`value` as a list of items: a string, number, mapping or 0-d array / tensor is one item."""
+    scalar = isinstance(value, (str, bytes, numbers.Number, dict)) or not hasattr(value, "__iter__") or \
+        getattr(value, "ndim", 1) == 0
+    return [value] if scalar else list(value)
 
 
 def _label_ids(pipe, forget) -> list:

@@ -9,6 +9,7 @@ ever silently defaulted (the reference code lost its adaptive-weight setting to 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -17,12 +18,27 @@ from .errors import UserError, choice_error
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SAMPLERS = ("ddim", "ddpm", "euler")  # euler: flow matching (sd3); each family checks its own
+SEED_MAX = 2 ** 32 - 1  # numpy's bound (np.random.seed via accelerate's set_seed, sklearn's random_state)
 
 
 def check_positive(section: str, **values) -> None:
     for key, value in values.items():
         if value is None or value <= 0:
             raise UserError(f"{section}.{key} must be > 0, got {value!r}")
+
+
+def check_seed(section: str, **values) -> None:
+    """Seeds are integers in 0..2**32-1 (numpy refuses anything else, deep inside a run)."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= SEED_MAX:
+            name = f"{section}.{key}" if section else key
+            raise UserError(f"{name} must be an integer in 0..{SEED_MAX} (2**32 - 1: the seeds numpy accepts), "
+                            f"got {value!r}")
+
+
+def check_class_ids(key: str, classes) -> None:
+    if classes and (len(set(classes)) != len(classes) or min(classes) < 0):
+        raise UserError(f"{key} must be distinct non-negative class ids, got {list(classes)}")
 
 
 def check_choice(section: str, key: str, value, valid) -> None:
@@ -71,7 +87,10 @@ class DataConfig:
 
     def __post_init__(self):
         check_choice("data", "name", self.name, DATA_SOURCES)
+        check_seed("data", split_seed=self.split_seed, generation_seed=self.generation_seed)
         check_positive("data", samples_per_target=self.samples_per_target)
+        if self.remain_classes is not None:
+            check_class_ids("data.remain_classes", self.remain_classes)
         if self.generation_guidance is not None and not (math.isfinite(self.generation_guidance)
                                                          and self.generation_guidance >= 0):
             raise UserError(f"data.generation_guidance must be a finite number >= 0 or null, got "
@@ -103,8 +122,8 @@ class ForgetConfig:
                             "not both")
         if self.prompts:
             self._check_prompts()
-        elif self.classes and (len(set(self.classes)) != len(self.classes) or min(self.classes) < 0):
-            raise UserError(f"forget.classes must be distinct non-negative class ids, got {list(self.classes)}")
+        else:
+            check_class_ids("forget.classes", self.classes)
 
     def check_given(self) -> None:
         """A run needs a target (checked on the merged config, not on the schema's empty default)."""
@@ -182,6 +201,7 @@ class StopConfig:
         if self.check_every < 0 or self.min_steps < 0:
             raise UserError(f"stop.check_every and stop.min_steps must be >= 0, got {self.check_every}, "
                             f"{self.min_steps}")
+        check_seed("stop", seed=self.seed)
         check_positive("stop", patience=self.patience, forget_samples=self.forget_samples,
                        num_inference_steps=self.num_inference_steps, max_repair_checks=self.max_repair_checks)
         if not 0.0 <= self.forget_accuracy_max < 1.0:
@@ -195,9 +215,6 @@ class StopConfig:
     @property
     def enabled(self) -> bool:
         return self.check_every > 0
-
-
-JUDGES = ("digits", "image-classification", "clip", "nudenet")
 
 
 @dataclass
@@ -223,9 +240,12 @@ class EvalConfig:
 
     def __post_init__(self):
         check_choice("eval", "sampler", self.sampler, SAMPLERS)
-        check_choice("eval", "judge", self.judge, JUDGES)
+        from .registry import JUDGES  # the registered judge kinds (`evaluation/judge_loading.py`)
+
+        check_choice("eval", "judge", self.judge, JUDGES.names())
         check_choice("eval", "fid_features", self.fid_features, ("classifier", "inception"))
         check_choice("eval", "fid_reference", self.fid_reference, ("real", "base"))
+        check_seed("eval", seed=self.seed)
         check_positive("eval", num_inference_steps=self.num_inference_steps, forget_samples=self.forget_samples,
                        retained_samples_per_class=self.retained_samples_per_class, batch_size=self.batch_size,
                        gallery_per_class=self.gallery_per_class)
@@ -251,5 +271,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     seed: int = 0
+
+    def __post_init__(self):
+        check_seed("", seed=self.seed)
 
 

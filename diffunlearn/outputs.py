@@ -65,6 +65,11 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise UserError(f"--output {str(out)!r} is not writable ({str(parent)!r}: {exc.strerror})") from None
 
 
+def work_folder(out: Path) -> Path:
+    """The hidden sibling `.NAME.partial` in which the output folder `out` is built (and a rerun resumes)."""
+    return out.parent / f".{out.name}.partial"
+
+
 def prepare_work_dir(work: Path, identity: dict, overwrite: bool, is_main: bool = True, file: str = CONFIG_FILE,
                      what: str = "run with a different config", rerun: str = "with its config") -> bool:
     """Create a partial-output folder (main process only) holding `identity` (plain YAML data: a run's resolved

@@ -59,12 +59,12 @@ def _target(cfg) -> dict:
             "forget.prompts": list(cfg.forget.prompts), "forget.anchors": list(cfg.forget.anchors)}
 
 
-def config_for_model(config_path, model_path, overrides=()) -> dict:
+def config_for_model(config_path, model_path, overrides=(), base_given: bool = False) -> dict:
     """The raw config under which to score or attack `model_path`.
 
     A run folder brings its own (its base from `model.path` / `model.source`); CONFIG is then optional and, when
     given, must name (with `overrides`) the run's family and forget target, and is used as given. Any other model
-    needs CONFIG.
+    needs CONFIG. `base_given`: the caller brings the base (in memory), so the recorded one need not load here.
 
     Raises:
         UserError: no CONFIG for a folder that is not a run; a CONFIG naming another target than the run; a run whose
@@ -89,7 +89,7 @@ def config_for_model(config_path, model_path, overrides=()) -> dict:
                             f"({what}); leave CONFIG out to use the run's own config")
         return given
     base = recorded_base(raw)
-    if base is None and not any(str(o).startswith("model.path=") for o in overrides):
+    if base is None and not base_given and not any(str(o).startswith("model.path=") for o in overrides):
         raise UserError(f"the run in {str(model_path)!r} started from model.path "
                         f"{raw['model'].get('path')!r}, which is not on this machine; give its base as "
                         "model.path=FOLDER")
@@ -99,7 +99,10 @@ def config_for_model(config_path, model_path, overrides=()) -> dict:
 
 
 def model_digest(path: str) -> str:
-    """sha256 over a local model folder's weight files (names and bytes); a Hub id stands for itself."""
+    """sha256 over a local model folder's weight files (names and bytes); a Hub id and an in-memory model's key
+    (`memory:...`) stand for themselves."""
+    if str(path).startswith("memory:"):
+        return str(path)
     local = resolve_model_path(str(path))
     return weights_sha256(local) if Path(local).is_dir() else f"hub:{local}"
 

@@ -25,7 +25,7 @@ def main(argv=None):
     parser.add_argument("--output", default="out/acceptance")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
     args = parse_args(parser, argv)
-    from diffunlearn.commands.acceptance import run_grid
+    from diffunlearn.benchmarks.acceptance import run_grid
 
     try:
         run_grid(args.config, args.targets, args.seeds, args.output, args.overrides, fa_max=args.fa_max,

@@ -23,7 +23,7 @@ def main(argv=None):
     parser.add_argument("--attacks", default=None, help="comma-separated attack names (default: all that apply)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parse_args(parser, argv)
-    from diffunlearn.commands.robustness_benchmark import run_robustness_benchmark, table
+    from diffunlearn.benchmarks.robustness_benchmark import run_robustness_benchmark, table
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
     result = call(run_robustness_benchmark, args.config, args.output, attacks, args.rt,

@@ -1,7 +1,7 @@
 """Sample a saved text-to-image folder with the stock diffusers pipeline (no diffunlearn code in the sampling) and
 judge the samples with the embedded digits classifier: what a user who only has diffusers gets from our output.
 
-    python eval/stock_samples.py out/acceptance/sd3/seven_to_one_seed0/pipeline --family sd3 \
+    python eval/stock_samples.py out/acceptance/sd3/seven_to_one_seed0 --family sd3 \
         --prompts "a handwritten digit seven" "a handwritten digit three" [--samples 50] [--guidance 2.0]
 
 Prints, per prompt, the share of samples the classifier reads as the prompt's digit, the most common reading and

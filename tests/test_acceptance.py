@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from diffunlearn.commands.acceptance import grid_row, summary_markdown, target_overrides
+from diffunlearn.benchmarks.acceptance import grid_row, summary_markdown, target_overrides
 from diffunlearn.config_loading import load_config
 from diffunlearn.errors import UserError
 from diffunlearn.evaluation.criteria import CLASS_FORGETTING

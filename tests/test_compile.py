@@ -5,7 +5,7 @@ import pytest
 from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from diffunlearn.commands.unlearn import unlearn_run
+from diffunlearn.runs.unlearn import unlearn_run
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
 WEIGHTS = "pipeline/unet/diffusion_pytorch_model.safetensors"

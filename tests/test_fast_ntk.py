@@ -86,13 +86,14 @@ def test_expected_fisher_of_the_jacobian_rows_equals_the_sum_over_labels(digits)
     torch.testing.assert_close(fisher[:, 0], expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("init", ["current", "zeros"])
 @pytest.mark.parametrize("subset", ["head", "bn", "bn+head"])
-def test_primal_equals_dual(digits, subset):
+def test_primal_equals_dual(digits, subset, init):
     train, _ = digits
     model = tiny_cnn(data=train.images[:64])
     forget, retain = small_split(train, n_retain=24, n_forget=6)
-    results = [fast_ntk_scrub(model, forget, retain, subset=subset, form=form, cache=False) for form in
-               ("primal", "dual")]
+    results = [fast_ntk_scrub(model, forget, retain, subset=subset, form=form, cache=False, init=init)
+               for form in ("primal", "dual")]
     assert [r.info["form"] for r in results] == ["primal", "dual"]
     names = results[0].info["subset_params"]
     before = subset_params(model, names)
@@ -101,12 +102,14 @@ def test_primal_equals_dual(digits, subset):
     assert_params_close(moved[0], moved[1], rtol=1e-6, atol=1e-9)
 
 
-def test_generic_jacobian_path_equals_the_exact_head_path(digits):
+@pytest.mark.parametrize("init", ["current", "zeros"])
+def test_generic_jacobian_path_equals_the_exact_head_path(digits, init):
     train, _ = digits
     model = tiny_cnn(data=train.images[:64])
     forget, retain = small_split(train)
-    exact = fast_ntk_scrub(model, forget, retain, subset="head", cache=False)
-    generic = fast_ntk_scrub(model, forget, retain, subset=r"^head\.", cache=False)
+    exact = fast_ntk_scrub(model, forget, retain, subset="head", cache=False, init=init)
+    generic = fast_ntk_scrub(model, forget, retain, subset=r"^head\.", cache=False, init=init)
+    assert exact.info["init"] == generic.info["init"] == init
     assert generic.info["num_params"] == 10 * exact.info["num_params"], "classes decouple on the head path only"
     names = ["head.weight", "head.bias"]
     assert generic.info["delta_norm"] == pytest.approx(exact.info["delta_norm"], rel=1e-6)
@@ -267,7 +270,7 @@ def test_an_empty_forget_set_changes_nothing_and_the_input_model_is_never_modifi
 
 def test_the_documented_top_level_entry_points_run_the_library_functions(digits):
     import diffunlearn
-    from diffunlearn.commands.evaluate import evaluate_model_command
+    from diffunlearn.runs.evaluate import evaluate_model_command
 
     train, _ = digits
     model = tiny_cnn(data=train.images[:64])
@@ -504,13 +507,14 @@ def test_cli_handler_writes_the_unlearned_classifier_and_refuses_an_existing_out
     summary = args.handler(args)
     saved = json.loads((out / "fast_ntk.json").read_text())
     assert saved["info"]["form"] == "primal" and saved["metrics"]["unlearned"].keys() >= {"FA", "RA", "TA", "MIA"}
+    assert saved["init"] == saved["info"]["init"] == "zeros" and saved["forget_classes"] == [7]
     assert summary["info"]["num_forget"] == saved["info"]["num_forget"] > 0
     unlearned = DigitsClassifier.from_pretrained(out)
     original = DigitsClassifier.from_pretrained(tiny_classifier_dir)
     assert not torch.equal(unlearned.head.weight, original.head.weight)
     assert torch.equal(unlearned.backbone[0].weight, original.backbone[0].weight)
     assert not list(tmp_path.glob(".ntk.partial*"))
-    with pytest.raises(UserError, match="exists and is not empty"):
+    with pytest.raises(UserError, match="already holds a run; pass --overwrite"):
         args.handler(args)
     args = parser.parse_args(["fast-ntk", "--model", str(tiny_classifier_dir), "--forget-fraction", "0.05",
                               "--output", str(out), "--overwrite"])

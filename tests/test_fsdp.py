@@ -18,7 +18,7 @@ from conftest import tiny_overrides
 from helpers import folder_digest
 from safetensors.torch import load_file
 
-from diffunlearn.commands.unlearn import unlearn_run
+from diffunlearn.runs.unlearn import unlearn_run
 from diffunlearn.distributed import kth_largest
 
 MAIN = "configs/digits/ddpm_sfron.yaml"

@@ -270,3 +270,27 @@ def test_bad_nudenet_settings_are_one_line_errors(settings, message):
     with pytest.raises(UserError) as info:
         load_judge(EvalConfig(**{**base, **settings}))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# every registered judge (registry.JUDGES), each loaded through `load_judge` from a source of its kind: a judge added
+# without a case here fails the first test below
+JUDGE_CASES = {"digits": lambda request: (eval_cfg("digits", request.getfixturevalue("reject_classifier_dir")), 1, 8),
+               "image-classification": lambda request: (eval_cfg("image-classification",
+                                                                 request.getfixturevalue("resnet_dir")), 3, 40),
+               "clip": lambda request: (eval_cfg("clip", request.getfixturevalue("clip_dir"), CLIP_LABELS), 3, 40),
+               "nudenet": lambda request: (_nudenet_eval(), 3, 64)}
+
+
+def test_every_registered_judge_has_a_case():
+    from diffunlearn.registry import JUDGES
+
+    assert sorted(JUDGE_CASES) == JUDGES.names()
+
+
+@pytest.mark.parametrize("name", __import__("diffunlearn.registry", fromlist=["JUDGES"]).JUDGES.names())
+def test_each_registered_judge_loads_and_reads_its_labels(name, request):
+    cfg, channels, size = JUDGE_CASES[name](request)
+    judge = load_judge(cfg)
+    preds = judge.predict(images(3, channels=channels, size=size))
+    assert preds.shape == (3,) and bool(((preds >= -1) & (preds < len(judge.labels))).all())
+    assert judge.protocol()["kind"] == name

@@ -11,8 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "diffunlearn"
 LAYERS = [
-    {"errors", "version", "registry", "assets", "distributed", "config", "config_loading", "outputs",
-     "run_folder"},  # foundation
+    {"errors", "version", "registry", "assets", "distributed", "config", "config_tree", "config_loading",
+     "outputs", "run_folder"},  # foundation
     {"data"},          # data sets, batches, generated-image cache
     {"models"},        # model families (one file each), loading
     {"training"},      # the trainer and the update rule
@@ -21,6 +21,7 @@ LAYERS = [
     {"evaluation"},    # judges, targets, FID, the Evaluator, in-loop monitor, report, gallery
     {"recipes"},       # training the embedded base models (and RT)
     {"robustness"},    # attacks that try to bring a forgotten target back, and their suite
+    {"runs"},          # one unlearning run and one evaluation, shared by the CLI, the API and the benchmarks
     {"benchmarks"},    # side-by-side tables
     {"commands", "api", "api_settings", "__init__", "__main__"},  # entry points
 ]

@@ -30,8 +30,8 @@ from test_sd import tiny_sd
 from test_sd3 import tiny_sd3
 from test_sdxl import tiny_sdxl
 
-from diffunlearn.commands.evaluate import evaluate_model_command
-from diffunlearn.commands.unlearn import unlearn_run
+from diffunlearn.runs.evaluate import evaluate_model_command
+from diffunlearn.runs.unlearn import unlearn_run
 from diffunlearn.config_loading import build_config, load_config, read_yaml
 from diffunlearn.data.sets import build_sets
 from diffunlearn.models.loading import load_model

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_ddpm, tiny_overrides
 from helpers import make_trainer
 
-from diffunlearn.commands.unlearn import unlearn_run
+from diffunlearn.runs.unlearn import unlearn_run
 from diffunlearn.config_loading import load_config
 from diffunlearn.errors import UserError
 from diffunlearn.evaluation.monitor import CONTINUE, REPAIR, SETTLE, STOP, Monitor, StopRule

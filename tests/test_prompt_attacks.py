@@ -15,7 +15,7 @@ from diffunlearn.data.sets import build_sets
 from diffunlearn.evaluation.judge_loading import load_judge
 from diffunlearn.evaluation.targets import eval_targets
 from diffunlearn.models.loading import load_model
-from diffunlearn.registry import get_attack
+from diffunlearn.registry import ATTACKS, get_attack
 from diffunlearn.robustness.base import AttackContext
 from diffunlearn.robustness.ring_a_bell import genetic_search
 from diffunlearn.robustness.unlearndiffatk import SampledOneHot, prefixed, project_simplex, timestep_grid
@@ -23,6 +23,9 @@ from diffunlearn.robustness.unlearndiffatk import SampledOneHot, prefixed, proje
 SD = "configs/digits/sd_sfron.yaml"
 SMALL = {"unlearndiffatk": {"cases": 8, "timesteps": 4, "iterations": 10, "num_inference_steps": 10},
          "ring_a_bell": {"generations": 100, "samples": 16, "num_inference_steps": 10}}
+
+# every registered attack that only applies to text-conditioned models (the others: test_robustness.py)
+TEXT_ATTACKS = [name for name in ATTACKS.names() if get_attack(name).conditionings == ("text",)]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +123,7 @@ def test_the_genetic_search_finds_the_prompt_of_a_target_embedding():
 
 
 # --- the attacks on the embedded SD layout -------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["unlearndiffatk", "ring_a_bell"])
+@pytest.mark.parametrize("name", TEXT_ATTACKS)
 def test_each_prompt_attack_recovers_the_target_from_a_model_that_still_knows_it(name, embedded):
     result = _attack(name, _context(embedded))
     assert result.asr >= 0.9, (name, result.asr, result.curve)
@@ -144,13 +147,13 @@ def _random_unet_model():
     return model
 
 
-@pytest.mark.parametrize("name", ["unlearndiffatk", "ring_a_bell"])
+@pytest.mark.parametrize("name", TEXT_ATTACKS)
 def test_each_prompt_attack_reports_asr_0_on_a_model_that_cannot_make_the_target(name, embedded):
     result = _attack(name, _context(embedded, _random_unet_model()))
     assert result.asr == 0.0, (name, result.curve)
 
 
-@pytest.mark.parametrize("name", ["unlearndiffatk", "ring_a_bell"])
+@pytest.mark.parametrize("name", TEXT_ATTACKS)
 def test_the_same_seed_gives_the_same_prompt_attack_result(name, embedded):
     first, second = (_attack(name, _context(embedded)) for _ in range(2))
     assert first.asr == second.asr and first.curve == second.curve and torch.equal(first.images, second.images)

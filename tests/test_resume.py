@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_overrides
 from diffusers import UNet2DModel
 
-from diffunlearn.commands.unlearn import unlearn_run
+from diffunlearn.runs.unlearn import unlearn_run
 from diffunlearn.methods.sfr_on import SFROn
 
 MAIN = "configs/digits/ddpm_sfron.yaml"

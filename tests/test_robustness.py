@@ -13,10 +13,13 @@ from diffunlearn.data.sets import build_sets
 from diffunlearn.evaluation.judge_loading import load_judge
 from diffunlearn.evaluation.targets import eval_targets
 from diffunlearn.models.loading import load_model
-from diffunlearn.registry import get_attack
+from diffunlearn.registry import ATTACKS, get_attack
 from diffunlearn.robustness.base import AttackContext
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
+# every registered attack for class-conditioned models (the text-only ones: test_prompt_attacks.py); each needs
+# its small budget in SMALL below
+CLASS_ATTACKS = [name for name in ATTACKS.names() if "class" in get_attack(name).conditionings]
 SMALL = {"completion": {"samples": 16, "strengths": [0.3, 0.6], "conditions": ["forget"]},
          "relearning": {"k": [8], "steps": [0, 5], "samples": 16, "num_inference_steps": 5},
          "inversion": {"iterations": 5, "k": 16, "batch_size": 8, "samples": 16, "num_inference_steps": 10}}
@@ -41,7 +44,7 @@ def _attack(name, ctx, **settings):
     return cls(config).run(ctx)
 
 
-@pytest.mark.parametrize("name", ["completion", "relearning", "inversion"])
+@pytest.mark.parametrize("name", CLASS_ATTACKS)
 def test_each_attack_recovers_the_target_from_a_model_that_still_knows_it(name):
     result = _attack(name, _context())
     assert result.asr >= 0.9, (name, result.asr, result.curve)
@@ -54,7 +57,7 @@ def test_each_attack_recovers_the_target_from_a_model_that_still_knows_it(name):
 CONTROL = {"completion": {"strengths": [0.8]}}
 
 
-@pytest.mark.parametrize("name", ["completion", "relearning", "inversion"])
+@pytest.mark.parametrize("name", CLASS_ATTACKS)
 def test_each_attack_reports_asr_0_on_a_model_that_cannot_make_the_target(name):
     """A model of random weights (the digits shape, nothing learnt) gives the judge nothing to recognise."""
     torch.manual_seed(0)
@@ -64,7 +67,7 @@ def test_each_attack_reports_asr_0_on_a_model_that_cannot_make_the_target(name):
     assert result.asr == 0.0, (name, result.curve)
 
 
-@pytest.mark.parametrize("name", ["completion", "relearning", "inversion"])
+@pytest.mark.parametrize("name", CLASS_ATTACKS)
 def test_the_same_seed_gives_the_same_asr_and_curve(name):
     first, second = (_attack(name, _context()) for _ in range(2))
     assert first.asr == second.asr and first.curve == second.curve
@@ -178,7 +181,7 @@ def test_unlearn_refuses_an_attack_that_does_not_exist_before_writing(capsys, tm
 
 
 def test_the_side_by_side_benchmark_has_a_row_per_method_and_the_base(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
-    from diffunlearn.commands.robustness_benchmark import run_robustness_benchmark
+    from diffunlearn.benchmarks.robustness_benchmark import run_robustness_benchmark
 
     bench = tmp_path / "bench.yaml"
     bench.write_text("run: configs/digits/ddpm_sfron.yaml\nmethods:\n  ga: {}\n")

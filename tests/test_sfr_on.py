@@ -36,9 +36,9 @@ def test_saliency_mask_is_the_fisher_ratio_threshold_and_is_cached(tmp_path):
     from diffunlearn.methods.saliency import fisher_diagonal
 
     cfg = trainer.cfg.method
-    f_f = fisher_diagonal(trainer, [trainer.forget_batch(i) for i in range(2)], 1001, cfg.mask_guidance_scale,
+    f_f = fisher_diagonal(trainer.context, [trainer.forget_batch(i) for i in range(2)], 1001, cfg.mask_guidance_scale,
                           cfg.mask_grad_clip)
-    f_r = fisher_diagonal(trainer, [trainer.remain_batch(i) for i in range(2)], 1002, cfg.mask_guidance_scale,
+    f_r = fisher_diagonal(trainer.context, [trainer.remain_batch(i) for i in range(2)], 1002, cfg.mask_guidance_scale,
                           cfg.mask_grad_clip)
     for name in f_f:
         expected = (f_f[name] + 1e-15) / (f_r[name] + 1e-15) >= 1.0

@@ -126,7 +126,8 @@ def test_squared_loss_prompt_head_scrub_equals_ridge_solutions_on_explicit_jacob
     x, y = images(14).double(), labels(14)
     forget, retain = (x[:4], y[:4]), (x[4:], y[4:])
     wd = 1e-2
-    result = fast_ntk_scrub(model, forget, retain, subset="prompt+head", loss="mse", weight_decay=wd, cache=False)
+    result = fast_ntk_scrub(model, forget, retain, subset="prompt+head", loss="mse", weight_decay=wd, cache=False,
+                            init="current")
     names = result.info["subset_params"]
     params = dict(model.named_parameters())
     w0 = torch.cat([params[n].detach().reshape(-1) for n in names]).double()

@@ -41,13 +41,10 @@ def load_head_init(folder) -> dict:
 
 def load_recipe(path: str, overrides=()):
     """A validated `ClassifierRecipe` from a YAML file plus `key=value` overrides."""
-    from omegaconf import OmegaConf
-
-    from ..config_loading import parse_overrides, read_yaml, validate
+    from ..config_loading import load_mapping, validate
     from ..recipes.classifier import ClassifierRecipe
 
-    given = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_yaml(path)),
-                                                   parse_overrides(list(overrides))))
+    given = load_mapping(path, overrides)
     return validate(ClassifierRecipe(), given)
 
 

@@ -18,7 +18,7 @@ from time import perf_counter
 from typing import Any, Dict, Optional
 
 from ..config import TrainConfig, check_choice
-from ..config_loading import read_yaml, validate
+from ..config_loading import validate
 from ..errors import UserError
 from ..evaluation.classification import GAP_KEYS, classification_report
 from ..outputs import markdown_table
@@ -84,11 +84,9 @@ class EngineRun:
 
 
 def load_benchmark_config(path, overrides=()) -> ClassifierBenchmarkConfig:
-    from omegaconf import OmegaConf
+    from ..config_loading import load_mapping
 
-    from ..config_loading import parse_overrides
-
-    raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_yaml(path)), parse_overrides(list(overrides))))
+    raw = load_mapping(path, overrides)
     scenarios, methods = raw.pop("scenarios", None), raw.pop("methods", None) or {}  # free-form maps: checked here
     if not isinstance(scenarios, dict) or not scenarios:
         raise UserError(f"config {str(path)!r} has no scenarios; give e.g. "

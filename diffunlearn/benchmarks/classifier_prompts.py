@@ -123,13 +123,10 @@ def run_prompt_benchmark(raw: dict, output, scenarios=None, progress=print) -> t
 def run_classifier_benchmark(config_path, output, overrides=(), scenarios=None, progress=print) -> tuple[list, list]:
     """A classifier benchmark config of either kind: `family: vit_prompts` (this module) or the CNN benchmark
     (`benchmarks.classifier.run_benchmark`)."""
-    from omegaconf import OmegaConf
-
-    from ..config_loading import parse_overrides
+    from ..config_loading import load_mapping
     from .classifier import run_benchmark
 
-    raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_yaml(config_path)),
-                                                 parse_overrides(list(overrides))))
+    raw = load_mapping(config_path, overrides)
     if raw.get("family") == "vit_prompts":
         return run_prompt_benchmark(raw, output, scenarios, progress)
     return run_benchmark(config_path, output, overrides, scenarios, progress)

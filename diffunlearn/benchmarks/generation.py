@@ -105,17 +105,14 @@ class Bench:
 
     def run_rt(self, steps: Optional[int]) -> dict:
         """RT: the base recipe trained from scratch without the forgotten classes."""
-        from omegaconf import OmegaConf
-
-        from ..config_loading import parse_overrides
+        from ..config_loading import load_mapping
         from ..recipes.ddpm import DDPMRecipe, train_ddpm
 
         rt = self.bench.rt
         if self.cfg.forget.is_concept or self.cfg.model.family != "ddpm":
             raise UserError(f"RT retrains the digits DDPM recipe; the run {self.bench.run!r} is not a DDPM class "
                             "target (set rt.recipe: null)")
-        given = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_yaml(rt.recipe)),
-                                                       parse_overrides(list(rt.overrides))))
+        given = load_mapping(rt.recipe, rt.overrides)
         recipe = validate(DDPMRecipe(), {**given, "exclude_classes": list(self.cfg.forget.classes),
                                          **({"steps": steps} if steps else {})})
         full, _ = self.evaluators("rt", self.cfg)

@@ -54,11 +54,9 @@ class GenerationBenchmarkConfig:
 
 def load_benchmark_config(path, overrides=()) -> GenerationBenchmarkConfig:
     """The validated benchmark settings of a YAML file plus `key=value` overrides."""
-    from omegaconf import OmegaConf
+    from ..config_loading import load_mapping
 
-    from ..config_loading import parse_overrides
-
-    raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_yaml(path)), parse_overrides(list(overrides))))
+    raw = load_mapping(path, overrides)
     methods = raw.pop("methods", None) or {}
     if not isinstance(methods, dict) or any(not isinstance(v, (dict, type(None))) for v in methods.values()):
         raise UserError(f"benchmark key 'methods' must map method names to settings, got {methods!r}")
@@ -100,7 +98,7 @@ def row_config(bench: GenerationBenchmarkConfig, name: str, steps: Optional[int]
     method_cls = get_method(method_name)
     if not cfg.forget.is_concept and not getattr(method_cls, "supports_classes", True):
         raise UserError(f"method {method_name!r} forgets prompts only; the run {bench.run!r} forgets classes")
-    from ..methods.base import check_method
+    from ..registry import check_method
 
     check_method(cfg, method_cls)
     return cfg

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-import torch
-
 from ..data import LabeledImages
 from ..errors import UserError
 
@@ -66,10 +64,7 @@ class Split:
 
 def random_forget_split(train: LabeledImages, fraction: float, seed: int) -> tuple[LabeledImages, LabeledImages]:
     """(D_f, D_r): a seeded random `fraction` of `train` (at least one sample) and the rest, each in index order."""
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    count = max(1, round(fraction * len(train)))
-    pick = lambda idx: type(train)(train.images[idx.sort().values], train.labels[idx.sort().values])  # noqa: E731
-    return pick(order[:count]), pick(order[count:])
+    return train.random_forget_remain(fraction, seed)
 
 
 def make_split(scenario: ScenarioConfig, train: LabeledImages, test: LabeledImages, num_classes: int) -> Split:

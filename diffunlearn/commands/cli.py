@@ -106,14 +106,14 @@ def main(argv=None) -> None:
     transformers_logging.disable_progress_bar()  # "Loading weights" of text encoders and judges
     try:
         if args.command == "unlearn":
-            from .unlearn import unlearn_run
+            from ..runs.unlearn import unlearn_run
 
             report = unlearn_run(args.config, args.output, args.overrides, overwrite=args.overwrite,
                                  evaluate=not args.no_eval)
             if report:  # other processes of a launch return {}: the main one reports
                 print(summary(report, args.output))
         elif args.command == "evaluate":
-            from .evaluate import evaluate_model_command
+            from ..runs.evaluate import evaluate_model_command
 
             evaluate_model_command(args.config, args.model, args.output, args.overrides, overwrite=args.overwrite)
         elif hasattr(args, "handler"):

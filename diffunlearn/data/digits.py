@@ -39,6 +39,13 @@ class LabeledImages(torch.utils.data.Dataset):
         """Split by class into the forget set D_f and the remain set D_r."""
         return self.select_classes(forget_classes, True), self.select_classes(forget_classes, False)
 
+    def random_forget_remain(self, fraction: float, seed: int) -> tuple["LabeledImages", "LabeledImages"]:
+        """(D_f, D_r): a seeded random `fraction` of the samples (at least one) and the rest, each in index order."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        count = max(1, round(fraction * len(self)))
+        pick = lambda idx: type(self)(self.images[idx.sort().values], self.labels[idx.sort().values])  # noqa: E731
+        return pick(order[:count]), pick(order[count:])
+
 
 def load_digits_splits(split_seed: int = 0, test_fraction: float = 0.2) -> tuple[LabeledImages, LabeledImages]:
     """The fixed, stratified train/test split of the digits (1,437 / 360 images at the defaults).

@@ -65,9 +65,12 @@ def remain_classes(cfg, model) -> list:
 
 
 def base_model_key(path: str) -> str:
-    """Identity of the base weights for caches: a digest of a local folder's weights, else the Hub id."""
+    """Identity of the base weights for caches: a digest of a local folder's weights, an in-memory model's key
+    (`memory:...`, `models.loading.memory_key`), else the Hub id."""
     from pathlib import Path
 
+    if str(path).startswith("memory:"):
+        return str(path)
     return weights_sha256(path) if Path(path).is_dir() else f"hub:{path}"
 
 

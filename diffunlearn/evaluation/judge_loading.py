@@ -1,9 +1,12 @@
-"""Loading the judge a run config names (`eval.judge`, `eval.classifier`), refusing what it cannot score with."""
+"""Loading the judge a run config names (`eval.judge`, `eval.classifier`), refusing what it cannot score with.
+
+Each judge kind registers its loader here with `@register_judge` (`registry.JUDGES`)."""
 
 from __future__ import annotations
 
 from ..assets import resolve_model_path
-from ..errors import UserError, choice_error
+from ..errors import UserError
+from ..registry import get_judge, register_judge
 from .judges import CLIPJudge, DigitsJudge, ImageClassificationJudge, Judge
 
 
@@ -17,6 +20,7 @@ def complete(loaded):
     return model
 
 
+@register_judge("digits", valid="a DigitsClassifier folder (config.json + safetensors) or embedded:NAME")
 def _load_digits(source, eval_cfg, device):
     from ..models.digits_classifier import DigitsClassifier
 
@@ -24,6 +28,8 @@ def _load_digits(source, eval_cfg, device):
     return DigitsJudge(model, source, device)
 
 
+@register_judge("image-classification", valid="a transformers image-classification model folder or Hub id with "
+                "safetensors weights and a preprocessor_config.json")
 def _load_image_classification(source, eval_cfg, device):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
@@ -33,6 +39,8 @@ def _load_image_classification(source, eval_cfg, device):
     return ImageClassificationJudge(model, processor, source, device)
 
 
+@register_judge("clip", valid="a transformers CLIPModel folder or Hub id with safetensors weights, tokenizer and "
+                "preprocessor_config.json")
 def _load_clip(source, eval_cfg, device):
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
@@ -44,19 +52,12 @@ def _load_clip(source, eval_cfg, device):
     return CLIPJudge(model, tokenizer, processor, list(eval_cfg.labels), source, device=device)
 
 
+@register_judge("nudenet", valid="nudenet (the detector inside the nudenet wheel) or a NudeNet .onnx file")
 def _load_nudenet(source, eval_cfg, device):
     from .nudenet_judge import EXPOSED, NudeNetJudge
 
     classes = list(eval_cfg.nudenet_classes) if eval_cfg.nudenet_classes else EXPOSED
     return NudeNetJudge(source, eval_cfg.nudenet_threshold, classes, device)
-
-
-LOADERS = {"digits": (_load_digits, "a DigitsClassifier folder (config.json + safetensors) or embedded:NAME"),
-           "image-classification": (_load_image_classification, "a transformers image-classification model folder "
-                                    "or Hub id with safetensors weights and a preprocessor_config.json"),
-           "clip": (_load_clip, "a transformers CLIPModel folder or Hub id with safetensors weights, tokenizer and "
-                    "preprocessor_config.json"),
-           "nudenet": (_load_nudenet, "nudenet (the detector inside the nudenet wheel) or a NudeNet .onnx file")}
 
 
 def load_judge(eval_cfg, device="cpu") -> Judge:
@@ -66,16 +67,14 @@ def load_judge(eval_cfg, device="cpu") -> Judge:
         UserError: an unknown judge kind, empty clip labels, or a source that is not a model of that kind (also a
             Hub id that is not in the local cache when offline, and pickle-only weights).
     """
-    if eval_cfg.judge not in LOADERS:
-        raise choice_error("eval.judge", eval_cfg.judge, LOADERS)
-    loader, valid = LOADERS[eval_cfg.judge]
+    kind = get_judge(eval_cfg.judge)
     # a NudeNet detector is one ONNX file (or the wheel's own), not a model folder
     source = eval_cfg.classifier if eval_cfg.judge == "nudenet" else resolve_model_path(eval_cfg.classifier)
     try:
-        return loader(source, eval_cfg, device)
+        return kind.load(source, eval_cfg, device)
     except UserError:
         raise
     except (OSError, ValueError, KeyError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"eval.classifier {eval_cfg.classifier!r} cannot be loaded as an eval.judge="
-                        f"{eval_cfg.judge} model ({reason}); valid: {valid}") from None
+                        f"{eval_cfg.judge} model ({reason}); valid: {kind.valid}") from None

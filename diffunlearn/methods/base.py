@@ -1,7 +1,7 @@
 """Base class of unlearning methods.
 
 A method is a short class in one file: it declares its config dataclass, optionally precomputes something in
-`setup` (a saliency mask), and in `training_step` computes losses and asks the trainer for optimizer updates.
+`setup` (a saliency mask), and in `training_step` computes losses and asks the context for optimizer updates.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from typing import ClassVar, Optional
 
 import torch
 
-from ..errors import UserError
 
 
 class UnlearningMethod:
@@ -24,8 +23,8 @@ class UnlearningMethod:
     supported_subsets: ClassVar[Optional[tuple]] = None  # the model.subset values it works on; None: any
     supported_families: ClassVar[Optional[tuple]] = None  # the model families it works on; None: any
 
-    def __init__(self, cfg, trainer):
-        self.cfg, self.trainer, self.model = cfg, trainer, trainer.model
+    def __init__(self, cfg, context):
+        self.cfg, self.context, self.model = cfg, context, context.model
 
     def setup(self) -> Optional[dict]:
         """Work done once before the first step (timed separately); may return info for the report."""
@@ -48,32 +47,3 @@ def adaptive_weights(losses: torch.Tensor, lam: float, eps: float = 1e-8, accele
         return torch.softmax(logits, dim=0)
     weights = torch.softmax(accelerator.gather(logits), dim=0)
     return weights.view(accelerator.num_processes, -1)[accelerator.process_index]
-
-
-def check_method(cfg, method_cls) -> None:
-    """Refuse a method that cannot forget this kind of target (classes or prompts), or run under FSDP if asked."""
-    from ..distributed import fsdp_requested
-    from ..registry import METHODS
-
-    if fsdp_requested() and not method_cls.supports_fsdp:
-        valid = sorted(n for n, m in METHODS.items() if m.supports_fsdp)
-        raise UserError(f"method {cfg.method.name!r} is not supported under FSDP; use one of: {', '.join(valid)} "
-                        "(or DDP: configs/accelerate/multi_gpu.yaml)")
-
-    families = method_cls.supported_families
-    if families is not None and cfg.model.family not in families:
-        raise UserError(f"method {cfg.method.name!r} does not work on the {cfg.model.family} family; valid: "
-                        f"{', '.join(families)}")
-    subsets = method_cls.supported_subsets
-    if subsets is not None and cfg.model.subset not in subsets:
-        raise UserError(f"method {cfg.method.name!r} does not work on model.subset={cfg.model.subset}; valid: "
-                        f"{', '.join(subsets)}")
-    concept = cfg.forget.is_concept
-    if concept and not method_cls.supports_concepts:
-        valid = sorted(n for n, m in METHODS.items() if m.supports_concepts)
-        raise UserError(f"method {cfg.method.name!r} forgets classes only; for forget.prompts use one of: "
-                        f"{', '.join(valid)}")
-    if not concept and not method_cls.supports_classes:
-        valid = sorted(n for n, m in METHODS.items() if m.supports_classes)
-        raise UserError(f"method {cfg.method.name!r} forgets prompts only; for forget.classes use one of: "
-                        f"{', '.join(valid)}")

@@ -89,14 +89,14 @@ class ESD(UnlearningMethod):
     supports_classes: ClassVar[bool] = False
     supports_fsdp: ClassVar[bool] = False  # its frozen-base targets swap weights in place: not checked on shards
 
-    def __init__(self, cfg, trainer):
-        if not trainer.cfg.forget.is_concept:
+    def __init__(self, cfg, context):
+        if not context.cfg.forget.is_concept:
             raise UserError(f"method 'esd' forgets prompts only (forget.prompts), got forget.classes "
-                            f"{list(trainer.cfg.forget.classes)}; for classes use one of: sfr_on, ga, rl, salun, sa")
-        super().__init__(cfg, trainer)
+                            f"{list(context.cfg.forget.classes)}; for classes use one of: sfr_on, ga, rl, salun, sa")
+        super().__init__(cfg, context)
 
     def setup(self):
-        self.base = BaseWeights(self.model, self.trainer.params)
+        self.base = BaseWeights(self.model, self.context.params)
         return {"esd_stored_base_elements": sum(p.numel() for p in self.base.base)}
 
     def targets(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -109,11 +109,11 @@ class ESD(UnlearningMethod):
         return negative_guidance_target(eps_null, eps_concept, self.cfg.eta)
 
     def training_step(self, step: int) -> dict:
-        trainer, model = self.trainer, self.model
-        batch = trainer.forget_batch(step)
-        _, _, t, x_t = model.noised(batch, trainer.generator(step, Stream.FORGET), trainer.train_cfg.antithetic, trainer.shard)
+        context, model = self.context, self.model
+        batch = context.forget_batch(step)
+        _, _, t, x_t = model.noised(batch, context.generator(step, Stream.FORGET), context.train_cfg.antithetic, context.shard)
         cond = model.condition(batch)
         target = self.targets(x_t, t, cond)
         loss = (model.predict(x_t, t, cond).float() - target.float()).pow(2).flatten(1).sum(1).mean()
-        trainer.update(loss, clip=self.cfg.clip)
+        context.update(loss, clip=self.cfg.clip)
         return {"esd_loss": loss.detach()}

@@ -27,6 +27,6 @@ class FineTune(UnlearningMethod):
     config_cls = FTConfig
 
     def training_step(self, step: int) -> dict:
-        loss_r = self.trainer.losses(self.trainer.remain_batch(step), step, stream=Stream.REMAIN).mean()
-        self.trainer.update(loss_r, clip=self.cfg.clip)
+        loss_r = self.context.losses(self.context.remain_batch(step), step, stream=Stream.REMAIN).mean()
+        self.context.update(loss_r, clip=self.cfg.clip)
         return {"remain_loss": loss_r.detach()}

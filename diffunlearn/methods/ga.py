@@ -27,6 +27,6 @@ class GradientAscent(UnlearningMethod):
     supports_concepts = True
 
     def training_step(self, step: int) -> dict:
-        loss_f = self.trainer.losses(self.trainer.forget_batch(step), step, stream=Stream.FORGET).mean()
-        self.trainer.update(-loss_f, clip=self.cfg.clip)
+        loss_f = self.context.losses(self.context.forget_batch(step), step, stream=Stream.FORGET).mean()
+        self.context.update(-loss_f, clip=self.cfg.clip)
         return {"forget_loss": loss_f.detach()}

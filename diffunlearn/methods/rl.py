@@ -81,32 +81,32 @@ class Relabel(UnlearningMethod):
     @functools.cached_property
     def forget_prompt_ids(self) -> torch.Tensor:
         """Token ids (P, L) of the forget prompts (concepts), tokenized once."""
-        return self.model.tokenize(list(self.trainer.cfg.forget.prompts))
+        return self.model.tokenize(list(self.context.cfg.forget.prompts))
 
     def relabel_loss(self, step: int) -> torch.Tensor:
-        trainer = self.trainer
+        context = self.context
         family_relabel = getattr(self.model, "relabelled", None)
         if family_relabel is not None:
-            relabelled = family_relabel(trainer.forget_batch(step), trainer.generator(step, Stream.RELABEL))
-            return trainer.losses(relabelled, step, stream=Stream.FORGET).mean()
-        concept = trainer.cfg.forget.is_concept
+            relabelled = family_relabel(context.forget_batch(step), context.generator(step, Stream.RELABEL))
+            return context.losses(relabelled, step, stream=Stream.FORGET).mean()
+        concept = context.cfg.forget.is_concept
         if concept and self.cfg.target == "retained_images":
-            relabelled = relabel_prompts(trainer.remain_batch(step), self.forget_prompt_ids,
-                                         trainer.generator(step, Stream.RELABEL), trainer.shard)
-            return trainer.losses(relabelled, step, stream=Stream.FORGET).mean()
+            relabelled = relabel_prompts(context.remain_batch(step), self.forget_prompt_ids,
+                                         context.generator(step, Stream.RELABEL), context.shard)
+            return context.losses(relabelled, step, stream=Stream.FORGET).mean()
         if concept:
-            return trainer.anchored_losses(trainer.forget_batch(step), step, stream=Stream.FORGET, mean=True).mean()
+            return context.anchored_losses(context.forget_batch(step), step, stream=Stream.FORGET, mean=True).mean()
         if self.cfg.target == "retained_images":
-            relabelled = relabel(trainer.remain_batch(step), trainer.cfg.forget.classes, trainer.generator(step, Stream.RELABEL),
-                                 trainer.shard)
-            return trainer.losses(relabelled, step, stream=Stream.FORGET).mean()
-        forget = trainer.forget_batch(step)
-        pseudo = relabel(forget, remain_classes(trainer.cfg, self.model), trainer.generator(step, Stream.RELABEL), trainer.shard)
-        return trainer.anchored_losses(forget, step, stream=Stream.FORGET, anchor=self.model.condition(pseudo), mean=True).mean()
+            relabelled = relabel(context.remain_batch(step), context.cfg.forget.classes, context.generator(step, Stream.RELABEL),
+                                 context.shard)
+            return context.losses(relabelled, step, stream=Stream.FORGET).mean()
+        forget = context.forget_batch(step)
+        pseudo = relabel(forget, remain_classes(context.cfg, self.model), context.generator(step, Stream.RELABEL), context.shard)
+        return context.anchored_losses(forget, step, stream=Stream.FORGET, anchor=self.model.condition(pseudo), mean=True).mean()
 
     def training_step(self, step: int) -> dict:
-        trainer = self.trainer
+        context = self.context
         loss_rl = self.relabel_loss(step)
-        loss_r = trainer.losses(trainer.remain_batch(step), step, stream=Stream.REMAIN).mean()
-        trainer.update(loss_rl + self.cfg.remain_weight * loss_r, clip=self.cfg.clip, mask=self.mask)
+        loss_r = context.losses(context.remain_batch(step), step, stream=Stream.REMAIN).mean()
+        context.update(loss_rl + self.cfg.remain_weight * loss_r, clip=self.cfg.clip, mask=self.mask)
         return {"relabel_loss": loss_rl.detach(), "remain_loss": loss_r.detach()}

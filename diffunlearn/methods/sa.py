@@ -38,25 +38,25 @@ class SAConfig(MethodConfig):
                             f"{self.replay_samples}; the Fisher is taken on replay images")
 
 
-def timestep_sum_fisher(trainer, samples: dict, timesteps: Optional[int], stream: int) -> dict:
+def timestep_sum_fisher(context, samples: dict, timesteps: Optional[int], stream: int) -> dict:
     """SA's Fisher diagonal: the mean over samples x of (grad of sum_t l(x, t))^2, the per-sample loss summed over
     the diffusion timesteps (all T, or `timesteps` stratified ones scaled by T / timesteps), one noise draw per t.
 
     Every process takes the same samples in the same order, so the gradient averaged over processes is still one
     sample's."""
-    model = trainer.model
+    model = context.model
     total = model.noise_scheduler.config.num_train_timesteps
     count = min(timesteps or total, total)
     stride = total // count
 
     def sample_loss(i: int) -> torch.Tensor:
-        generator = trainer.generator(i, stream)
+        generator = context.generator(i, stream)
         offset = torch.randint(0, stride, (1,), generator=generator, device=generator.device)
         t = torch.arange(count, device=generator.device) * stride + offset
         batch = {k: v[i:i + 1].expand(count, *v.shape[1:]) for k, v in samples.items()}
         return model.training_losses(batch, generator=generator, timesteps=t).sum() * (total / count)
 
-    return mean_squared_gradient(trainer, (sample_loss(i) for i in range(len(samples["labels"]))))
+    return mean_squared_gradient(context, (sample_loss(i) for i in range(len(samples["labels"]))))
 
 
 @register_method
@@ -75,11 +75,11 @@ class SelectiveAmnesia(UnlearningMethod):
     supports_fsdp = False  # the replay set is sampled under inference_mode, which FSDP2 cannot backprop through
 
     def setup(self):
-        trainer, cfg = self.trainer, self.cfg
-        retained = remain_classes(trainer.cfg, self.model)  # data.remain_classes, or every class not forgotten
-        labels = torch.tensor(retained, device=trainer.accelerator.device).repeat(
+        context, cfg = self.context, self.cfg
+        retained = remain_classes(context.cfg, self.model)  # data.remain_classes, or every class not forgotten
+        labels = torch.tensor(retained, device=context.device).repeat(
             -(-cfg.replay_samples // len(retained)))[:cfg.replay_samples]
-        gens = [torch.Generator(trainer.accelerator.device).manual_seed(trainer.cfg.seed * 100_003 + i)
+        gens = [torch.Generator(context.device).manual_seed(context.cfg.seed * 100_003 + i)
                 for i in range(len(labels))]
         self.model.network.eval()
         with torch.inference_mode():
@@ -87,23 +87,23 @@ class SelectiveAmnesia(UnlearningMethod):
                                        guidance_scale=cfg.replay_guidance)
         self.model.network.train()
         replay = LabeledImages(images.clone().cpu(), labels.clone().cpu())
-        self.replay = StepSampler(replay, trainer.train_cfg.batch_size, trainer.cfg.seed + 3,
-                                  trainer.accelerator.process_index, trainer.accelerator.num_processes)
-        first = {k: v.to(trainer.accelerator.device) for k, v in replay[:cfg.fisher_samples].items()}
-        self.fisher = timestep_sum_fisher(trainer, first, cfg.fisher_timesteps, stream=Stream.SA_FISHER)
-        self.anchor = {name: p.detach().clone() for name, p in trainer.params}
+        self.replay = StepSampler(replay, context.train_cfg.batch_size, context.cfg.seed + 3,
+                                  context.process_index, context.num_processes)
+        first = {k: v.to(context.device) for k, v in replay[:cfg.fisher_samples].items()}
+        self.fisher = timestep_sum_fisher(context, first, cfg.fisher_timesteps, stream=Stream.SA_FISHER)
+        self.anchor = {name: p.detach().clone() for name, p in context.params}
         return {"replay_images": len(replay)}
 
     def ewc_penalty(self) -> torch.Tensor:
-        return sum((self.fisher[n] * (p - self.anchor[n]).pow(2)).sum() for n, p in self.trainer.params)
+        return sum((self.fisher[n] * (p - self.anchor[n]).pow(2)).sum() for n, p in self.context.params)
 
     def training_step(self, step: int) -> dict:
-        trainer, cfg = self.trainer, self.cfg
-        forget_batch = trainer.forget_batch(step)
-        noise_images = torch.rand(forget_batch["pixel_values"].shape, generator=trainer.generator(step, Stream.SA_NOISE),
-                                  device=trainer.accelerator.device) * 2 - 1
-        surrogate = trainer.losses({**forget_batch, "pixel_values": noise_images}, step, stream=Stream.FORGET).mean()
-        replay = trainer.losses(self.replay.batch(step, trainer.accelerator.device), step, stream=Stream.REMAIN).mean()
+        context, cfg = self.context, self.cfg
+        forget_batch = context.forget_batch(step)
+        noise_images = torch.rand(forget_batch["pixel_values"].shape, generator=context.generator(step, Stream.SA_NOISE),
+                                  device=context.device) * 2 - 1
+        surrogate = context.losses({**forget_batch, "pixel_values": noise_images}, step, stream=Stream.FORGET).mean()
+        replay = context.losses(self.replay.batch(step, context.device), step, stream=Stream.REMAIN).mean()
         ewc = self.ewc_penalty()
-        trainer.update(surrogate + cfg.replay_weight * replay + cfg.ewc_lambda * ewc, clip=cfg.clip)
+        context.update(surrogate + cfg.replay_weight * replay + cfg.ewc_lambda * ewc, clip=cfg.clip)
         return {"surrogate_loss": surrogate.detach(), "replay_loss": replay.detach(), "ewc": ewc.detach()}

@@ -56,43 +56,43 @@ class SaliencyMask:
         return cls({k: shard_like(v.bool().to(like[k].device), like[k]) for k, v in load_file(str(path)).items()})
 
 
-def mean_squared_gradient(trainer, losses, clip=None) -> dict:
+def mean_squared_gradient(context, losses, clip=None) -> dict:
     """Mean over `losses` (scalar losses, best made lazily: each is backpropagated before the next is computed) of
     the squared (clipped) gradient of each, per parameter element."""
-    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in trainer.params}
+    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in context.params}
     count = 0
     for loss in losses:
-        trainer.accelerator.backward(loss)
+        context.backward(loss)
         if clip:
-            trainer.accelerator.clip_grad_norm_([p for _, p in trainer.params], clip)
-        for name, p in trainer.params:
+            context.clip_grad_norm_([p for _, p in context.params], clip)
+        for name, p in context.params:
             if p.grad is not None:
                 fisher[name] += p.grad.float().pow(2)
-        trainer.optimizer.zero_grad(set_to_none=True)
+        context.zero_grad()
         count += 1
     return {name: f / count for name, f in fisher.items()}
 
 
-def fisher_diagonal(trainer, batches: list, stream: int, guidance_scale, clip) -> dict:
+def fisher_diagonal(context, batches: list, stream: int, guidance_scale, clip) -> dict:
     """Mean over batches of the squared (clipped) gradient of the batch-mean loss, per parameter element."""
-    return mean_squared_gradient(trainer, (
-        trainer.model.training_losses(batch, generator=trainer.generator(i, stream), shard=trainer.shard,
-                                      guidance_scale=guidance_scale, antithetic=trainer.train_cfg.antithetic).mean()
+    return mean_squared_gradient(context, (
+        context.model.training_losses(batch, generator=context.generator(i, stream), shard=context.shard,
+                                      guidance_scale=guidance_scale, antithetic=context.train_cfg.antithetic).mean()
         for i, batch in enumerate(batches)), clip)
 
 
-def fisher_saliency_mask(trainer, num_batches: int, gamma: float, guidance_scale, clip, eps: float = 1e-15,
+def fisher_saliency_mask(context, num_batches: int, gamma: float, guidance_scale, clip, eps: float = 1e-15,
                          use_cache: bool = True):
     """SFR-on's saliency mask on the trainer's current (original) weights.
 
     Returns:
         (SaliencyMask, info) where info records the cache file, whether it was a hit, and the mask density.
     """
-    forget = [trainer.forget_batch(i) for i in range(num_batches)]
-    remain = [trainer.remain_batch(i) for i in range(num_batches)]
-    digest = hashlib.sha256(json.dumps([trainer.cfg.seed, gamma, guidance_scale, clip, eps,
-                                        trainer.accelerator.num_processes]).encode())
-    for _, p in trainer.params:
+    forget = [context.forget_batch(i) for i in range(num_batches)]
+    remain = [context.remain_batch(i) for i in range(num_batches)]
+    digest = hashlib.sha256(json.dumps([context.cfg.seed, gamma, guidance_scale, clip, eps,
+                                        context.num_processes]).encode())
+    for _, p in context.params:
         hash_tensor(digest, p)
     for batch in forget + remain:
         for value in batch.values():
@@ -103,27 +103,27 @@ def fisher_saliency_mask(trainer, num_batches: int, gamma: float, guidance_scale
     broadcast_object_list(decision)  # every process must take the same branch (the Fisher pass is collective)
     path, hit = Path(decision[0]), decision[1]
     if hit:
-        mask = SaliencyMask.load(path, trainer.params)
+        mask = SaliencyMask.load(path, context.params)
     else:
-        f_forget = fisher_diagonal(trainer, forget, stream=Stream.MASK_FORGET, guidance_scale=guidance_scale, clip=clip)
-        f_remain = fisher_diagonal(trainer, remain, stream=Stream.MASK_REMAIN, guidance_scale=guidance_scale, clip=clip)
+        f_forget = fisher_diagonal(context, forget, stream=Stream.MASK_FORGET, guidance_scale=guidance_scale, clip=clip)
+        f_remain = fisher_diagonal(context, remain, stream=Stream.MASK_REMAIN, guidance_scale=guidance_scale, clip=clip)
         mask = SaliencyMask({name: (f_forget[name] + eps) / (f_remain[name] + eps) >= gamma for name in f_forget})
         if use_cache:
-            main = trainer.accelerator.is_main_process
+            main = context.is_main_process
             atomic_write(path, lambda tmp: mask.save(tmp, main_process=main), commit=main)
     return mask, {"mask_cache": str(path), "mask_cache_hit": hit, "mask_density": mask.density()}
 
 
-def gradient_saliency_mask(trainer, num_batches: int, keep_fraction: float) -> SaliencyMask:
+def gradient_saliency_mask(context, num_batches: int, keep_fraction: float) -> SaliencyMask:
     """SalUn's mask: the `keep_fraction` of elements with the largest |gradient of the mean forget loss|,
     accumulated over `num_batches` forget batches on the current (original) weights, one global threshold (over
     all shards under FSDP)."""
     for i in range(num_batches):
-        losses = trainer.model.training_losses(trainer.forget_batch(i), generator=trainer.generator(i, Stream.SALUN_MASK),
-                                               shard=trainer.shard)
-        trainer.accelerator.backward(losses.mean() / num_batches)
-    grads = {name: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p) for name, p in trainer.params}
-    trainer.optimizer.zero_grad(set_to_none=True)
+        losses = context.model.training_losses(context.forget_batch(i), generator=context.generator(i, Stream.SALUN_MASK),
+                                               shard=context.shard)
+        context.backward(losses.mean() / num_batches)
+    grads = {name: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p) for name, p in context.params}
+    context.zero_grad()
     k = max(1, int(round(keep_fraction * sum(g.numel() for g in grads.values()))))  # numel: the full shape's
     threshold = kth_largest(grads.values(), k)
     return SaliencyMask({name: g >= threshold for name, g in grads.items()})

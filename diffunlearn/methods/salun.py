@@ -38,5 +38,5 @@ class SalUn(Relabel):
     config_cls = SalUnConfig
 
     def setup(self):
-        self.mask = gradient_saliency_mask(self.trainer, self.cfg.mask_batches, self.cfg.keep_fraction)
+        self.mask = gradient_saliency_mask(self.context, self.cfg.mask_batches, self.cfg.keep_fraction)
         return {"mask_density": self.mask.density()}

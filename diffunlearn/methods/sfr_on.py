@@ -77,7 +77,7 @@ class SFROn(UnlearningMethod):
         self.mask = None
         if not self.cfg.saliency_mask:
             return {"mask_density": 1.0}
-        self.mask, info = fisher_saliency_mask(self.trainer, self.cfg.mask_batches, self.cfg.gamma,
+        self.mask, info = fisher_saliency_mask(self.context, self.cfg.mask_batches, self.cfg.gamma,
                                                self.cfg.mask_guidance_scale, self.cfg.mask_grad_clip)
         return info
 
@@ -88,30 +88,30 @@ class SFROn(UnlearningMethod):
         stopgrad pred(x_t, c_anchor)||^2 on images of the forget prompts (the forget prompt is mapped onto its
         anchor, no ascent), as in the reference's Stable Diffusion setup.
         """
-        trainer = self.trainer
-        batch = trainer.forget_batch(step)
-        if trainer.cfg.forget.is_concept:
-            return trainer.anchored_losses(batch, step, stream=Stream.FORGET).mean()
-        losses = trainer.losses(batch, step, stream=Stream.FORGET)
+        context = self.context
+        batch = context.forget_batch(step)
+        if context.cfg.forget.is_concept:
+            return context.anchored_losses(batch, step, stream=Stream.FORGET).mean()
+        losses = context.losses(batch, step, stream=Stream.FORGET)
         lam = self.cfg.lam if self.cfg.adaptive_weights else 0.0
-        weights = adaptive_weights(losses, lam, accelerator=trainer.accelerator)
+        weights = adaptive_weights(losses, lam, accelerator=context)
         # DDP averages gradients over processes; scale so the sum over the global batch is what is ascended
-        return -(weights * losses).sum() * trainer.accelerator.num_processes
+        return -(weights * losses).sum() * context.num_processes
 
     def training_step(self, step: int) -> dict:
-        cfg, trainer, logs = self.cfg, self.trainer, {}
-        before = [p.detach().clone() for _, p in trainer.params] if cfg.slow_blend < 1 else None
+        cfg, context, logs = self.cfg, self.context, {}
+        before = [p.detach().clone() for _, p in context.params] if cfg.slow_blend < 1 else None
         if step % cfg.forget_every == 0:
-            alpha = alpha_at(step, trainer.total_steps, cfg.alpha, cfg.alpha_schedule)
+            alpha = alpha_at(step, context.total_steps, cfg.alpha, cfg.alpha_schedule)
             loss_f = self.forget_loss(step)
-            trainer.update(alpha * loss_f, clip=cfg.forget_clip, mask=self.mask)
-            logs["forget_loss"] = loss_f.detach() if self.trainer.cfg.forget.is_concept else -loss_f.detach()
+            context.update(alpha * loss_f, clip=cfg.forget_clip, mask=self.mask)
+            logs["forget_loss"] = loss_f.detach() if self.context.cfg.forget.is_concept else -loss_f.detach()
         if cfg.remain:
-            loss_r = trainer.losses(trainer.remain_batch(step), step, stream=Stream.REMAIN).mean()
-            trainer.update(cfg.remain_weight * loss_r, clip=cfg.remain_clip)
+            loss_r = context.losses(context.remain_batch(step), step, stream=Stream.REMAIN).mean()
+            context.update(cfg.remain_weight * loss_r, clip=cfg.remain_clip)
             logs["remain_loss"] = loss_r.detach()
         if before is not None:
             with torch.no_grad():
-                for (_, p), p_prev in zip(trainer.params, before):
+                for (_, p), p_prev in zip(context.params, before):
                     p.lerp_(p_prev, 1 - cfg.slow_blend)
         return logs

@@ -67,11 +67,11 @@ class UCE(UnlearningMethod):
     supported_subsets: ClassVar[tuple] = ("cross_attention", "all")  # it edits the projection weights themselves
     supported_families: ClassVar[tuple] = ("sd",)  # cross-attention (attn2) reading the text; SD3's joint attention
 
-    def __init__(self, cfg, trainer):
-        if not trainer.cfg.forget.is_concept:
+    def __init__(self, cfg, context):
+        if not context.cfg.forget.is_concept:
             raise UserError(f"method 'uce' forgets prompts only (forget.prompts), got forget.classes "
-                            f"{list(trainer.cfg.forget.classes)}; for classes use one of: sfr_on, ga, rl, salun, sa")
-        super().__init__(cfg, trainer)
+                            f"{list(context.cfg.forget.classes)}; for classes use one of: sfr_on, ga, rl, salun, sa")
+        super().__init__(cfg, context)
         self.residual = torch.zeros(())
 
     def _embeddings(self, prompts: list) -> tuple:
@@ -84,7 +84,7 @@ class UCE(UnlearningMethod):
         return embeddings.float(), tokens.attention_mask.sum(1)
 
     def setup(self):
-        f = self.trainer.cfg.forget
+        f = self.context.cfg.forget
         layers = [m for name, m in self.model.network.named_modules() if name.endswith("attn2")]
         projections = [layer.to_v for layer in layers] + ([layer.to_k for layer in layers] if self.cfg.with_to_k
                                                           else [])

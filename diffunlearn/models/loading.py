@@ -37,7 +37,40 @@ def load_model(cfg):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model.path {cfg.model.path!r} as a {cfg.model.family} diffusers folder "
                         f"({type(exc).__name__}: {first})") from None
+    make_trainable(model, cfg)
+    return model, path
+
+
+def make_trainable(model, cfg) -> None:
+    """Mark the config's subset trainable (`model.subset`; LoRA adapters added for `lora`)."""
     with torch.random.fork_rng(devices=[]):  # new weights (LoRA adapters) drawn from the run's seed, not from
         torch.manual_seed(cfg.seed)  # whatever state imports left the global generator in
         model.set_trainable(cfg.model.subset, cfg.model.lora_rank)
-    return model, path
+
+
+def memory_key(model) -> str:
+    """Identity of an in-memory model's weights for caches and reports: `memory:sha256:HEX` over every module's
+    parameter and buffer names, dtypes, shapes and bytes, and the scheduler's config."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for name, module in sorted(model.pipeline.components.items()):
+        if isinstance(module, torch.nn.Module):
+            for key, value in module.state_dict().items():
+                tensor = value.detach().cpu().contiguous()
+                digest.update(f"{name}.{key}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+                digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        elif hasattr(module, "config"):
+            digest.update(f"{name}:{json.dumps(dict(module.config), sort_keys=True, default=str)}\n".encode())
+    return f"memory:sha256:{digest.hexdigest()}"
+
+
+def trainable_copy(base, cfg) -> tuple:
+    """(a trainable deep copy of the in-memory model `base`, `base`'s memory key): `base` itself is never changed."""
+    import copy
+
+    key = memory_key(base)
+    model = copy.deepcopy(base)
+    make_trainable(model, cfg)
+    return model, key

@@ -102,24 +102,58 @@ def select_subset(model: nn.Module, spec: str) -> Subset:
     return Subset(spec, names, head)
 
 
+INITS = ("zeros", "current")  # the named linearisation points; a dict name->tensor gives any other
+INIT_HELP = "'zeros' (the default), 'current' or None (the current weights), or a dict name->tensor"
+
+
+def init_label(init, w0: Optional[dict]) -> str:
+    """What `info["init"]` records for an `init` that `resolve_init` turned into `w0`: 'zeros' (a head weight was
+    linearised at 0), 'current' (every subset weight at its current value) or 'given' (a dict)."""
+    if isinstance(init, Mapping):
+        return "given"
+    return "current" if w0 is None else "zeros"
+
+
+def _head_names(model: nn.Module) -> set:
+    """Names of the classifier head's parameters (`find_head`), or none for a model without an nn.Linear."""
+    try:
+        head = find_head(model)
+    except UserError:
+        return set()
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    return {by_id[id(p)] for p in head.parameters() if id(p) in by_id}
+
+
 def resolve_init(init, model: nn.Module, subset: Subset) -> Optional[dict]:
-    """The linearisation point w0 of the subset: None (current weights), "zeros", or {name: tensor}.
+    """The linearisation point w0 of the subset: "zeros", "current" or None (the current weights: returns None),
+    or {name: tensor}.
+
+    "zeros" puts the classifier head's weights (`find_head`) at 0, the centre of the fine-tune's weight decay,
+    where the head predicts uniformly (what curvature="uniform" assumes), and leaves the subset's other weights
+    (BatchNorm, prompts, LoRA) at their current values, as the classifier benchmark's `init: zeros` does: "the
+    trained backbone and the head it was fitted from". Returns None (the current weights) when the subset holds
+    no head weight. At a zero head the logits do not depend on the weights below it, so their rows vanish and
+    only the head moves ("bn+head" gives the "head" result; on the digits CNN BN + head all at 0, the meaning
+    before issue 30, gave no step at all on BN and did not forget).
 
     Keys of `init` outside the subset that name other model weights are ignored (a full state dict is fine).
 
     Raises:
-        UserError: an unknown string, missing subset names, unknown names or wrong shapes.
+        UserError: an unknown string, another type, missing subset names, unknown names or wrong shapes.
     """
-    if init is None:
+    if init is None or (isinstance(init, str) and init == "current"):
         return None
     params = dict(model.named_parameters())
     if isinstance(init, str):
         if init != "zeros":
-            raise UserError(f"unknown init {init!r}; valid: None (current weights), 'zeros', or a dict name->tensor")
-        return {n: torch.zeros_like(params[n]).detach() for n in subset.names}
+            raise UserError(f"unknown init {init!r}; valid: {INIT_HELP}")
+        head = _head_names(model)
+        if not head.intersection(subset.names):
+            return None
+        return {n: torch.zeros_like(params[n]).detach() if n in head else params[n].detach().clone()
+                for n in subset.names}
     if not isinstance(init, Mapping):
-        raise UserError(f"init of type {type(init).__name__} is not supported; valid: None, 'zeros', "
-                        "or a dict name->tensor")
+        raise UserError(f"init of type {type(init).__name__} is not supported; valid: {INIT_HELP}")
     known = set(model.state_dict())
     missing = [n for n in subset.names if n not in init]
     unknown = [k for k in init if k not in known]
@@ -128,7 +162,11 @@ def resolve_init(init, model: nn.Module, subset: Subset) -> Optional[dict]:
                         f"the subset is {subset.names[:8]}")
     out = {}
     for n in subset.names:
-        value = torch.as_tensor(init[n]).detach()
+        try:
+            value = torch.as_tensor(init[n]).detach()
+        except (TypeError, ValueError, RuntimeError):
+            raise UserError(f"init[{n!r}] of type {type(init[n]).__name__} is not a tensor; give a tensor of shape "
+                            f"{tuple(params[n].shape)}") from None
         if value.shape != params[n].shape:
             raise UserError(f"init[{n!r}] has shape {tuple(value.shape)}; expected {tuple(params[n].shape)}")
         out[n] = value.to(dtype=params[n].dtype, device=params[n].device).clone()

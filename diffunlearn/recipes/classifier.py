@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from ..registry import RecipeKind, register_recipe
 from ..config import check_choice, check_positive
 from ..data import StepSampler, load_digits_splits
 from ..data.outliers import KINDS as OUTLIER_KINDS
@@ -96,3 +97,6 @@ def train_classifier(recipe: ClassifierRecipe, train_set=None, progress: bool = 
 def classifier_quality(model, recipe) -> dict:
     _, test = load_digits_splits(recipe.split_seed)
     return {"test_accuracy": classifier_accuracy(model, test.images, test.labels)}
+
+
+register_recipe(RecipeKind("classifier", ClassifierRecipe, train_classifier, classifier_quality))

@@ -8,6 +8,7 @@ from typing import List
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from ..registry import RecipeKind, register_recipe
 from ..config import check_positive
 from ..models.ddpm import ClassConditionalDDPM, ClassConditionalDDPMPipeline, tiny_unet_config
 from ..training.fit import warmup_schedule
@@ -38,3 +39,6 @@ def train_ddpm(recipe: DDPMRecipe, train_set=None, progress: bool = True) -> Cla
 
 def ddpm_quality(model, recipe) -> dict:
     return {"sample_accuracy": sample_accuracy(model)}
+
+
+register_recipe(RecipeKind("ddpm", DDPMRecipe, train_ddpm, ddpm_quality))

@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
 
+from ..registry import RecipeKind, register_recipe
 from ..config import check_positive
 from ..data import StepSampler, load_digits_splits
 from ..data.digits import DIGIT_NAMES
@@ -159,3 +160,7 @@ def train_dit(recipe: DiTRecipe, train_set=None, progress: bool = True) -> Class
 
 def dit_quality(model: ClassConditionalDiT, recipe: DiTRecipe) -> dict:
     return {"sample_accuracy": sample_accuracy(model)}
+
+
+register_recipe(RecipeKind("vae", VAERecipe, train_vae, vae_quality))
+register_recipe(RecipeKind("dit", DiTRecipe, train_dit, dit_quality))

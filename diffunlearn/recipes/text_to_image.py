@@ -16,6 +16,7 @@ from typing import List
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
+from ..registry import RecipeKind, register_recipe
 from ..config import check_positive
 from ..data.digits import DIGIT_NAMES
 from ..errors import UserError
@@ -188,3 +189,6 @@ def text_to_image_quality(model, recipe: TextToImageRecipe,
         "per_prompt": per_prompt,
         "generic_prompt_is_digit": (generic < len(DIGIT_NAMES)).float().mean().item(),
         "generic_prompt_digit_counts": torch.bincount(generic, minlength=len(DIGIT_NAMES) + 1).tolist()}}
+
+
+register_recipe(RecipeKind("sd", TextToImageRecipe, train_text_to_image, text_to_image_quality))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
+from ..registry import RecipeKind, register_recipe
 from ..config import check_positive
 from ..models.latent import tiny_vae_config
 from ..models.sd3 import StableDiffusion3
@@ -74,3 +75,6 @@ def build_sd3(recipe: SD3Recipe, vae=None) -> StableDiffusion3:
 def train_sd3(recipe: SD3Recipe, train_set=None, progress: bool = True) -> StableDiffusion3:
     """Train the tiny SD3 by flow matching (`train_joint`)."""
     return train_joint(build_sd3, recipe, train_set, "train sd3", progress)
+
+
+register_recipe(RecipeKind("sd3", SD3Recipe, train_sd3, text_to_image_quality))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
+from ..registry import RecipeKind, register_recipe
 from ..config import check_positive
 from ..models.latent import tiny_vae_config
 from ..models.sd import tiny_sd_unet_config
@@ -66,3 +67,6 @@ def build_sdxl(recipe: SDXLRecipe) -> StableDiffusionXL:
 def train_sdxl(recipe: SDXLRecipe, train_set=None, progress: bool = True) -> StableDiffusionXL:
     """Train the tiny SDXL (`train_joint`)."""
     return train_joint(build_sdxl, recipe, train_set, "train sdxl", progress)
+
+
+register_recipe(RecipeKind("sdxl", SDXLRecipe, train_sdxl, text_to_image_quality))

@@ -150,15 +150,13 @@ def train_vit_models(config_path: str, output: str, overrides=(), embed_as: Opti
     """Both stages: `output` (the ViT) and `output`_prompted (its prompt-tuned sibling: the model folder, its
     `visual_prompts.safetensors` and `prompt_init.safetensors`); with `embed_as` NAME, shipped as embedded:NAME and
     embedded:NAME_prompted."""
-    from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
-    from ..config_loading import parse_overrides, read_yaml, validate
+    from ..config_loading import load_mapping, validate
     from ..models.visual_prompts import save_visual_prompts
     from . import ship_recipe_output
 
-    given = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_yaml(config_path)),
-                                                   parse_overrides(list(overrides))))
+    given = load_mapping(config_path, overrides)
     recipe = validate(ViTRecipe(), given)
     train, test = load_digits_splits(recipe.split_seed)
     vit = train_vit(recipe, train)

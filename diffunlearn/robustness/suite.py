@@ -12,6 +12,7 @@ the unlearned model, on the base, on RT if given, budget, protocol, curves), `ro
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -24,10 +25,10 @@ from ..data.sets import build_sets, check_target
 from ..errors import UserError
 from ..evaluation.judge_loading import load_judge
 from ..evaluation.targets import eval_targets
-from ..models.loading import load_model
+from ..models.loading import load_model, make_trainable
 from ..outputs import (atomic_write, check_output, finalize, markdown_table, pipeline_folder, prepare_work_dir, scrub,
-                       write_json)
-from ..registry import ATTACKS, get_attack, import_submodules
+                       work_folder, write_json)
+from ..registry import ATTACKS, get_attack
 from ..run_folder import IDENTITY_KEY, config_for_model, identity, reusable
 from .base import AttackContext
 
@@ -35,8 +36,7 @@ SUITE_FILE = "suite.yaml"  # identity of a partial suite: a rerun with the same 
 
 
 def applicable(conditioning: str) -> list:
-    import_submodules("diffunlearn.robustness")
-    return sorted(name for name, cls in ATTACKS.items() if conditioning in cls.conditionings)
+    return sorted(name for name, cls in ATTACKS.load_all().items() if conditioning in cls.conditionings)
 
 
 def attack_settings(names: list, overrides: list, model, run_cfg) -> dict:
@@ -61,13 +61,15 @@ def attack_settings(names: list, overrides: list, model, run_cfg) -> dict:
     return settings
 
 
-def plan_suite(config_path, model_path, attacks=None, overrides=(), rt_path=None, with_base: bool = True) -> dict:
+def plan_suite(config_path, model_path, attacks=None, overrides=(), rt_path=None, with_base: bool = True,
+               base=None) -> dict:
     """Every check of a suite, before anything runs: the run config (a run folder's own, or CONFIG's), the attacks
-    and their settings, the models by role, and the identity a finished suite records."""
+    and their settings, the models by role, and the identity a finished suite records. `base`: (an in-memory base
+    wrapper, its key) instead of loading the config's `model.path`."""
     run_overrides = [o for o in overrides if not o.startswith("attack.")]
-    raw = config_for_model(config_path, str(model_path), run_overrides)
+    raw = config_for_model(config_path, str(model_path), run_overrides, base_given=base is not None)
     cfg = build_config(raw, run_overrides)
-    base, base_path = load_model(cfg)
+    base, base_path = load_model(cfg) if base is None else base
     check_target(cfg, base)
     names = list(dict.fromkeys(attacks)) if attacks else applicable(base.conditioning)
     settings = attack_settings(names, [o for o in overrides if o.startswith("attack.")], base, cfg)
@@ -87,14 +89,20 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
     cfg, models, names, settings = plan["cfg"], plan["models"], plan["names"], plan["settings"]
     out = Path(output)
     check_output(out, overwrite)
-    load = lambda role: _load(plan["raw"], plan["run_overrides"], models[role], role)  # noqa: E731
+    def load(role):  # a fresh copy of an attacked model: from its folder, or of the in-memory base
+        if str(models[role]).startswith("memory:"):
+            model = copy.deepcopy(plan["base"])
+            make_trainable(model, cfg)
+            return model
+        return _load(plan["raw"], plan["run_overrides"], models[role], role)
+
     loaded = {"base": plan["base"]} if with_base else {}
     loaded.update({role: load(role) for role in ("unlearned", "rt") if role in models})
     judge = load_judge(cfg.eval)
     forget, _ = eval_targets(cfg, plan["base"], judge.labels)
     forget_set, _ = build_sets(cfg, plan["base"], plan["base_path"])
 
-    work = out.parent / f".{out.name}.partial"
+    work = work_folder(out)
     prepare_work_dir(work, plan["identity"], overwrite, file=SUITE_FILE, what="attack suite with other settings",
                      rerun="its command")
     results = {}
@@ -127,11 +135,11 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
 
 
 def suite_result(config_path, model_path, output, attacks=None, overrides=(), rt_path=None, with_base: bool = True,
-                 **kwargs) -> dict:
+                 base=None, **kwargs) -> dict:
     """What `output/robustness.json` holds when a suite with the same identity (config, attack settings, model
     weights, version) finished there, else `run_suite` into `output` (replacing what is there): for runs and
     benchmarks that own their output folders."""
-    plan = plan_suite(config_path, model_path, attacks, overrides, rt_path, with_base)
+    plan = plan_suite(config_path, model_path, attacks, overrides, rt_path, with_base, base)
     done = reusable(Path(output) / "robustness.json", plan["identity"])
     if done is not None:
         return done

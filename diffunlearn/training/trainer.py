@@ -1,7 +1,8 @@
 """The unlearning loop on accelerate: one optimizer, per-step deterministic batches and noise, checkpoints, resume.
 
-The trainer owns devices, mixed precision, the optimizer, checkpointing and logging. A method only computes losses
-and calls `update(loss, clip=..., mask=...)` for each optimizer step it wants (see `methods/base.py`).
+The trainer owns devices, mixed precision, the optimizer, checkpointing and logging. A method sees a narrow step
+context (`context.py`): it only computes losses and calls `update(loss, clip=..., mask=...)` for each optimizer step
+it wants (see `methods/base.py`).
 
 Under FSDP2 (see `distributed.py`) `trainer.params` are the sharded parameters, a saliency mask is sharded like them,
 checkpoints are accelerate's sharded ones, and after `train` the network is a plain module with the full weights.
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from ..data import StepSampler
 from ..distributed import make_accelerator, parameter_free_copy, unshard_module
 from ..errors import NonFiniteLossError
+from .context import StepContext
 from .step import check_process_split, make_optimizer, masked_step
 from .streams import Stream
 
@@ -76,7 +78,8 @@ class Trainer:
         self.forget_sampler = StepSampler(forget_set, bs, cfg.seed + 1, acc.process_index, acc.num_processes)
         self.remain_sampler = StepSampler(remain_set, bs, cfg.seed + 2, acc.process_index, acc.num_processes)
         self.progress = progress and acc.is_main_process
-        self.method = method_cls(cfg.method, self)
+        self.context = StepContext(self)  # what the method sees of the run
+        self.method = method_cls(cfg.method, self.context)
         if tracker and acc.is_main_process:
             acc.init_trackers("diffunlearn")
 

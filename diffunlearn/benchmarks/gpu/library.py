@@ -102,7 +102,7 @@ def library_run(case, tiny: bool = False, overrides=(), iters: int = 3, sample_b
             row["mask_pass_s"], info = timed(case.device, trainer.method.setup)
             row["mask_density"] = round(info["mask_density"], 3)
             row["mask_hit_s"], (_, again) = timed(case.device, lambda: fisher_saliency_mask(
-                trainer, m.mask_batches, m.gamma, m.mask_guidance_scale, m.mask_grad_clip))
+                trainer.context, m.mask_batches, m.gamma, m.mask_guidance_scale, m.mask_grad_clip))
             row["mask_cache_hit"] = bool(again["mask_cache_hit"]) and not info["mask_cache_hit"]
             times = []
             for step in range(1 + iters):

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..benchmarks.generation_config import load_benchmark_config, row_config
+from .generation_config import load_benchmark_config, row_config
 from ..config_loading import config_to_dict, config_to_yaml, load_config
 from ..outputs import atomic_write, markdown_table, write_json
 from ..robustness.suite import suite_result
 from ..run_folder import identity, reusable
-from .evaluate import evaluate_model_command
-from .unlearn import unlearn_run
+from ..runs.evaluate import evaluate_model_command
+from ..runs.unlearn import unlearn_run
 
 
 def _row_names(bench) -> list:

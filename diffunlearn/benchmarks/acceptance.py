@@ -55,7 +55,7 @@ def grid_row(target: str, seed: int, report: dict, wall: float, bar: dict) -> di
 
 def run_grid(config_path: str, targets, seeds, output, overrides=(), fa_max=None, progress=print) -> list:
     """Run (or read back) every (target, seed) run; write `results.csv` and `summary.md`; returns the rows."""
-    from .unlearn import unlearn_run
+    from ..runs.unlearn import unlearn_run
 
     bar = dict(CLASS_FORGETTING, **({"unlearned_fa_max": fa_max} if fa_max is not None else {}))
     runs = [(str(t), int(s), target_overrides(config_path, str(t))) for t in targets for s in seeds]

@@ -35,9 +35,9 @@ from ..evaluation.judge_loading import load_judge
 from ..evaluation.monitor import check_stop, make_monitor
 from ..evaluation.report import forgetting_signals, stop_line, write_model_card
 from ..evaluation.targets import eval_targets
-from ..methods.base import check_method
-from ..models.loading import load_model
-from ..outputs import check_output, environment, finalize, prepare_work_dir, scrub, write_json
+from ..registry import check_method
+from ..models.loading import load_model, trainable_copy
+from ..outputs import check_output, environment, finalize, prepare_work_dir, scrub, work_folder, write_json
 from ..registry import get_method
 from ..robustness.suite import attack_settings, suite_result
 from ..run_folder import IDENTITY_KEY, identity
@@ -90,25 +90,27 @@ class Run:
     work: Path
     method_cls: Any
     model: Any  # the wrapper being unlearned (the base until `train`)
-    base_path: str
+    base_path: str  # the base's folder, Hub id, or in-memory key (`memory:sha256:...`)
     state: PartialState
     judge: Any  # None when the run neither evaluates nor checks in the loop
     targets: Optional[tuple]  # (forget, retained) evaluation targets, with the judge
     forget_set: Any
     remain_set: Any
     resumed: bool
+    base: Any = None  # an in-memory base (the Python API's pipeline), never modified; None: loaded from the config
 
 
-def prepare(config, output, overrides=(), overwrite: bool = False, evaluate: bool = True) -> Run:
+def prepare(config, output, overrides=(), overwrite: bool = False, evaluate: bool = True, base=None) -> Run:
     """Every check of a run, before anything is written; then the work folder (resumed when it holds this run).
-    `config`: a YAML path (with `overrides`) or a validated `RunConfig` (the Python API's)."""
+    `config`: a YAML path (with `overrides`) or a validated `RunConfig` (the Python API's); `base`: an in-memory
+    model wrapper to unlearn (a copy is trained) instead of loading `model.path`."""
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     config_path = None if isinstance(config, RunConfig) else config
     out = Path(output)
     check_output(out, overwrite)
     method_cls = get_method(cfg.method.name)
     check_method(cfg, method_cls)
-    model, base_path = load_model(cfg)
+    model, base_path = load_model(cfg) if base is None else trainable_copy(base, cfg)
     check_target(cfg, model)
     check_memory(cfg, model)
     check_stop(cfg)
@@ -126,11 +128,11 @@ def prepare(config, output, overrides=(), overwrite: bool = False, evaluate: boo
         forget_set, remain_set = build_sets(cfg, model.to(state.device), base_path)
     check_process_split(state.num_processes, cfg.train.batch_size, forget_set, remain_set)
 
-    work = out.parent / f".{out.name}.partial"
+    work = work_folder(out)
     resumed = prepare_work_dir(work, config_to_dict(cfg), overwrite, is_main=state.is_main_process)
     state.wait_for_everyone()
     return Run(cfg, config_path, list(overrides), out, work, method_cls, model, base_path, state, judge, targets,
-               forget_set, remain_set, resumed)
+               forget_set, remain_set, resumed, base)
 
 
 def train(run: Run, progress: bool = True) -> tuple:
@@ -163,7 +165,7 @@ def train(run: Run, progress: bool = True) -> tuple:
 
 def evaluate_models(run: Run, device) -> tuple:
     """(base metrics, unlearned metrics, evaluator, base images, unlearned images) under the run's protocol."""
-    base_model, _ = load_model(run.cfg)
+    base_model = load_model(run.cfg)[0] if run.base is None else run.base
     base_model.to(device)
     evaluator = make_evaluator(run.cfg, run.model, run.judge, base_model, run.base_path, device=device,
                                targets=run.targets)
@@ -197,8 +199,9 @@ def build_report(run: Run, timing: dict, device, evaluation=None) -> dict:
 def attack(run: Run, progress: bool = True) -> dict:
     """The robustness suite (`eval.attacks`, default settings) on the unlearned pipeline, inside the work folder (a
     rerun resumes it with the run); returns the ASR summary for the report and the model card."""
-    result = suite_result(None, run.work, run.work / "robustness", list(run.cfg.eval.attacks),
-                          run.overrides, progress=print if progress else None)
+    base = None if run.base is None else (run.base, run.base_path)
+    result = suite_result(None, run.work, run.work / "robustness", list(run.cfg.eval.attacks), run.overrides,
+                          base=base, progress=print if progress else None)
     return {name: {key: entry.get(key) for key in ("asr", "base_asr", "rt_asr")}
             for name, entry in result["attacks"].items()}
 
@@ -216,10 +219,11 @@ def write(run: Run, report: dict, evaluation=None) -> None:
 
 
 def unlearn_run(config, output, overrides=(), overwrite: bool = False, evaluate: bool = True,
-                progress: bool = True) -> dict:
+                progress: bool = True, base=None) -> dict:
     """Run `diffunlearn unlearn`; returns the report written to OUTPUT/report.json ({} in the other processes of a
-    launch: the main one reports). `config`: a YAML path (with `overrides`) or a validated `RunConfig`."""
-    run = prepare(config, output, overrides, overwrite, evaluate)
+    launch: the main one reports). `config`: a YAML path (with `overrides`) or a validated `RunConfig`; `base`: an
+    in-memory model wrapper to unlearn instead of `model.path` (it is never modified)."""
+    run = prepare(config, output, overrides, overwrite, evaluate, base)
     timing, device, finish = train(run, progress)
     evaluation = None
     if evaluate:
