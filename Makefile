@@ -10,12 +10,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-install: $(VENV)/.installed
+# headless Chromium (Debian's package) for the gallery's browser test: a system dependency, installed when root
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "make install: headless Chromium is missing (tests/test_gallery_browser.py needs it): run as root: apt-get install -y chromium"
+
+install: $(VENV)/.installed chromium
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/diffunlearn unlearn configs/digits/ddpm_sfron.yaml --output out/demo --overwrite
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed chromium
 	$(PY) -m pytest -q
 
 test-slow: $(VENV)/.installed
@@ -35,4 +41,4 @@ robustness: $(VENV)/.installed
 	OMP_NUM_THREADS=2 $(PY) eval/robustness_benchmark.py --config configs/digits/benchmark_sd.yaml \
 		--output out/robustness_sd
 
-.PHONY: install demo test test-slow wheel-check robustness
+.PHONY: install chromium demo test test-slow wheel-check robustness

@@ -31,7 +31,6 @@ from .outputs import pipeline_folder, write_json
 from .run_folder import loadable, recorded_base, recorded_config
 
 
-
 def pipeline_families() -> dict:
     """{pipeline class name: family wrapper} of the diffusion families (not the image classifiers)."""
     from .registry import FAMILIES
@@ -182,7 +181,7 @@ def unlearn(pipe_or_config, forget=None, method=None, anchor=None, seed=None, ou
         raise
     if source:  # presets and provenance follow the original base (its card names it as base_model)
         setattr(unlearned, SOURCE, str(source))
-    setattr(unlearned, BASE, str(source) if loadable(str(source)) else None)  # what `evaluate` compares with
+    setattr(unlearned, BASE, str(source) if source and loadable(str(source)) else None)  # what `evaluate` uses
     return UnlearnResult(unlearned, report, out)
 
 

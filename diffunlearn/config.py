@@ -17,6 +17,7 @@ from .errors import UserError, choice_error
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+REPORT_TO = ("none", "tensorboard")  # trackers that log to local files (no network)
 SAMPLERS = ("ddim", "ddpm", "euler")  # euler: flow matching (sd3); each family checks its own
 SEED_MAX = 2 ** 32 - 1  # numpy's bound (np.random.seed via accelerate's set_seed, sklearn's random_state)
 
@@ -157,6 +158,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False  # recompute activations in backward (large UNets / transformers)
     compile: bool = False  # torch.compile the prepared network (inductor) for the unlearning steps
+    report_to: str = "none"  # experiment tracker (accelerate's log_with): none, or tensorboard (local files)
     checkpoint_every: int = 50
     log_every: int = 10
 
@@ -165,6 +167,13 @@ class TrainConfig:
                        checkpoint_every=self.checkpoint_every, log_every=self.log_every)
         check_choice("train", "optimizer", self.optimizer, OPTIMIZERS)
         check_choice("train", "mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        check_choice("train", "report_to", self.report_to, REPORT_TO)
+        if self.report_to == "tensorboard":
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise UserError("train.report_to=tensorboard needs the tensorboard package (pip install tensorboard); "
+                                "valid without it: none")
         if not 0.0 <= self.cond_drop < 1.0:
             raise UserError(f"train.cond_drop must be in [0, 1), got {self.cond_drop!r}")
         if self.weight_decay < 0:

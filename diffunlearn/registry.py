@@ -125,7 +125,6 @@ def check_method(cfg, method_cls, fsdp: bool = True) -> None:
     own keys are checked, so that a method of the wrong kind is refused as such."""
     from .distributed import fsdp_requested
 
-
     if fsdp and fsdp_requested() and not method_cls.supports_fsdp:
         valid = sorted(n for n, m in METHODS.items() if m.supports_fsdp)
         raise UserError(f"method {cfg.method.name!r} is not supported under FSDP; use one of: {', '.join(valid)} "

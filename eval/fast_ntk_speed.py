@@ -265,11 +265,12 @@ def run(recipe_path):
           f"{t_gram64:.4f} s "
           f"(bound {t_recipe / t_gram64:.0f}x vs the recipe), float32 {t_gram32:.4f} s (bound "
           f"{t_recipe / t_gram32:.0f}x)")
-    verdict = lambda ratio, bar: f"{ratio:.2f} (<= {bar}: {'holds' if ratio <= bar else 'DOES NOT HOLD'})"  # noqa
-    print(f"cold call A / one float64 X^T X pass: {verdict(t_cold / t_gram64, 1.3)}; without the cache (B, no digest "
-          f"of D, no statistics file): {t_nocache / t_gram64:.2f}")
-    print(f"cold call A32 (precision='float32') / one float32 pass: {verdict(t_cold32 / t_gram32, 2.0)}; without the "
-          f"cache (B32): {t_nocache32 / t_gram32:.2f}; its head differs from the float64 one by {error32:.1e} of the "
+    # Ratios only: issue 31 retired the cold-call targets (<= 1.3 float64, <= 2.0 float32): within 1.2-1.5x of the
+    # GEMM floor is close enough, and the cache key of D is a SHA-256 digest of its samples, not a faster hash.
+    print(f"cold call A / one float64 X^T X pass: {t_cold / t_gram64:.2f}x; without the cache (B, no digest of D, no "
+          f"statistics file): {t_nocache / t_gram64:.2f}x")
+    print(f"cold call A32 (precision='float32') / one float32 pass: {t_cold32 / t_gram32:.2f}x; without the cache "
+          f"(B32): {t_nocache32 / t_gram32:.2f}x; its head differs from the float64 one by {error32:.1e} of the "
           f"scrub's step (relative Frobenius norm)")
     print(f"acceptance, first (cold) call A: {t_cold:.3f} s < 1 s: {'holds' if t_cold < 1 else 'DOES NOT HOLD'}; "
           f"{t_recipe / t_cold:.0f}x faster than retraining the head, >= 100x: "

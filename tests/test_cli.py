@@ -35,6 +35,14 @@ def test_end_to_end_run_writes_pipeline_report_gallery_and_card(tmp_path, tiny_d
     assert proto["forget_targets"] == [3] and proto["fid_generated_images"] == 9 * 4
     assert set(report["timing"]) == {"mask", "unlearning", "stop_checks", "evaluation"}
     assert report["config"]["forget"]["classes"] == [3] and report["config"]["seed"] == 1
+    from diffunlearn.evaluation.metrics import wilson_interval
+
+    n = proto["forget_samples_per_target"] * len(proto["forget_targets"])  # FA's interval from its own counts
+    for side in ("base", "unlearned"):
+        fa = report[side]["forget_accuracy"]
+        assert report[side]["forget_accuracy_ci95"] == wilson_interval(round(fa * n), n)
+        low, high = report[side]["retained_accuracy_ci95"]
+        assert low <= report[side]["retained_accuracy"] <= high
     assert yaml.safe_load((out / "config.yaml").read_text()) == report["config"]
     assert len((out / "losses.jsonl").read_text().splitlines()) == 4
     for name in ("grid.png", "index.html", "base_3.png", "unlearned_3.png"):

@@ -117,41 +117,7 @@ def test_generic_jacobian_path_equals_the_exact_head_path(digits, init):
                         atol=1e-6)  # float32 features vs float32 Jacobians, then float32 weights
 
 
-def test_the_set_digest_sees_the_multiset_of_labelled_samples_and_nothing_else(monkeypatch):
-    """The cache key of D: order and split do not change it; a swap of labels or of pixels between two samples, a
-    one-ulp change, a duplicated sample do. The per-sample hashes are the exact integer products of the bytes (by
-    torch's int8 product or its float64 fallback alike); samples over CHUNK_BYTES are hashed chunk by chunk."""
-    from diffunlearn.data import batches
-    from diffunlearn.data import digest as digests
-
-    gen = torch.Generator().manual_seed(0)
-    for shape in ((3, 8, 8), (3, 100, 60)):  # 768 B and 72,000 B per sample (the chunked path)
-        x, y = torch.randn(40, *shape, generator=gen), torch.arange(40) % 7
-        digest = lambda *parts: digests.multiset_digest(*(batches.LabeledBatches(p, 16, "s") for p in parts))  # noqa
-        base = digest((x, y))
-        perm = torch.randperm(40, generator=gen)
-        assert digest((x[perm], y[perm])) == base == digest((x[:15], y[:15]), (x[15:], y[15:]))
-        y_swap = y.clone()
-        y_swap[[0, 1]] = y[[1, 0]]
-        x_swap = x.clone()
-        x_swap[0, 0, 0, 0], x_swap[1, 0, 0, 0] = x[1, 0, 0, 0], x[0, 0, 0, 0]
-        x_ulp = x.clone()
-        x_ulp[5, 1, 2, 3] = torch.nextafter(x[5, 1, 2, 3], torch.tensor(1e9))
-        changed = [digest((x, y_swap)), digest((x_swap, y)), digest((x_ulp, y)),
-                   digest((torch.cat([x, x[:1]]), torch.cat([y, y[:1]])))]
-        assert len({base, *changed}) == 5
-        streamed = digests.MultisetDigest()  # batches fed in any order and split: the same digest
-        for part in (perm[30:], perm[:7], perm[7:30]):
-            streamed.update(x[part], y[part])
-        assert streamed.hexdigest() == base
-        rows = digests.image_hashes(x)  # each sample's hash columns
-        monkeypatch.setattr(digests, "_integer_products_exact", lambda: False)  # the float64 fallback
-        assert np.array_equal(digests.image_hashes(x), rows)
-        monkeypatch.undo()
-        data = x.reshape(40, -1).view(torch.int8).long()
-        if data.shape[1] <= digests.CHUNK_BYTES:  # the integers themselves: one exact product, int32 pairs
-            direct = data @ digests._coefficients()[:data.shape[1]].long()
-            assert np.array_equal(rows.view(np.int32), direct.numpy())
+# The set digest (the cache key of D) has its own tests: tests/test_digest.py.
 
 
 def test_cached_downdate_equals_a_direct_solve_and_a_second_request_computes_only_forget_rows(digits):
@@ -236,9 +202,10 @@ def test_the_statistics_files_are_capped_on_disk_least_recently_used_first(monke
 
 
 @pytest.mark.slow
-def test_the_speed_benchmark_runs_to_the_end_and_prints_its_verdicts():
+def test_the_speed_benchmark_runs_to_the_end_and_prints_its_ratios():
     """eval/fast_ntk_speed.py (sections 1 and 2) runs to the end, its own checks holding (the cold calls miss, the
-    later requests hit), and prints both cold-call ratios with a verdict; the timings themselves are not asserted."""
+    later requests hit), and prints both cold-call ratios without a verdict (issue 31 retired the <= 1.3 / <= 2.0
+    targets); the timings themselves are not asserted."""
     import subprocess
     import sys
     from pathlib import Path
@@ -248,7 +215,8 @@ def test_the_speed_benchmark_runs_to_the_end_and_prints_its_verdicts():
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     for line in ("cold call A / one float64 X^T X pass:", "cold call A32 (precision='float32') / one float32 pass:"):
-        assert re.search(re.escape(line) + r" \d+\.\d\d \(<= \d\.\d: (holds|DOES NOT HOLD)\)", out.stdout), line
+        assert re.search(re.escape(line) + r" \d+\.\d\dx; without the cache", out.stdout), line
+    assert "<= 1.3" not in out.stdout and "<= 2.0" not in out.stdout, "a verdict against a retired target"
     assert "full-model G / measured peak:" in out.stdout
 
 

@@ -113,4 +113,3 @@ def test_a_bad_init_is_a_one_line_user_error(tmp_path, digits, capsys):
         main(["fast-ntk", "--forget-classes", "3", "--init", "ones", "--output", str(out)])
     assert exit_info.value.code == 2 and not out.exists()
     assert capsys.readouterr().err.strip() == "diffunlearn: error: unknown --init 'ones'; valid: current, zeros"
-

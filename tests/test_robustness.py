@@ -191,6 +191,6 @@ def test_the_side_by_side_benchmark_has_a_row_per_method_and_the_base(tmp_path, 
                                                         "attack.completion.strengths=[0.5]"], progress=None)
     assert list(result["rows"]) == ["base", "sfr_on", "ga"]
     table = (tmp_path / "out" / "robustness_table.md").read_text()
-    assert table.startswith("| row | FA | FID ratio | unlearning s | stopped at | completion ASR (wall) |")
+    assert table.startswith("| row | FA [95% CI] | FID ratio | unlearning s | stopped at | completion ASR [95% CI] (wall) |")
     ga = json.loads((tmp_path / "out" / "runs" / "ga" / "report.json").read_text())
     assert result["rows"]["ga"]["metrics"]["fid_retained"] == ga["unlearned"]["fid_retained"] and ga["method"] == "ga"

@@ -11,6 +11,7 @@ from test_api import FAST, weights_hash
 import diffunlearn
 from diffunlearn.commands.cli import main
 from diffunlearn.errors import UserError
+from diffunlearn.evaluation.metrics import share_interval
 from diffunlearn.robustness import suite
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
@@ -74,6 +75,10 @@ def test_attack_a_run_folder_attacks_its_own_target_and_reuses_only_the_same_ide
           *paths(tiny_ddpm_dir, tiny_classifier_dir)])
     first = json.loads((out / "robustness.json").read_text())
     assert first["forget_targets"] == ["three"] and first["identity"]["config"]["forget"]["classes"] == [3]
+    entry = first["attacks"]["completion"]  # every ASR with its Wilson interval, from the samples behind it
+    assert entry["unlearned"]["samples"] == 4 and entry["asr_ci95"] == share_interval(entry["asr"], 4)
+    assert entry["base"]["asr_ci95"] == share_interval(entry["base"]["asr"], 4)
+    assert f"{entry['asr']:.3f} [" in (out / "robustness.md").read_text()
 
     # a benchmark's reuse: the same identity is read back (the suite does not run), another budget runs again
     overrides = paths(tiny_ddpm_dir, tiny_classifier_dir)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .generation_config import load_benchmark_config, row_config
 from ..config_loading import config_to_dict, config_to_yaml, load_config
+from ..evaluation.metrics import with_interval
 from ..outputs import atomic_write, markdown_table, write_json
 from ..robustness.suite import suite_result
 from ..run_folder import identity, reusable
@@ -37,6 +38,7 @@ def _asr_entries(suite: dict) -> dict:
     """ASR, wall seconds and (relearning) steps to FA threshold per attack, of a suite's attacked model."""
     attacks = suite["attacks"]
     return {"asr": {a: e["asr"] for a, e in attacks.items()},
+            "asr_ci95": {a: e["unlearned"].get("asr_ci95") for a, e in attacks.items()},
             "attack_s": {a: e["unlearned"]["seconds"] for a, e in attacks.items()},
             "steps_to_fa": attacks.get("relearning", {}).get("unlearned", {}).get("protocol", {}).get("steps_to_fa")}
 
@@ -87,12 +89,16 @@ def table(result: dict) -> str:
     cells = []
     for name, r in rows.items():
         m = r["metrics"]
-        cells.append([name, f"{m['forget_accuracy']:.3f}", f"{m['fid_retained'] / base_fid:.2f}",
+        asr_ci = r.get("asr_ci95") or {}
+        cells.append([name, with_interval(m["forget_accuracy"], m.get("forget_accuracy_ci95")),
+                      f"{m['fid_retained'] / base_fid:.2f}",
                       "-" if r["wall_s"] is None else f"{r['wall_s']:.1f}",
                       "-" if r["stopped_at_step"] is None else str(r["stopped_at_step"]),
-                      *(f"{r['asr'][a]:.3f} ({r['attack_s'][a]:.1f} s)" if a in r["asr"] else "-" for a in attacks),
+                      *(f"{with_interval(r['asr'][a], asr_ci.get(a))} ({r['attack_s'][a]:.1f} s)" if a in r["asr"]
+                        else "-" for a in attacks),
                       " / ".join("never" if v is None else str(v)
                                  for v in (r.get("steps_to_fa") or {}).values()) or "-"])
-    return "\n".join(markdown_table(["row", "FA", "FID ratio", "unlearning s", "stopped at",
-                                      *(f"{a} ASR (wall)" for a in attacks), "relearning: steps to FA 0.5 per k"],
+    return "\n".join(markdown_table(["row", "FA [95% CI]", "FID ratio", "unlearning s", "stopped at",
+                                      *(f"{a} ASR [95% CI] (wall)" for a in attacks),
+                                      "relearning: steps to FA 0.5 per k"],
                                      cells))

@@ -38,9 +38,11 @@ def summary(report: dict, output: str) -> str:
         what = f"classes {report.get('forget_classes')}"
     lines = [f"{report.get('method')} forgot {what} -> {output} (a diffusers pipeline folder)"]
     if "unlearned" in report:
-        lines.append(f"{'':20s}{'base':>10s}{'unlearned':>12s}")
+        lines.append(f"{'':20s}{'base':>10s}{'unlearned':>12s}   unlearned 95% CI (Wilson)")
         for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
-            lines.append(f"{key:20s}{report['base'][key]:10.4f}{report['unlearned'][key]:12.4f}")
+            ci = report["unlearned"].get(f"{key}_ci95")
+            lines.append(f"{key:20s}{report['base'][key]:10.4f}{report['unlearned'][key]:12.4f}"
+                         + (f"   [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
         lines.append(f"report: {output}/report.json   gallery: {output}/gallery/index.html")
     from ..evaluation.report import signals_line, stop_line
 

@@ -4,121 +4,89 @@ and `hash_tensor`, a tensor fed to a hashlib digest (the cache keys of models an
 `multiset_digest(*sets)` identifies the multiset of (image, label) samples of the union of `sets`: independent of
 order and of how the samples are split between the sets or into batches. `MultisetDigest` computes the same digest
 from batches fed in any order.
+
+Only standard cryptographic hashing (hashlib's SHA-256) over the exact bytes: no home-made hash, no private torch
+op. Each sample is hashed on its own, with its dtype, shape and label:
+
+    sample digest = SHA-256(SAMPLE_TAG, dtype, per-sample shape, "\\n", label as 8-byte little-endian int64,
+                            the sample's contiguous bytes (native byte order))
+
+and the set is the SHA-256 of its sample digests **sorted** (lexicographically, as bytes), behind a tag and the count:
+
+    set digest = SHA-256(SET_TAG, count as 8-byte little-endian, sorted sample digests (32 bytes each))
+
+Sorting is the canonical order of a multiset: the sorted list is a function of the multiset alone (order and split
+drop out, duplicates stay), and the result is a plain hash of an unambiguous byte string, so its collision resistance
+is SHA-256's, with no further argument (an order-free sum of digests modulo 2^256 would also drop the order, but its
+security rests on a separate argument about sums of hashes; sorting costs O(N log N) comparisons of 32-byte strings,
+~1 ms for 5,000 samples). Both messages are unambiguous: the header line holds no newline of its own and fixes the
+sample's byte length, so two different (dtype, shape, label, bytes) never give the same message, and the set message
+is fixed-size blocks. Hence two different multisets get the same digest only through a SHA-256 collision (two
+different sorted lists: a collision of the set hash; the same sorted list: of a sample hash). Treating SHA-256 as a
+random function, a collision among q hashed messages has probability <= q^2 / 2^257: below 2^-128 for q = 2^64.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import struct
 
 import numpy as np
 import torch
 
 from ..distributed import full_tensor
 
-HASH_COLUMNS = 16  # independent linear hashes per sample (int32 each; packed in pairs into 8 uint64 words)
-CHUNK_BYTES = 1 << 16  # bytes hashed by one exact product: |sum| <= 2^16 * 2^7 * 2^6 = 2^29 fits int32
-HASH_BYTES = 1 << 24  # bytes of images hashed per call when the set is in memory
-_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
-FOLD_ROWS = 1 << 14  # samples whose hashes are mixed and summed at once
-_LANES = np.arange(1, HASH_COLUMNS // 2 + 1, dtype=np.uint64)  # binds the label to each word differently
+HASH_BYTES = 1 << 24  # bytes of images hashed per batch when the set is in memory (bounds a contiguous copy)
+SAMPLE_TAG = b"diffunlearn.data.digest/sample/v1\n"
+SET_TAG = b"diffunlearn.data.digest/multiset/v1\n"
+DIGEST_BYTES = hashlib.sha256().digest_size  # 32
 
 
-@functools.lru_cache(maxsize=1)
-def _coefficients() -> torch.Tensor:
-    """Fixed random multipliers (CHUNK_BYTES, HASH_COLUMNS) in [-64, 64), int8 (seeded); a sample of b bytes uses
-    the first b rows. Seven bits: CPU int8 kernels without VNNI add pairs of u8 x s8 products in int16 with
-    saturation, which |a| <= 64 never reaches (2 * 255 * 64 < 2^15)."""
-    generator = torch.Generator().manual_seed(0x5EED)
-    return torch.randint(-64, 64, (CHUNK_BYTES, HASH_COLUMNS), dtype=torch.int8, generator=generator)
+def _native_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`'s elements as a flat uint8 CPU tensor (contiguous, native byte order, conjugation and negation
+    applied): the exact bytes of its values."""
+    flat = tensor.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8)
 
 
-@functools.lru_cache(maxsize=1)
-def _integer_products_exact() -> bool:
-    """Whether torch's CPU int8 product is available and exact here (checked once, extreme bytes included)."""
-    generator = torch.Generator().manual_seed(1)
-    data = torch.randint(-128, 128, (34, 4096), dtype=torch.int8, generator=generator)
-    data[0], data[1] = -128, 127
-    coefficients = _coefficients()[:4096]
-    try:
-        return torch.equal(torch._int_mm(data, coefficients).long(), data.long() @ coefficients.long())
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
-def _exact_products(data: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-    """(n, b) int8 @ (b, k) int8 -> (n, k) int32, exact: integer products (torch._int_mm, no conversion of the
-    data), or else float64 products of the same integers (exact: every partial sum is below 2^53)."""
-    if _integer_products_exact():
-        try:
-            return torch._int_mm(data, coefficients)
-        except RuntimeError:  # a shape this build's kernel refuses: the fallback gives the same integers
-            pass
-    return (data.double() @ coefficients.double()).to(torch.int32)
-
-
-def image_hashes(images: torch.Tensor) -> np.ndarray:
-    """(n, HASH_COLUMNS // 2) uint64 hashes of each sample's bytes.
-
-    The bytes are read as signed 8-bit integers u (|u| <= 2^7) and hashed as sum_j u_j a_j with fixed multipliers
-    -64 <= a_j < 64: integer arithmetic, exact, so a sample's hashes do not depend on its batch or the kernel. Two
-    distinct samples agree on one column with probability <= 2^-7 (for a differing byte j, one value of a_j of 128
-    solves it), on all 16 with <= 2^-112; the int32 columns are packed in pairs into uint64 words. Samples
-    over `CHUNK_BYTES` are hashed in chunks, whose hashes are digested with blake2b. A cache key, not a
-    cryptographic digest.
-    """
-    flat = images.detach().cpu().reshape(len(images), -1)
-    flat = flat.contiguous().view(torch.int8) if flat.dtype != torch.int8 else flat.contiguous()
-    if flat.shape[1] <= CHUNK_BYTES:
-        return _exact_products(flat, _coefficients()[:flat.shape[1]]).view(torch.int64).numpy().view(np.uint64)
-    flat = torch.nn.functional.pad(flat, (0, -flat.shape[1] % CHUNK_BYTES)).reshape(-1, CHUNK_BYTES)
-    chunks = _exact_products(flat, _coefficients()).reshape(len(images), -1).numpy()
-    return np.stack([np.frombuffer(hashlib.blake2b(c.tobytes()).digest(), "<u8") for c in chunks])
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, in place on uint64 (wrapping arithmetic): a bijection that spreads every bit."""
-    z ^= z >> np.uint64(30)
-    z *= _MIX[0]
-    z ^= z >> np.uint64(27)
-    z *= _MIX[1]
-    z ^= z >> np.uint64(31)
-    return z
+def sample_digests(images: torch.Tensor, labels: torch.Tensor) -> list[bytes]:
+    """SHA-256 digest (32 bytes) of each labelled sample: its dtype, shape, label and bytes (see the module)."""
+    n = len(images)
+    if len(labels) != n:
+        raise ValueError(f"{n} images but {len(labels)} labels")
+    header = SAMPLE_TAG + f"{images.dtype} {tuple(images.shape[1:])}\n".encode()
+    data = memoryview(_native_bytes(images).numpy())
+    size = len(data) // n if n else 0
+    tags = memoryview(np.ascontiguousarray(labels.detach().cpu().numpy(), dtype="<i8").view(np.uint8))
+    base, out = hashlib.sha256(header), []
+    for i in range(n):  # one hashlib call per sample on views of one buffer: no per-element work in Python
+        h = base.copy()
+        h.update(tags[8 * i:8 * i + 8])
+        h.update(data[size * i:size * (i + 1)])
+        out.append(h.digest())
+    return out
 
 
 class MultisetDigest:
-    """The digest of a multiset of labelled samples, fed batch by batch in any order and split.
-
-    Each sample's hash columns are bound to its label (each column xor a different mix of the label), mixed, and
-    summed over the samples modulo 2^64, column by column: a sum does not see order, and mixing first makes it no
-    longer linear in the images (a swap of pixels or labels between two samples changes it). O(N), no sort.
-    """
+    """The digest of a multiset of labelled samples, fed batch by batch in any order and split: each sample's
+    SHA-256 digest is kept (32 bytes a sample), and `hexdigest` hashes them sorted (see the module)."""
 
     def __init__(self):
-        self.sums, self.count, self.shapes = np.zeros(HASH_COLUMNS // 2, dtype=np.uint64), 0, set()
-        self.pending = []  # (hashes, labels) not yet mixed into the sums: mixed in bulk (fewer small array ops)
+        self.digests: list[bytes] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.digests)
 
     def update(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        if len(labels) == 0:
-            return
-        self.pending.append((image_hashes(images), labels.cpu().numpy()))
-        self.count += len(labels)
-        self.shapes.add(tuple(images.shape[1:]))
-        if sum(len(h) for h, _ in self.pending) >= FOLD_ROWS:
-            self._fold()
-
-    def _fold(self) -> None:
-        if self.pending:
-            hashes = np.concatenate([h for h, _ in self.pending])
-            labels = np.concatenate([l_ for _, l_ in self.pending]).astype(np.int64).view(np.uint64)
-            hashes ^= _mix64(labels[:, None] + _LANES)
-            self.sums += _mix64(hashes).sum(0, dtype=np.uint64)
-            self.pending = []
+        if len(labels) or len(images):
+            self.digests.extend(sample_digests(images, labels))
 
     def hexdigest(self) -> str:
-        self._fold()
-        shapes = sorted(str(shape) for shape in self.shapes)
-        return hashlib.sha256(repr((shapes, self.count)).encode() + self.sums.tobytes()).hexdigest()
+        """64 hex digits (SHA-256) of the multiset of samples fed so far."""
+        digest = hashlib.sha256(SET_TAG + struct.pack("<Q", len(self.digests)))
+        digest.update(b"".join(sorted(self.digests)))
+        return digest.hexdigest()
 
 
 def multiset_digest(*sets) -> str:
@@ -135,4 +103,4 @@ def hash_tensor(digest, tensor: torch.Tensor) -> None:
     whole: every process must call it)."""
     tensor = full_tensor(tensor).detach()
     digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    digest.update(tensor.cpu().contiguous().flatten().view(torch.uint8).numpy())
+    digest.update(_native_bytes(tensor).numpy())

@@ -15,6 +15,7 @@ from ..distributed import process_share, sum_over_processes
 from ..errors import UserError
 from .fid import FID, check_inception_weights, inception_extractor
 from .gallery import write_gallery
+from .metrics import wilson_interval
 
 
 def check_evaluation(eval_cfg, judge, retained) -> None:
@@ -125,7 +126,10 @@ class Evaluator:
             probs[is_forget, -1].double().sum()]))
         metrics = {
             "forget_accuracy": (correct[:nf].sum() / total[:nf].sum()).item(),
+            # Wilson 95% intervals on the pooled counts (every retained target has the same number of samples)
+            "forget_accuracy_ci95": wilson_interval(int(correct[:nf].sum()), int(total[:nf].sum())),
             "retained_accuracy": sum(per_target[t.key] for t in self.retained) / len(self.retained),
+            "retained_accuracy_ci95": wilson_interval(int(correct[nf:].sum()), int(total[nf:].sum())),
             "fid_retained": self.fid(images[~is_forget]),
             "per_target_accuracy": per_target,
             # the judge's mean probability that a forget sample shows the forgotten target, and that it shows none

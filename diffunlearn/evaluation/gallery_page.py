@@ -57,12 +57,16 @@ def headline(report: dict) -> str:
            f"with <code>{html.escape(str(report.get('method')))}</code> on <code>"
            f"{html.escape(str(report.get('base_model')))}</code>.</p>"]
     if base and unl:
-        rows = "".join(f"<tr><td>{name}</td><td class='num'>{base[key]:.4f}</td><td class='num'>{unl[key]:.4f}"
+        def cell(side, key):  # accuracies with their Wilson 95% interval
+            ci = side.get(f"{key}_ci95")
+            return f"{side[key]:.4f}" + (f"<br><small>[{ci[0]:.3f}, {ci[1]:.3f}]</small>" if ci else "")
+
+        rows = "".join(f"<tr><td>{name}</td><td class='num'>{cell(base, key)}</td><td class='num'>{cell(unl, key)}"
                        "</td></tr>" for key, name in (("forget_accuracy", "forget accuracy (lower: forgotten)"),
                                                     ("retained_accuracy", "retained accuracy"),
                                                     ("fid_retained", "FID of retained targets")))
-        out.append("<table class='headline'><tr><th>metric</th><th>base</th><th>unlearned</th></tr>"
-                   f"{rows}</table>")
+        out.append("<table class='headline'><tr><th>metric</th><th>base [95% CI]</th><th>unlearned [95% CI]</th>"
+                   f"</tr>{rows}</table>")
     if proto:
         out.append(f"<p class='protocol'>Protocol: {proto['forget_samples_per_target']} samples per forgotten "
                    f"target, {proto['retained_samples_per_target']} per retained target, {proto['sampler']} "

@@ -11,7 +11,11 @@ image set.
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: two-sided 95% intervals
 
 
 @torch.inference_mode()
@@ -27,3 +31,23 @@ def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> dict:
     return {int(c): (preds[labels == c] == c).float().mean().item() for c in torch.unique(labels)}
 
 
+def wilson_interval(successes: int, n: int, z: float = Z95) -> list:
+    """The Wilson score interval [low, high] of a share `successes / n` (95% by default): where a binomial
+    proportion p satisfies |successes / n - p| <= z * sqrt(p (1 - p) / n). [0, 1] when n is 0."""
+    if n <= 0:
+        return [0.0, 1.0]
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends (no float residue) at 0 and n successes
+    return [low, 1.0 if successes == n else min(1.0, centre + half)]
+
+
+def share_interval(share: float, n: int) -> list:
+    """`wilson_interval` of a share measured on `n` samples (the count is rounded from share * n)."""
+    return wilson_interval(round(share * n), n)
+
+
+def with_interval(value: float, interval) -> str:
+    """`0.375 [0.152, 0.646]`: a share with its 95% interval, for tables and cards."""
+    return f"{value:.3f}" if not interval else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"

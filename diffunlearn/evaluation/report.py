@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Optional
 
 from ..outputs import markdown_table
+from .metrics import with_interval
 
 JUDGE_MAJORITY = 0.5  # the judge says "present" when it recognises the target in more than this share of samples
 
@@ -67,45 +67,54 @@ def stop_line(stop: Optional[dict], steps: int) -> str:
             + repair)
 
 
-def card_metadata(cfg, report: dict) -> dict:
-    """The card's YAML front matter: library, `base_model` (only when the base is a Hub repository), tags, and the
-    unlearned model's metrics as `model-index` results with the protocol in each metric's name."""
+def card_data(cfg, report: dict):
+    """The card's metadata as huggingface_hub's `ModelCardData`: library, `base_model` (only when the base is a Hub
+    repository), tags, and the unlearned model's metrics as `EvalResult`s (the card's `model-index`) with the
+    protocol in each metric's name."""
+    from huggingface_hub import EvalResult, ModelCardData
+
     from ..outputs import hub_id
 
-    meta = {"library_name": "diffusers", "tags": ["diffunlearn", "machine-unlearning", cfg.method.name]}
-    if hub_id(report.get("base_model")):
-        meta["base_model"] = report["base_model"]
     unl, proto = report.get("unlearned"), report.get("protocol")
+    results = None
     if unl and proto:
         target = ", ".join(map(str, cfg.forget.prompts or cfg.forget.classes))
         how = (f"{proto['sampler']} {proto['num_inference_steps']} steps, guidance {proto['guidance_scale']}, "
                f"eval seed {proto['eval_seed']}")
-        metrics = [{"type": "forget_accuracy", "value": round(unl["forget_accuracy"], 4),
-                    "name": f"forget accuracy ({proto['forget_samples_per_target']} samples per forgotten target, "
-                            f"{how}, judge {proto['judge'].get('kind')} {proto['judge'].get('source')})"},
-                   {"type": "retained_accuracy", "value": round(unl["retained_accuracy"], 4),
-                    "name": f"retained accuracy ({proto['retained_samples_per_target']} samples per retained "
-                            f"target, {how})"},
-                   {"type": "fid", "value": round(unl["fid_retained"], 4),
-                    "name": f"FID of retained targets ({proto['fid_features']}, {proto['fid_real_images']} reference "
-                            f"images: {proto['fid_real_source']})"}]
-        meta["model-index"] = [{"name": f"{cfg.model.family}-{cfg.method.name}-unlearned", "results": [{
-            "task": {"type": "text-to-image" if cfg.forget.is_concept else "unconditional-image-generation",
-                     "name": "machine unlearning"},
-            "dataset": {"name": f"forget: {target}", "type": "diffunlearn-forget-target"},
-            "metrics": metrics}]}]
-    return meta
+        common = {"task_type": "text-to-image" if cfg.forget.is_concept else "unconditional-image-generation",
+                  "task_name": "machine unlearning", "dataset_type": "diffunlearn-forget-target",
+                  "dataset_name": f"forget: {target}"}
+        results = [EvalResult(metric_type="forget_accuracy", metric_value=round(unl["forget_accuracy"], 4),
+                              metric_name=f"forget accuracy ({proto['forget_samples_per_target']} samples per forgotten "
+                                          f"target, {how}, judge {proto['judge'].get('kind')} "
+                                          f"{proto['judge'].get('source')})", **common),
+                   EvalResult(metric_type="retained_accuracy", metric_value=round(unl["retained_accuracy"], 4),
+                              metric_name=f"retained accuracy ({proto['retained_samples_per_target']} samples per "
+                                          f"retained target, {how})", **common),
+                   EvalResult(metric_type="fid", metric_value=round(unl["fid_retained"], 4),
+                              metric_name=f"FID of retained targets ({proto['fid_features']}, "
+                                          f"{proto['fid_real_images']} reference images: {proto['fid_real_source']})",
+                              **common)]
+    base = report.get("base_model")
+    return ModelCardData(library_name="diffusers", tags=["diffunlearn", "machine-unlearning", cfg.method.name],
+                         base_model=base if hub_id(base) else None, eval_results=results,
+                         model_name=f"{cfg.model.family}-{cfg.method.name}-unlearned" if results else None)
+
+
+def card_metadata(cfg, report: dict) -> dict:
+    """The card's YAML front matter as a mapping (`card_data(...).to_dict()`)."""
+    return card_data(cfg, report).to_dict()
 
 
 def write_model_card(path, cfg, report: dict, load_hint: str) -> None:
-    """A Hugging Face model card (`README.md` with YAML front matter) for the unlearned pipeline; `report` has no
-    absolute paths (see `outputs.scrub`)."""
-    import yaml
+    """A Hugging Face model card (`README.md`: huggingface_hub's `ModelCard` with `card_data` as front matter) for
+    the unlearned pipeline; `report` has no absolute paths (see `outputs.scrub`)."""
+    from huggingface_hub import ModelCard
 
     base, unl = report.get("base"), report.get("unlearned")
     what = "prompt(s)" if cfg.forget.is_concept else "class(es)"
     forgotten = ", ".join(str(c) for c in (cfg.forget.prompts or cfg.forget.classes))
-    lines = ["---", yaml.safe_dump(card_metadata(cfg, report), sort_keys=False, width=1000).strip(), "---", "",
+    lines = ["---", card_data(cfg, report).to_yaml().strip(), "---", "",
              f"# {cfg.model.family} with {what} {forgotten} unlearned ({cfg.method.name})", "",
              f"- Base model: `{report.get('base_model')}`",
              f"- Method: `{cfg.method.name}`, optimizer {cfg.train.optimizer} lr {cfg.train.lr}, seed {cfg.seed}; "
@@ -113,8 +122,11 @@ def write_model_card(path, cfg, report: dict, load_hint: str) -> None:
              f"- Forgotten {what}: {forgotten}"
              + (f" (mapped onto {', '.join(cfg.forget.anchors)})" if cfg.forget.is_concept else ""), ""]
     if base and unl:
-        lines += markdown_table(["metric", "base", "unlearned"],
-                                [[key, f"{base[key]:.4f}", f"{unl[key]:.4f}"]
+        def cell(side, key):  # accuracies with their Wilson 95% interval
+            return with_interval(side[key], side.get(f"{key}_ci95")) if key != "fid_retained" else f"{side[key]:.4f}"
+
+        lines += markdown_table(["metric", "base [95% CI]", "unlearned [95% CI]"],
+                                [[key, cell(base, key), cell(unl, key)]
                                  for key in ("forget_accuracy", "retained_accuracy", "fid_retained")])
         proto = report["protocol"]
         lines += ["", f"Protocol: {proto['sampler']} {proto['num_inference_steps']} steps, guidance "
@@ -132,7 +144,8 @@ def write_model_card(path, cfg, report: dict, load_hint: str) -> None:
     if robustness:
         lines += ["Robustness (attack success rate: share of attacked samples the judge recognises as the forgotten "
                   "target; `robustness/robustness.json` has budgets, protocols and curves):", ""]
-        lines += markdown_table(["attack", "unlearned", "base"], [[name, f"{e['asr']:.3f}", f"{e['base_asr']:.3f}"]
-                                                                  for name, e in robustness.items()]) + [""]
+        lines += markdown_table(["attack", "unlearned [95% CI]", "base"],
+                                [[name, with_interval(e["asr"], e.get("asr_ci95")), f"{e['base_asr']:.3f}"]
+                                 for name, e in robustness.items()]) + [""]
     lines += [f"Load it with {load_hint}.", ""]
-    Path(path).write_text("\n".join(lines))
+    ModelCard("\n".join(lines)).save(path)

@@ -1,8 +1,9 @@
 """Statistics of the full set D = retain + forget, kept in memory and on disk, so later requests only downdate.
 
 The key covers everything the statistics depend on: all model weights and buffers, the subset, the loss, the
-linearisation point and the identity of D: the multiset of its samples (order-free, and independent of how D is
-split into forget and retain), or a name the caller gives D (skips hashing the data on every request).
+linearisation point and the identity of D: the multiset of its samples (SHA-256 of each labelled sample, sorted and
+hashed: `diffunlearn.data.digest`; order-free, and independent of how D is split into forget and retain), or a
+name the caller gives D (skips hashing the data on every request).
 Files live under `diffunlearn.assets.cache_dir()/fast_ntk` (env DIFFUNLEARN_CACHE), `DISK_BYTES` in all: after each
 write the least recently used files go first (a load from disk counts as a use), the newest is always kept.
 """
@@ -24,7 +25,8 @@ from ..errors import UserError
 from ..outputs import atomic_write
 from .statistics import Statistics
 
-FORMAT_VERSION = 2  # 2: the gram holds X^T X's lower triangle only (the solves read no more)
+FORMAT_VERSION = 3  # 2: the gram holds X^T X's lower triangle only (the solves read no more); 3: D is identified
+# by SHA-256 sample digests, sorted (issue 31), and the key is a whole SHA-256 (64 hex digits): older files miss
 MEMORY_ENTRIES = 4
 MEMORY_BYTES = 2 << 30  # the in-memory entries' total size cap (P_S^2 float64 each: 1.9 GB at P_S = 15k); the
 # newest entry is kept whatever its size
@@ -34,16 +36,19 @@ _MEMORY: "OrderedDict[str, Statistics]" = OrderedDict()
 
 
 def statistics_key(model, subset_names: list, init: Optional[dict], loss: str, data_digest: str) -> str:
-    """Hex key of the statistics of one (model, subset, loss, w0, D)."""
+    """Hex key (SHA-256, 64 digits) of the statistics of one (model, subset, loss, w0, D). The message is
+    unambiguous: a JSON header (with the number of state entries and the names of w0's tensors), then each tensor's
+    JSON-quoted name, dtype, shape and bytes (`hash_tensor`; their length follows from dtype and shape)."""
+    state = model.state_dict()
     digest = hashlib.sha256(json.dumps([FORMAT_VERSION, type(model).__name__, subset_names, loss, data_digest,
-                                        init is None]).encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
+                                        init is None, len(state), sorted(init or {})]).encode())
+    for name, tensor in state.items():
+        digest.update(json.dumps(name).encode())
         hash_tensor(digest, tensor)
     for name in sorted(init or {}):
-        digest.update(name.encode())
+        digest.update(json.dumps(name).encode())
         hash_tensor(digest, init[name])
-    return digest.hexdigest()[:32]
+    return digest.hexdigest()
 
 
 def _path(key: str):

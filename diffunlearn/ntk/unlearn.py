@@ -136,9 +136,9 @@ def fast_ntk_scrub(model: nn.Module, forget, retain, subset: str = "head", loss:
         batch_size: samples per mini-batch; chunk_size: vmap chunk over samples for Jacobians (None = whole batch).
         cache: reuse / store the statistics of D = retain + forget (primal form only; in memory the 4 most recent
             sets, 2 GiB in all, and on disk under DIFFUNLEARN_CACHE, P_S^2 float64 each, the least recently used
-            trimmed beyond 8 GiB or env DIFFUNLEARN_NTK_CACHE_BYTES): True identifies D by a digest of its samples
-            (order-free, split-free); a string names D instead (no hashing; you vouch that the name always means
-            the same samples); False recomputes everything.
+            trimmed beyond 8 GiB or env DIFFUNLEARN_NTK_CACHE_BYTES): True identifies D by a SHA-256 digest of its
+            samples (`diffunlearn.data.digest`: order-free, split-free); a string names D instead (no hashing; you
+            vouch that the name always means the same samples); False recomputes everything.
         form: "auto" (primal when P_S <= rows of D, else dual), "primal" or "dual".
         fisher_cap: cap on 1 / F in the noise variance; seed: seed of the noise.
         curvature: output metric of the cross-entropy Gauss-Newton step (see `diffunlearn.ntk.rows`): "uniform"

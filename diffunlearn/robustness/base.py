@@ -16,6 +16,7 @@ import torch
 
 from ..data.generated import generate, image_seed
 from ..errors import UserError
+from ..evaluation.metrics import share_interval
 
 CONDITIONINGS = ("class", "text")
 
@@ -114,6 +115,8 @@ class AttackResult:
         protocol: how it was run (settings, seeds, judge).
         curve: per-setting results (relearning: FA after each step count).
         images: the attack's best images (N, C, H, W) in [0, 1], for the gallery.
+        samples: how many judged samples the worst cell's `asr` is a share of (its Wilson 95% interval,
+            `asr_ci95`, is computed from it).
     """
 
     asr: float
@@ -121,9 +124,11 @@ class AttackResult:
     protocol: dict
     curve: List[dict] = field(default_factory=list)
     images: Optional[torch.Tensor] = None
+    samples: int = 0  # the judged samples behind `asr` (its worst cell), for its interval
 
     def to_dict(self) -> dict:
-        return {"asr": self.asr, "budget": self.budget, "protocol": self.protocol, "curve": self.curve}
+        return {"asr": self.asr, "asr_ci95": share_interval(self.asr, self.samples) if self.samples else None,
+                "samples": self.samples, "budget": self.budget, "protocol": self.protocol, "curve": self.curve}
 
 
 class Attack:

@@ -88,7 +88,7 @@ class Completion(Attack):
                         best, best_images = share, images
         cells = [c["asr"] for c in curve]
         return AttackResult(
-            asr=max(cells), curve=curve, images=best_images,
+            asr=max(cells), curve=curve, images=best_images, samples=cfg.samples,
             budget={"images_per_cell": cfg.samples, "cells": len(curve),
                     "denoising_steps": sum(max(int(steps * s), 1) for s in cfg.strengths) * len(cfg.conditions)},
             protocol={"sampler": "ddim", "num_inference_steps": steps, "guidance_scale": guidance,

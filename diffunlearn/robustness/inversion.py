@@ -109,7 +109,7 @@ class Inversion(Attack):
             for p in trainable:
                 p.requires_grad_(True)
         return AttackResult(
-            asr=max(shares), images=best_images,
+            asr=max(shares), images=best_images, samples=cfg.samples * len(ctx.forget),
             curve=[{"target": t.name, "asr": s} for t, s in zip(ctx.forget, shares)],
             budget={"iterations": cfg.iterations, "batch_size": cfg.batch_size, "k": cfg.k,
                     "forward_backward_passes": cfg.iterations * len(ctx.forget),

@@ -93,7 +93,7 @@ class Relearning(Attack):
             if share >= max(finals):
                 best_images = sampled
         return AttackResult(
-            asr=max(finals), curve=curve, images=best_images,
+            asr=max(finals), curve=curve, images=best_images, samples=cfg.samples * len(ctx.forget),
             budget={"k": list(cfg.k), "max_steps": max(cfg.steps), "batch_size": cfg.batch_size,
                     "samples_per_measurement": cfg.samples * len(ctx.forget)},
             protocol={"optimizer": "adam", "lr": cfg.lr, "subset": ctx.cfg.model.subset,

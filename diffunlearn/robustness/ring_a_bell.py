@@ -152,7 +152,7 @@ class RingABell(Attack):
             if share >= max(shares):
                 best_images = images
         return AttackResult(
-            asr=max(shares), curve=curve, images=best_images,
+            asr=max(shares), curve=curve, images=best_images, samples=cfg.samples,
             budget={"population": cfg.population, "generations": cfg.generations,
                     "text_encoder_passes": cfg.generations * cfg.population * len(ctx.forget),
                     "samples": cfg.samples * len(ctx.forget)},

@@ -24,6 +24,7 @@ from ..config_loading import build_config, config_to_dict, parse_overrides, vali
 from ..data.sets import build_sets, check_target
 from ..errors import UserError
 from ..evaluation.judge_loading import load_judge
+from ..evaluation.metrics import with_interval
 from ..evaluation.targets import eval_targets
 from ..models.loading import load_model, make_trainable
 from ..outputs import (atomic_write, check_output, finalize, markdown_table, pipeline_folder, prepare_work_dir, scrub,
@@ -78,7 +79,8 @@ def plan_suite(config_path, model_path, attacks=None, overrides=(), rt_path=None
         models["rt"] = pipeline_folder(rt_path)
     budgets = {n: dataclasses.asdict(c) for n, c in settings.items()}
     return {"raw": raw, "run_overrides": run_overrides, "cfg": cfg, "base": base, "base_path": base_path,
-            "names": names, "settings": settings, "models": models, "identity": identity(config_to_dict(cfg), models, attacks=budgets)}
+            "names": names, "settings": settings, "models": models,
+            "identity": identity(config_to_dict(cfg), models, attacks=budgets)}
 
 
 def run_suite(config_path, model_path, output, attacks=None, overrides=(), overwrite: bool = False, rt_path=None,
@@ -89,6 +91,7 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
     cfg, models, names, settings = plan["cfg"], plan["models"], plan["names"], plan["settings"]
     out = Path(output)
     check_output(out, overwrite)
+
     def load(role):  # a fresh copy of an attacked model: from its folder, or of the in-memory base
         if str(models[role]).startswith("memory:"):
             model = copy.deepcopy(plan["base"])
@@ -124,8 +127,9 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
         results[name] = entry
         write_json(done, entry)
     report = scrub({"models": models, "forget_targets": [t.name for t in forget], "judge": judge.protocol(),
-                    "attacks": {n: {"asr": e["unlearned"]["asr"], "base_asr": e.get("base", {}).get("asr"),
-                                    "rt_asr": e.get("rt", {}).get("asr"), **e} for n, e in results.items()},
+                    "attacks": {n: {"asr": e["unlearned"]["asr"], "asr_ci95": e["unlearned"].get("asr_ci95"),
+                                    "base_asr": e.get("base", {}).get("asr"), "rt_asr": e.get("rt", {}).get("asr"),
+                                    **e} for n, e in results.items()},
                     IDENTITY_KEY: plan["identity"]})
     write_json(work / "robustness.json", report)
     atomic_write(work / "robustness.md", lambda tmp: tmp.write_text(summary_table(report) + "\n"))
@@ -147,26 +151,29 @@ def suite_result(config_path, model_path, output, attacks=None, overrides=(), rt
                      with_base=with_base, plan=plan, **kwargs)
 
 
+def _asr(entry: dict, role: str) -> str:
+    """A role's ASR with its Wilson 95% interval ("-" when that role was not attacked)."""
+    got = entry.get(role)
+    return "-" if not got else with_interval(got["asr"], got.get("asr_ci95"))
+
+
 def summary_table(report: dict) -> str:
-    rows = []
-    for name, entry in report["attacks"].items():
-        rt = entry.get("rt_asr")
-        seconds = entry["unlearned"]["seconds"]
-        base = entry.get("base_asr")
-        rows.append([name, f"{entry['asr']:.3f}", "-" if base is None else f"{base:.3f}",
-                     "-" if rt is None else f"{rt:.3f}",
-                     f"{seconds:.1f}", json.dumps(entry["unlearned"]["budget"])])
-    return "\n".join(markdown_table(["attack", "ASR unlearned", "ASR base", "ASR RT", "seconds", "budget"], rows))
+    rows = [[name, _asr(entry, "unlearned"), _asr(entry, "base"), _asr(entry, "rt"),
+             f"{entry['unlearned']['seconds']:.1f}", json.dumps(entry["unlearned"]["budget"])]
+            for name, entry in report["attacks"].items()]
+    return "\n".join(markdown_table(["attack", "ASR unlearned [95% CI]", "ASR base [95% CI]", "ASR RT [95% CI]",
+                                      "seconds", "budget"], rows))
 
 
 def gallery_page(report: dict) -> str:
-    """`gallery/index.html`: each attack's best images on the unlearned model, with its ASR beside the base's."""
+    """`gallery/index.html`: each attack's best images on the unlearned model, with its ASR beside the base's (each
+    with its Wilson 95% interval)."""
     from html import escape
 
     def beside(e):
-        return "" if e.get("base_asr") is None else f", {e['base_asr']:.3f} on the base"
+        return "" if e.get("base") is None else f", {_asr(e, 'base')} on the base"
 
-    rows = "".join(f"<h2>{escape(name)}</h2><p>ASR {e['asr']:.3f} on the attacked model{beside(e)}</p>"
+    rows = "".join(f"<h2>{escape(name)}</h2><p>ASR {_asr(e, 'unlearned')} on the attacked model{beside(e)}</p>"
                    f"<img src=\"{escape(name)}.png\" alt=\"{escape(name)}\">" for name, e in report["attacks"].items())
     return (f"<!doctype html><meta charset=\"utf-8\"><title>robustness</title><h1>Attacks on the unlearned model "
             f"(forget targets: {escape(', '.join(report['forget_targets']))})</h1>{rows}\n")

@@ -128,7 +128,7 @@ class UnlearnDiffAtk(Attack):
             if share >= max(shares):
                 best = images
         return AttackResult(
-            asr=max(shares), curve=curve, images=best,
+            asr=max(shares), curve=curve, images=best, samples=cfg.cases,
             budget={"k": cfg.k, "iterations_per_timestep": cfg.iterations, "timesteps": cfg.timesteps,
                     "cases": cfg.cases * len(ctx.forget), "forward_backward_passes": passes,
                     "max_passes_per_case": cfg.iterations * cfg.timesteps},

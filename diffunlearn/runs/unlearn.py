@@ -1,4 +1,6 @@
-"""`diffunlearn unlearn CONFIG --output DIR`: one run, read top to bottom as prepare -> train -> evaluate -> write.
+"""One unlearning run, read top to bottom as prepare -> train -> evaluate -> write: `diffunlearn unlearn CONFIG
+--output DIR`, `diffunlearn.unlearn(pipe, ...)` and the benchmarks all call `unlearn_run`, with a config path and
+overrides or a validated `RunConfig`, and optionally an in-memory base model.
 
 - `prepare`: every check (config, output folder, method, model, target, memory, FSDP, judge, batch split), the
   evaluation targets computed once, D_f / D_r built, and only then the work folder.
@@ -35,10 +37,9 @@ from ..evaluation.judge_loading import load_judge
 from ..evaluation.monitor import check_stop, make_monitor
 from ..evaluation.report import forgetting_signals, stop_line, write_model_card
 from ..evaluation.targets import eval_targets
-from ..registry import check_method
 from ..models.loading import load_model, trainable_copy
 from ..outputs import check_output, environment, finalize, prepare_work_dir, scrub, work_folder, write_json
-from ..registry import get_method
+from ..registry import check_method, get_method
 from ..robustness.suite import attack_settings, suite_result
 from ..run_folder import IDENTITY_KEY, identity
 from ..training.step import check_process_split
@@ -83,9 +84,7 @@ def check_memory(cfg, model) -> None:
 class Run:
     """What `prepare` established for the rest of the run."""
 
-    cfg: Any
-    config_path: Optional[str]  # None for a config given as an object
-    overrides: list
+    cfg: Any  # the validated RunConfig (also recorded in the work folder's config.yaml)
     out: Path
     work: Path
     method_cls: Any
@@ -105,7 +104,6 @@ def prepare(config, output, overrides=(), overwrite: bool = False, evaluate: boo
     `config`: a YAML path (with `overrides`) or a validated `RunConfig` (the Python API's); `base`: an in-memory
     model wrapper to unlearn (a copy is trained) instead of loading `model.path`."""
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
-    config_path = None if isinstance(config, RunConfig) else config
     out = Path(output)
     check_output(out, overwrite)
     method_cls = get_method(cfg.method.name)
@@ -131,8 +129,8 @@ def prepare(config, output, overrides=(), overwrite: bool = False, evaluate: boo
     work = work_folder(out)
     resumed = prepare_work_dir(work, config_to_dict(cfg), overwrite, is_main=state.is_main_process)
     state.wait_for_everyone()
-    return Run(cfg, config_path, list(overrides), out, work, method_cls, model, base_path, state, judge, targets,
-               forget_set, remain_set, resumed, base)
+    return Run(cfg, out, work, method_cls, model, base_path, state, judge, targets, forget_set, remain_set, resumed,
+               base)
 
 
 def train(run: Run, progress: bool = True) -> tuple:
@@ -200,9 +198,9 @@ def attack(run: Run, progress: bool = True) -> dict:
     """The robustness suite (`eval.attacks`, default settings) on the unlearned pipeline, inside the work folder (a
     rerun resumes it with the run); returns the ASR summary for the report and the model card."""
     base = None if run.base is None else (run.base, run.base_path)
-    result = suite_result(None, run.work, run.work / "robustness", list(run.cfg.eval.attacks), run.overrides,
-                          base=base, progress=print if progress else None)
-    return {name: {key: entry.get(key) for key in ("asr", "base_asr", "rt_asr")}
+    result = suite_result(None, run.work, run.work / "robustness", list(run.cfg.eval.attacks), base=base,
+                          progress=print if progress else None)  # the work folder's config.yaml is the run's
+    return {name: {key: entry.get(key) for key in ("asr", "asr_ci95", "base_asr", "rt_asr")}
             for name, entry in result["attacks"].items()}
 
 

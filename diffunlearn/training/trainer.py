@@ -32,15 +32,6 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 
 
-def default_tracker():
-    """accelerate tracker to log to: tensorboard when it is installed (local files, no network), else none."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return None
-    return "tensorboard"
-
-
 class Trainer:
     """Runs `method` for `cfg.train.steps` steps on `model` with the forget set D_f and the remain set D_r.
 
@@ -55,7 +46,7 @@ class Trainer:
     def __init__(self, cfg, model, method_cls, forget_set, remain_set, work_dir, progress: bool = True):
         self.cfg, self.train_cfg, self.model = cfg, cfg.train, model
         self.work_dir = Path(work_dir)
-        tracker = default_tracker()
+        tracker = None if self.train_cfg.report_to == "none" else self.train_cfg.report_to  # explicit, as diffusers'
         self.accelerator = make_accelerator(mixed_precision=self.train_cfg.mixed_precision, log_with=tracker,
                                             project_dir=str(self.work_dir))
         set_seed(cfg.seed)
