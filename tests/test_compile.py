@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from diffunlearn.runs.unlearn import unlearn_run
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
-WEIGHTS = "pipeline/unet/diffusion_pytorch_model.safetensors"
+WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 # Inductor fuses and reorders float operations; SGD keeps the difference at round-off level (measured: 4.5e-8 with
 # the weights moved by 5.3e-2; about 50 s of compilation on the 2-core CPU).
 TOLERANCE = 1e-5

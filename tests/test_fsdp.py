@@ -70,7 +70,7 @@ def install_hooks(set_attribute, stop_at=None, mask_file=None):
 
         def saving_setup(self):
             info = real_setup(self)
-            self.mask.save(mask_file, main_process=self.trainer.accelerator.is_main_process)
+            self.mask.save(mask_file, main_process=self.context.is_main_process)
             return info
 
         set_attribute(SalUn, "setup", saving_setup)

@@ -151,3 +151,24 @@ def test_api_bad_sources_are_one_line_user_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"unknown class name\(s\) \['sevn'\]; valid: eight, five"):
         diffunlearn.unlearn(dit, forget=["sevn"])
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_a_prompt_asked_to_be_forgotten_leaves_the_presets_remain_prompts(tmp_path):
+    """The SD preset keeps "three" among its remain prompts; forgetting it drops it there (the report says so), and
+    `remain=` sets the list."""
+    from test_sd import tiny_sd
+
+    pipe = tiny_sd().pipeline
+    three = "a handwritten digit three"
+    result = diffunlearn.unlearn(pipe, forget=three, anchor="a handwritten digit one", steps=1, evaluate=False,
+                                 progress=False, config="configs/digits/sd_sfron.yaml", overrides=FAST)
+    assert result.report["forget_prompts"] == [three]
+    assert three not in result.report["config"]["forget"]["remain_prompts"]
+    assert any(three in note for note in result.report["notes"])
+    chosen = diffunlearn.unlearn(pipe, forget=three, anchor="a handwritten digit one",
+                                 remain=["a handwritten digit two"], steps=1, evaluate=False, progress=False,
+                                 config="configs/digits/sd_sfron.yaml", overrides=FAST)
+    assert chosen.report["config"]["forget"]["remain_prompts"] == ["a handwritten digit two"]
+    assert "notes" not in chosen.report
+    with pytest.raises(UserError, match="both forgotten and kept"):
+        diffunlearn.unlearn(pipe, forget=three, anchor="a handwritten digit one", remain=[three])
