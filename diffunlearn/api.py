@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .api_settings import BASE, RUN_CONFIG, SOURCE, apply_settings, set_dotted, starting_config
 from .assets import EMBEDDED_PREFIX, embedded_names, resolve_config_path, resolve_model_path
+from .config_tree import first_line
 from .errors import UserError
 from .outputs import pipeline_folder, write_json
 from .run_folder import loadable, recorded_base, recorded_config
@@ -47,8 +48,8 @@ def family_of(pipe) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    """`Type: first line of the message` of an error from diffusers or huggingface_hub."""
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def _class_name(local: str, path: str) -> str:

@@ -11,7 +11,7 @@ import copy
 import numbers
 from pathlib import Path
 
-from .assets import CONFIGS, EMBEDDED_PREFIX, resolve_config_path
+from .assets import CONFIGS, EMBEDDED_PREFIX
 from .config_loading import read_yaml
 from .errors import UserError
 
@@ -37,7 +37,7 @@ def starting_config(pipe, family: str, config=None) -> dict:
     """The raw config a call starts from: `config` (a YAML path), else the run config the pipeline's run folder
     recorded, else the shipped preset of its family (the digits one for embedded models)."""
     if config is not None:
-        return read_yaml(resolve_config_path(config))
+        return read_yaml(config)
     recorded = getattr(pipe, RUN_CONFIG, None)
     if recorded is not None:
         return copy.deepcopy(recorded)

@@ -112,13 +112,6 @@ def register_recipe(kind: RecipeKind) -> RecipeKind:
     return RECIPES.register(kind)
 
 
-def import_submodules(package_name: str) -> None:
-    """Import every module of a package so that their registration decorators run."""
-    package = importlib.import_module(package_name)
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package_name}.{info.name}")
-
-
 def check_method(cfg, method_cls, fsdp: bool = True) -> None:
     """Refuse a method that cannot forget this kind of target (classes or prompts) or work on this family or
     model.subset, or (`fsdp`) run under FSDP if asked. Config loading runs it with `fsdp=False`, before the method's

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .assets import resolve_config_path, resolve_model_path, weights_sha256
+from .assets import resolve_model_path, weights_sha256
 from .config_loading import build_config, read_yaml
 from .errors import UserError
 from .outputs import CONFIG_FILE, pipeline_folder, scrub
@@ -77,10 +77,10 @@ def config_for_model(config_path, model_path, overrides=(), base_given: bool = F
         if config_path is None:
             raise UserError(f"--model {str(model_path)!r} is not a run folder (no {CONFIG_FILE} beside a pipeline); "
                             "give the run CONFIG that unlearned it")
-        return read_yaml(resolve_config_path(config_path))
+        return read_yaml(config_path)
     raw = json.loads(json.dumps(recorded))  # a copy
     if config_path is not None:  # CONFIG's protocol and paths, once it names the run's target
-        given = read_yaml(resolve_config_path(config_path))
+        given = read_yaml(config_path)
         mine, theirs = _target(build_config(given, overrides)), _target(build_config(raw))
         changed = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
         if changed:

@@ -35,7 +35,7 @@ from diffunlearn.runs.unlearn import unlearn_run
 from diffunlearn.config_loading import build_config, load_config, read_yaml
 from diffunlearn.data.sets import build_sets
 from diffunlearn.models.loading import load_model
-from diffunlearn.registry import METHODS, get_family, get_method, import_submodules
+from diffunlearn.registry import METHODS, get_family, get_method
 from diffunlearn.training.trainer import Trainer
 
 
@@ -64,7 +64,7 @@ METHOD_SMALL = {"sfr_on": {"mask_batches": 2}, "salun": {"mask_batches": 2},
 
 
 def _cases() -> list:
-    import_submodules("diffunlearn.methods")
+    METHODS.load_all()
     cases = []
     for row_name, row in FAMILY_ROWS.items():
         text = get_family(row.family).conditioning == "text"

@@ -14,9 +14,9 @@ import zlib
 
 import torch
 
-from ..assets import weights_sha256
 from ..errors import UserError
 from ..registry import FAMILIES
+from ..run_folder import model_digest
 from . import LabeledImages, load_digits_splits
 from .generated import generate_cached, image_seed
 from .prompts import PromptImages
@@ -66,12 +66,9 @@ def remain_classes(cfg, model) -> list:
 
 def base_model_key(path: str) -> str:
     """Identity of the base weights for caches: a digest of a local folder's weights, an in-memory model's key
-    (`memory:...`, `models.loading.memory_key`), else the Hub id."""
-    from pathlib import Path
-
-    if str(path).startswith("memory:"):
-        return str(path)
-    return weights_sha256(path) if Path(path).is_dir() else f"hub:{path}"
+    (`memory:...`, `models.loading.memory_key`), else the Hub id (`run_folder.model_digest`, which results'
+    identities use too)."""
+    return model_digest(path)
 
 
 def _generate(model, conditions, seed_keys, per_target, cfg, model_key) -> torch.Tensor:
