@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .assets import resolve_model_path, weights_sha256
+from .assets import EMBEDDED_PREFIX, resolve_model_path, weights_sha256
 from .config_loading import build_config, read_yaml
 from .errors import UserError
 from .outputs import CONFIG_FILE, pipeline_folder, scrub
@@ -103,7 +103,7 @@ def model_digest(path: str) -> str:
     (`memory:...`) stand for themselves."""
     if str(path).startswith("memory:"):
         return str(path)
-    local = resolve_model_path(str(path))
+    local = resolve_model_path(str(path)) if str(path).startswith(EMBEDDED_PREFIX) else str(path)
     return weights_sha256(local) if Path(local).is_dir() else f"hub:{local}"
 
 
