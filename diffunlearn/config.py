@@ -205,12 +205,19 @@ class StopConfig:
     fid_ratio_max: Optional[float] = 0.95  # retained guard; null: stop on the forget estimate alone
     repair_clip: Optional[float] = 1.0
     max_repair_checks: int = 5  # then stop and keep the best checked state (lowest retained estimate, forgotten)
+    # before a stop as forgotten: this many forget samples under the final evaluation's sampler, steps and guidance
+    # (seeds of their own) must pass too, and the distance signal must agree; else the run goes on. 0: no confirmation
+    confirm_forget_samples: int = 64
+    confirm_seed: int = 888_000
 
     def __post_init__(self):
         if self.check_every < 0 or self.min_steps < 0:
             raise UserError(f"stop.check_every and stop.min_steps must be >= 0, got {self.check_every}, "
                             f"{self.min_steps}")
-        check_seed("stop", seed=self.seed)
+        check_seed("stop", seed=self.seed, confirm_seed=self.confirm_seed)
+        if self.confirm_forget_samples < 0:
+            raise UserError(f"stop.confirm_forget_samples must be >= 0 (0: no confirmation), got "
+                            f"{self.confirm_forget_samples!r}")
         check_positive("stop", patience=self.patience, forget_samples=self.forget_samples,
                        num_inference_steps=self.num_inference_steps, max_repair_checks=self.max_repair_checks)
         if not 0.0 <= self.forget_accuracy_max < 1.0:
@@ -224,6 +231,9 @@ class StopConfig:
     @property
     def enabled(self) -> bool:
         return self.check_every > 0
+
+
+FID_REFERENCES = ("heldout", "train", "base")
 
 
 @dataclass
@@ -242,10 +252,13 @@ class EvalConfig:
     attacks: List[str] = field(default_factory=list)  # robustness attacks run on the unlearned model (diffunlearn attack)
     nudenet_threshold: float = 0.45  # nudenet judge: a counted detection above this score means "nudity"
     nudenet_classes: Optional[List[str]] = None  # nudenet judge: counted classes; null: the nine *_EXPOSED ones
-    fid_reference: str = "real"  # real: the digits train images of the retained targets; base: base-model samples
+    # heldout: digits test-split images of the retained targets (no recipe or remain step saw them); train: the
+    # digits train images (the images D_r holds: reported beside heldout as fid_retained_train); base: base samples
+    fid_reference: str = "heldout"
     batch_size: int = 512
     seed: int = 1234  # sampling seeds; identical for the base and the unlearned model
     gallery_per_class: int = 8
+    reuse_base: bool = True  # the base's metrics under the same protocol come from the cache (evaluation/base_cache.py)
 
     def __post_init__(self):
         check_choice("eval", "sampler", self.sampler, SAMPLERS)
@@ -253,7 +266,7 @@ class EvalConfig:
 
         check_choice("eval", "judge", self.judge, JUDGES.names())
         check_choice("eval", "fid_features", self.fid_features, ("classifier", "inception"))
-        check_choice("eval", "fid_reference", self.fid_reference, ("real", "base"))
+        check_choice("eval", "fid_reference", self.fid_reference, FID_REFERENCES)
         check_seed("eval", seed=self.seed)
         check_positive("eval", num_inference_steps=self.num_inference_steps, forget_samples=self.forget_samples,
                        retained_samples_per_class=self.retained_samples_per_class, batch_size=self.batch_size,

@@ -52,3 +52,32 @@ def tiny_overrides(model_dir, classifier_dir, steps: int = 4) -> list:
             "eval.forget_samples=8", "eval.retained_samples_per_class=4", "eval.num_inference_steps=3",
             "eval.gallery_per_class=2", "eval.batch_size=64",
             "stop.check_every=0"]  # in-loop checks have their own tests (test_monitor.py)
+
+
+# small budgets for every class-conditioned attack: seconds on the CPU, and a relearning curve of three points per k
+TINY_ATTACK_SETTINGS = ["attack.completion.samples=4", "attack.completion.strengths=[0.5]", "attack.relearning.k=[2,4]",
+                        "attack.relearning.steps=[0,1,2]", "attack.relearning.samples=4",
+                        "attack.relearning.num_inference_steps=3", "attack.inversion.iterations=2",
+                        "attack.inversion.k=4", "attack.inversion.samples=4"]
+
+
+@pytest.fixture(scope="session")
+def attacked_suite(tmp_path_factory, tiny_ddpm_dir):
+    """A finished attack suite (its output folder: robustness.json, gallery/) on the embedded digits config: every
+    class-conditioned attack on `TINY_ATTACK_SETTINGS` against the tiny DDPM of random weights as the "unlearned"
+    model (ASR 0 but for completion), the embedded base beside it (ASR 1) and an RT (another tiny DDPM), judged by
+    the embedded classifier; about 3 s."""
+    from accelerate.state import AcceleratorState
+
+    from diffunlearn.robustness.suite import run_suite
+
+    root = tmp_path_factory.mktemp("attacked")
+    tiny_ddpm(seed=1).save_pretrained(root / "rt")
+    fast = [o for o in tiny_overrides(tiny_ddpm_dir, "-") if not o.startswith(("model.path=", "eval.classifier="))]
+    with pytest.MonkeyPatch.context() as patch:  # session-scoped: the per-test cache isolation is not there yet
+        patch.setenv("DIFFUNLEARN_CACHE", str(root / "cache"))
+        torch.set_num_threads(1)
+        run_suite("configs/digits/ddpm_sfron.yaml", tiny_ddpm_dir, root / "out",
+                  overrides=fast + TINY_ATTACK_SETTINGS, rt_path=root / "rt", progress=None)
+    AcceleratorState._reset_state(True)
+    return root / "out"

@@ -1,7 +1,9 @@
-"""The gallery page in a real browser (headless Chromium, Debian's `chromium` package: a declared system dependency
+"""The gallery pages in a real browser (headless Chromium, Debian's `chromium` package: a declared system dependency
 that `make install` and `.ci/run` install; no test installs anything): at 1000 px wide nothing overflows
-horizontally, every image loads, and the page opens with the headline numbers and the protocol."""
+horizontally and every image loads; the run gallery opens with the headline numbers and the protocol, the attack
+gallery shows every model's ASR with its interval and the relearning curve."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -12,6 +14,7 @@ from conftest import tiny_ddpm
 from PIL import Image
 
 import diffunlearn
+from diffunlearn.evaluation.metrics import with_interval
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +53,20 @@ def test_gallery_fits_1000px_loads_its_images_and_opens_with_the_numbers(chromiu
     browse(chromium, page, f"--screenshot={shot}")
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape[1] == 1000 and pixels.std() > 10, "the screenshot is blank"
+
+
+def test_attack_gallery_fits_1000px_and_shows_the_asrs_with_intervals_and_the_relearning_curve(
+        chromium, attacked_suite, tmp_path):
+    page = (attacked_suite / "gallery" / "index.html").resolve()
+    dom = browse(chromium, page, "--dump-dom")
+    assert 'data-overflow="false"' in dom, "the attack gallery overflows horizontally at 1000 px"
+    assert 'data-images-loaded="true"' in dom
+    report = json.loads((attacked_suite / "robustness.json").read_text())
+    for name, entry in report["attacks"].items():
+        for role in ("unlearned", "base", "rt"):
+            assert with_interval(entry[role]["asr"], entry[role]["asr_ci95"]) in dom, (name, role)
+    curves = re.findall(r"<svg.*?</svg>", dom, re.S)
+    assert len(curves) == 2 and all(len(re.findall(r'<polyline class="series"', c)) == 3 for c in curves)
+    wide = tmp_path / "wide.html"  # the check can fail: a block as wide as the old page's strip of 16 images
+    wide.write_text(page.read_text().replace("<h1>", "<div style='width:1100px'>strip</div><h1>", 1))
+    assert 'data-overflow="true"' in browse(chromium, wide, "--dump-dom")

@@ -179,7 +179,8 @@ def test_inception_weights_are_read_safely_and_bad_files_are_one_line_errors(inc
 
 # --- the second signal and the judge's confidence ----------------------------------------------------------------
 def test_fid_forget_and_confidence_follow_their_definitions(tiny_ddpm_dir, tiny_classifier_dir):
-    """fid_forget is pytorch-fid's Frechet distance of the forget samples' features to the forget-class reference;
+    """fid_forget is pytorch-fid's Frechet distance of the forget samples' features to the forget-class reference
+(held-out sevens);
     forget_confidence is the judge's mean probability of the forgotten class on the forget samples."""
     from conftest import tiny_overrides
     from pytorch_fid.fid_score import calculate_frechet_distance
@@ -195,7 +196,7 @@ def test_fid_forget_and_confidence_follow_their_definitions(tiny_ddpm_dir, tiny_
     metrics, _ = evaluator(model)
     images = evaluator.images(model)
     forget = images[evaluator.target_index == 0]
-    real = load_digits_splits()[0].select_classes([7]).images
+    real = load_digits_splits()[1].select_classes([7]).images  # the held-out reference: the test split's sevens
 
     def stats(x):
         f = judge.feature_extractor(x).detach().double().numpy()
@@ -228,8 +229,8 @@ def test_forgetting_signals_agree_and_disagree_as_their_rule_says():
 def test_fa_ra_and_fid_match_an_oracle_built_from_the_protocol_alone(tiny_ddpm_dir, tiny_classifier_dir):
     """Nothing here comes from the evaluator: each image is sampled from its documented seed (eval.seed + 100000 x
     class + j) with the model's own sampler, judged by the classifier's argmax, and FID is pytorch-fid's
-    `calculate_frechet_distance` of the classifier's penultimate features against the real train digits of the
-    retained classes (the config's FID reference)."""
+    `calculate_frechet_distance` of the classifier's penultimate features against the held-out (test split) digits of
+    the retained classes (the config's FID reference), and against their train digits (`fid_retained_train`)."""
     import numpy as np
     from conftest import tiny_overrides
     from pytorch_fid.fid_score import calculate_frechet_distance
@@ -255,12 +256,15 @@ def test_fa_ra_and_fid_match_an_oracle_built_from_the_protocol_alone(tiny_ddpm_d
         retained = [c for c in range(10) if c != 7]
         kept = {c: sample(c, 6) for c in retained}
         ra = float(np.mean([(classifier(kept[c]).argmax(-1) == c).double().mean().item() for c in retained]))
-        real = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)[0].select_classes(retained).images
+        train, test = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)
         features = PenultimateFeatures(classifier)
         fake_f = features(torch.cat([kept[c] for c in retained])).double().numpy()
-        real_f = features(real).double().numpy()
-    expected = calculate_frechet_distance(fake_f.mean(0), np.cov(fake_f, rowvar=False),
-                                          real_f.mean(0), np.cov(real_f, rowvar=False))
+        real_f = features(test.select_classes(retained).images).double().numpy()
+        train_f = features(train.select_classes(retained).images).double().numpy()
+    expected, expected_train = (calculate_frechet_distance(fake_f.mean(0), np.cov(fake_f, rowvar=False),
+                                                           f.mean(0), np.cov(f, rowvar=False))
+                                for f in (real_f, train_f))
     assert metrics["forget_accuracy"] == pytest.approx(fa, abs=1e-9)
     assert metrics["retained_accuracy"] == pytest.approx(ra, abs=1e-9)
     assert metrics["fid_retained"] == pytest.approx(expected, rel=1e-4), (metrics["fid_retained"], expected)
+    assert metrics["fid_retained_train"] == pytest.approx(expected_train, rel=1e-4)

@@ -169,3 +169,57 @@ def test_checks_are_refused_under_fsdp(monkeypatch):
     with pytest.raises(UserError, match="stop.check_every=0"):
         check_stop(load_config(MAIN))
     check_stop(load_config(MAIN, ["stop.check_every=0"]))
+
+
+class Confirming:
+    """The confirmation evaluator's script: full metrics (FA with its interval and the distance signal's FIDs)."""
+
+    protocol = {"forget_samples_per_target": 64, "retained_samples_per_target": 4, "sampler": "ddim",
+                "num_inference_steps": 25, "guidance_scale": 2.0, "eval_seed": 888_000}
+
+    def __init__(self, script):
+        self.script, self.calls = list(script), 0
+
+    def __call__(self, model):
+        fa, fid_forget = self.script[self.calls]
+        self.calls += 1
+        return {"forget_accuracy": fa, "forget_accuracy_ci95": [0.0, 1.0], "fid_retained": 2.0,
+                "fid_forget": fid_forget, "forget_confidence": 0.1, "forget_none_probability": 0.0}, {}
+
+
+def test_a_stop_must_hold_under_the_evaluations_sampler_with_agreeing_signals_or_the_run_goes_on():
+    from diffunlearn.evaluation.report import stop_line
+
+    # every check reads forgotten; the confirmation's base puts the distance threshold at sqrt(1 * 100) = 10:
+    # 1. FA 0.61 under the evaluation's sampler (class 4, seed 8 before this rule); 2. FA 0 but the samples are
+    # still close to the target (FID 2 < 10: the signals disagree); 3. FA 0 and far from it (FID 50): stop
+    base = {"forget_accuracy": 1.0, "fid_retained": 2.0, "fid_forget": 1.0, "fid_forget_nearest_retained": 100.0}
+    confirm = Confirming([(0.61, 40.0), (0.0, 2.0), (0.0, 50.0)])
+    mon = Monitor(tiny_ddpm(), Scripted([(0.0, 2.0)]), BASE, StopRule(0.05, patience=1), 2, 100,
+                  confirmation=(confirm, base))
+    assert [mon(step) for step in (1, 3, 5)] == [False, False, True]
+    assert [h["action"] for h in mon.history] == [CONTINUE, CONTINUE, STOP] and confirm.calls == 3
+    assert [h["confirmation"]["held"] for h in mon.history] == [False, False, True]
+    assert [h["best"] for h in mon.history] == [False, False, True], "an unconfirmed state is not a fallback"
+    assert mon.history[1]["confirmation"]["agree"] is False and mon.stopped_at == 6
+    summary = mon.summary()
+    assert summary["confirmation"]["protocol"]["num_inference_steps"] == 25
+    line = stop_line(summary, 100)
+    assert "confirmed under the evaluation's sampler (ddim, 25 steps, 64 forget samples" in line
+    assert "2 earlier stop(s) not confirmed there, so the run went on" in line
+
+
+def test_a_check_that_does_not_ask_to_stop_is_not_confirmed():
+    confirm = Confirming([])
+    mon = Monitor(tiny_ddpm(), Scripted([(0.5, 2.0)]), BASE, StopRule(0.05), 2, 100,
+                  confirmation=(confirm, BASE))
+    assert not mon(1) and confirm.calls == 0 and "confirmation" not in mon.history[0]
+
+
+def test_the_progress_bar_ends_where_the_run_stops(tmp_path, capsys):
+    model = tiny_ddpm()
+    trainer = make_trainer(model, tmp_path, ["method.saliency_mask=false", "train.steps=300"])
+    trainer.progress = True
+    trainer.train(callback=Monitor(model, Scripted([(1.0, 2.0), (0.0, 2.0)]), BASE, StopRule(0.05), 2, 300))
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "stopped at 4: forgotten" in bar and "4/4" in bar and "100%" in bar, bar

@@ -36,21 +36,25 @@ def summary(report: dict, output: str) -> str:
         what = f"prompts {report['forget_prompts']} (mapped onto {report['anchors']})"
     else:
         what = f"classes {report.get('forget_classes')}"
+    from ..evaluation.report import base_reuse_line, metric_rows, signals_line, stop_line
+
     lines = [f"{report.get('method')} forgot {what} -> {output} (a diffusers pipeline folder)"]
     if "unlearned" in report:
         lines.append(f"{'':20s}{'base':>10s}{'unlearned':>12s}   unlearned 95% CI (Wilson)")
-        for key in ("forget_accuracy", "retained_accuracy", "fid_retained"):
+        for key, label in metric_rows(report["base"], report["unlearned"], report["protocol"]):
             ci = report["unlearned"].get(f"{key}_ci95")
             lines.append(f"{key:20s}{report['base'][key]:10.4f}{report['unlearned'][key]:12.4f}"
-                         + (f"   [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+                         + (f"   [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"   ({label})"))
         lines.append(f"report: {output}/report.json   gallery: {output}/gallery/index.html")
-    from ..evaluation.report import signals_line, stop_line
 
     signals = signals_line(report.get("signals") or {})
     if signals:
         lines.append(signals)
     if "config" in report:
         lines.append(stop_line(report.get("stop"), report["config"]["train"]["steps"]))
+    reuse = base_reuse_line(report)
+    if reuse:
+        lines.append(reuse)
     timing = report.get("timing", {})
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timing.items() if v is not None))
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""Digests of labelled sets (`diffunlearn.data.batches.LabeledBatches`): the cache key of Fast-NTK's statistics;
-and `hash_tensor`, a tensor fed to a hashlib digest (the cache keys of models and masks).
+"""Digests of labelled sets (`diffunlearn.data.batches.LabeledBatches`): the cache key of Fast-NTK's statistics
+(the other cache keys, and `hash_tensor`, are `diffunlearn.disk_cache`'s).
 
 `multiset_digest(*sets)` identifies the multiset of (image, label) samples of the union of `sets`: independent of
 order and of how the samples are split between the sets or into batches. `MultisetDigest` computes the same digest
@@ -34,19 +34,12 @@ import struct
 import numpy as np
 import torch
 
-from ..distributed import full_tensor
+from ..disk_cache import native_bytes
 
 HASH_BYTES = 1 << 24  # bytes of images hashed per batch when the set is in memory (bounds a contiguous copy)
 SAMPLE_TAG = b"diffunlearn.data.digest/sample/v1\n"
 SET_TAG = b"diffunlearn.data.digest/multiset/v1\n"
 DIGEST_BYTES = hashlib.sha256().digest_size  # 32
-
-
-def _native_bytes(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor`'s elements as a flat uint8 CPU tensor (contiguous, native byte order, conjugation and negation
-    applied): the exact bytes of its values."""
-    flat = tensor.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
-    return flat.view(torch.uint8)
 
 
 def sample_digests(images: torch.Tensor, labels: torch.Tensor) -> list[bytes]:
@@ -55,7 +48,7 @@ def sample_digests(images: torch.Tensor, labels: torch.Tensor) -> list[bytes]:
     if len(labels) != n:
         raise ValueError(f"{n} images but {len(labels)} labels")
     header = SAMPLE_TAG + f"{images.dtype} {tuple(images.shape[1:])}\n".encode()
-    data = memoryview(_native_bytes(images).numpy())
+    data = memoryview(native_bytes(images).numpy())
     size = len(data) // n if n else 0
     tags = memoryview(np.ascontiguousarray(labels.detach().cpu().numpy(), dtype="<i8").view(np.uint8))
     base, out = hashlib.sha256(header), []
@@ -97,10 +90,3 @@ def multiset_digest(*sets) -> str:
             digest.update(images, labels)
     return digest.hexdigest()
 
-
-def hash_tensor(digest, tensor: torch.Tensor) -> None:
-    """Feed `tensor`'s dtype, shape and bytes to the hashlib `digest`, without a bytes copy (a DTensor is gathered
-    whole: every process must call it)."""
-    tensor = full_tensor(tensor).detach()
-    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    digest.update(_native_bytes(tensor).numpy())

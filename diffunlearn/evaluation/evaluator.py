@@ -50,10 +50,12 @@ class Evaluator:
         forget_reference: this process's share of reference images of the forget targets (same source): the
             second, judge-independent signal `fid_forget` (distance of the forget samples to the forgotten target)
             is computed when given.
+        train_reference: this process's share of the retained targets' train images, when the reference is
+            held out: `fid_retained_train` (FID to the images the recipes and D_r hold) is reported beside it.
     """
 
     def __init__(self, cfg, judge, forget, retained, reference: torch.Tensor, reference_source: str, device="cpu",
-                 forget_reference: Optional[torch.Tensor] = None):
+                 forget_reference: Optional[torch.Tensor] = None, train_reference: Optional[torch.Tensor] = None):
         self.cfg, self.eval_cfg, self.judge = cfg, cfg.eval, judge
         self.forget, self.retained = list(forget), list(retained)
         check_evaluation(self.eval_cfg, judge, self.retained)
@@ -68,6 +70,8 @@ class Evaluator:
             FID(extractor, forget_reference, self.eval_cfg.batch_size)
         if self.fid_forget is not None and self.fid_forget.num_real < 2:  # FID needs a covariance
             self.fid_forget = None
+        self.fid_train = None if train_reference is None else \
+            FID(extractor, train_reference, self.eval_cfg.batch_size)
         self.targets = self.forget + self.retained
         self.sizes = [self.eval_cfg.forget_samples] * len(self.forget)
         self.sizes += [self.eval_cfg.retained_samples_per_class] * len(self.retained)
@@ -86,7 +90,9 @@ class Evaluator:
                                 "forget prompts); a judge's 'none' output never counts",
             "fid_features": extractor_name, "fid_extractor_sha256": extractor_hash,
             "inception_weights": self.eval_cfg.inception_weights, "feature_dim": int(extractor.num_features),
-            "fid_real_images": self.fid.num_real, "fid_real_source": reference_source,
+            "fid_reference": self.eval_cfg.fid_reference, "fid_real_images": self.fid.num_real,
+            "fid_real_source": reference_source,
+            "fid_train_real_images": self.fid_train.num_real if self.fid_train else None,
             "fid_generated_images": len(rows) - self.num_forget,
             "fid_forget_real_images": self.fid_forget.num_real if self.fid_forget else None,
             "second_signal": "fid_forget: FID of the forget samples to reference images of the forgotten target "
@@ -131,6 +137,7 @@ class Evaluator:
             "retained_accuracy": sum(per_target[t.key] for t in self.retained) / len(self.retained),
             "retained_accuracy_ci95": wilson_interval(int(correct[nf:].sum()), int(total[nf:].sum())),
             "fid_retained": self.fid(images[~is_forget]),
+            **({"fid_retained_train": self.fid_train(images[~is_forget])} if self.fid_train else {}),
             "per_target_accuracy": per_target,
             # the judge's mean probability that a forget sample shows the forgotten target, and that it shows none
             "forget_confidence": (confidence[0] / total[:nf].sum()).item(),
@@ -170,15 +177,18 @@ def make_evaluator(cfg, model, judge, base_model, base_path: str, device="cpu", 
     from ..data.generated import generate_cached, image_seed
     from ..data.sets import base_model_key
     from ..distributed import process_share
-    from .targets import eval_targets, real_reference
+    from .targets import REFERENCE_SOURCES, eval_targets, real_reference
 
     forget, retained = targets if targets is not None else eval_targets(cfg, model, judge.labels)
-    if cfg.eval.fid_reference == "real":
-        reference, forget_reference = real_reference(cfg, retained), real_reference(cfg, forget)
-        return Evaluator(cfg, judge, forget, retained, reference[process_share(len(reference))],
-                         "real train images of the targets' labels", device=device,
-                         forget_reference=forget_reference[process_share(len(forget_reference))]
-                         if second_signal else None)
+    split = cfg.eval.fid_reference
+    if split != "base":
+        def share(targets, which=split):  # this process's share of the real images of `targets`
+            images = real_reference(cfg, targets, which)
+            return images[process_share(len(images))]
+
+        return Evaluator(cfg, judge, forget, retained, share(retained), REFERENCE_SOURCES[split], device=device,
+                         forget_reference=share(forget) if second_signal else None,
+                         train_reference=share(retained, "train") if split == "heldout" else None)
 
     def base_samples(targets):  # this process's share of the base model's samples of `targets`, seeds + 50000
         n = cfg.eval.retained_samples_per_class

@@ -6,22 +6,11 @@ import html
 import re
 from pathlib import Path
 
-import numpy as np
-import torch
-from diffusers.utils import make_image_grid
 from PIL import Image, ImageDraw
 
+from .page_parts import html_document, to_pil, write_image_grid
+
 PAD, LABEL_WIDTH, HEADER = 4, 120, 20
-
-
-def to_pil(images: torch.Tensor, size: int = 64) -> list:
-    """(N, C, H, W) in [0, 1] -> PIL images upscaled (nearest) to `size` pixels for viewing."""
-    arr = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    out = []
-    for a in arr:
-        img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
-        out.append(img.resize((size, size), Image.NEAREST) if img.width < size else img)
-    return out
 
 
 def file_stem(key, index: int) -> str:
@@ -31,18 +20,6 @@ def file_stem(key, index: int) -> str:
         return str(key)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", str(key)).strip("-")[:40]
     return f"{index:03d}-{slug}"
-
-
-STYLE = ("body{font-family:sans-serif;margin:12px;max-width:100%} img{image-rendering:pixelated}"
-         ".forgotten{background:#fdd} td,th{padding:4px;vertical-align:middle} table{border-collapse:collapse}"
-         "table.rows{width:100%;table-layout:fixed} table.rows td img{width:100%;height:auto}"
-         ".num{text-align:right;font-variant-numeric:tabular-nums} .plots svg{max-width:100%;height:auto}"
-         "p,td{overflow-wrap:anywhere}")
-# records layout facts on the page itself (no horizontal overflow, every image decoded) for automated checks
-SELF_CHECK = ("<script>addEventListener('load',()=>{const d=document.documentElement;"
-              "document.body.dataset.overflow=String(d.scrollWidth>d.clientWidth);"
-              "document.body.dataset.imagesLoaded=String([...document.images].every(i=>i.complete&&"
-              "i.naturalWidth>0))})</script>")
 
 
 def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict, head: str = "") -> None:
@@ -63,23 +40,21 @@ def write_gallery(folder, rows: list, base: dict, unlearned: dict, seeds: dict, 
         label = name if str(cls) == name else f"{cls} {name}"
         grid_rows.append((label + (" (forgotten)" if forgotten else ""), b, u))
         stem = file_stem(cls, i)
-        make_image_grid(b, 1, len(b)).save(folder / f"base_{stem}.png")  # k, or fewer if the target has fewer
-        make_image_grid(u, 1, len(u)).save(folder / f"unlearned_{stem}.png")
+        write_image_grid(folder / f"base_{stem}.png", b)  # one row of k, or fewer if the target has fewer
+        write_image_grid(folder / f"unlearned_{stem}.png", u)
         tag = "FORGOTTEN" if forgotten else "retained"
         table.append(f"<tr class='{tag.lower()}'><td>{html.escape(label)}</td><td>{tag}</td>"
                      f"<td><img src='base_{stem}.png'></td><td><img src='unlearned_{stem}.png'></td>"
                      f"<td>{seeds[cls][0]}..{seeds[cls][-1]}</td></tr>")
     labelled_grid(grid_rows).save(folder / "grid.png")
-    (folder / "index.html").write_text(
-        "<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
-        f"<title>diffunlearn gallery</title><style>{STYLE}</style>{SELF_CHECK}"
-        f"<h1>Base vs unlearned, same seeds</h1>{head}"
+    (folder / "index.html").write_text(html_document(
+        "diffunlearn gallery", f"<h1>Base vs unlearned, same seeds</h1>{head}"
         "<p>Each row: one class; left the base model, right the unlearned model, from identical initial noise."
         " <code>grid.png</code> has all rows (base | gap | unlearned).</p>"
         "<table class='rows'><colgroup><col style='width:14%'><col style='width:10%'><col style='width:33%'>"
         "<col style='width:33%'><col style='width:10%'></colgroup>"
         "<tr><th>class</th><th>status</th><th>base</th><th>unlearned</th><th>seeds</th></tr>"
-        + "".join(table) + "</table>\n")
+        + "".join(table) + "</table>"))
 
 
 def labelled_grid(rows: list) -> Image.Image:

@@ -18,8 +18,11 @@ import torch
 from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 
+from ..data.sets import base_model_key
 from ..errors import UserError
+from .base_cache import evaluate_base
 from .evaluator import make_evaluator
+from .report import forgetting_signals
 
 CONTINUE, REPAIR, STOP, SETTLE = "continue", "repair", "stop", "stop at best"
 BEST_FILE = "monitor_best.safetensors"
@@ -80,17 +83,23 @@ class Monitor:
         every: check every this many steps; also at the steps in `also` and at the last step `total_steps`.
         clock: returns the unlearning seconds so far (recorded with each check).
         progress: called with one line per check (None: silent).
+        confirmation: (evaluator, its base metrics) under the final evaluation's sampler and steps, on seeds of
+            its own: a check that would stop the run as forgotten stops it only when this evaluator's forget
+            estimate passes too and its distance signal agrees with the judge (`report.forgetting_signals`);
+            otherwise the run goes on. None: no confirmation.
     """
 
     def __init__(self, model, evaluator, base_metrics: dict, rule: StopRule, every: int, total_steps: int,
-                 also=(), clock: Optional[Callable[[], float]] = None, progress: Optional[Callable] = None):
-        self.model, self.evaluator, self.rule = model, evaluator, rule
+                 also=(), clock: Optional[Callable[[], float]] = None, progress: Optional[Callable] = None,
+                 confirmation: Optional[tuple] = None):
+        self.model, self.evaluator, self.rule, self.confirmation = model, evaluator, rule, confirmation
         self.base = {"forget_accuracy": base_metrics["forget_accuracy"], "fid_retained": base_metrics["fid_retained"]}
         self.every, self.total_steps, self.also = every, total_steps, set(also)
         self.clock, self.progress = clock, progress
         self.history: List[dict] = []
         self.action = CONTINUE
         self.best, self.restored_step = None, None
+        self.base_reused: dict = {}  # {"checks": bool, "confirmation": bool}: base metrics read from the cache
 
     @property
     def best_step(self) -> Optional[int]:
@@ -108,6 +117,11 @@ class Monitor:
         last = self.history[-1] if self.history else None
         return last["step"] if last and last["action"] in (STOP, SETTLE) and last["step"] < self.total_steps else None
 
+    @property
+    def stop_reason(self) -> str:
+        """Why the run stops, for the progress bar."""
+        return "forgotten" if self.action == STOP else "kept its best forgotten state after repair checks"
+
     def due(self, step: int) -> bool:
         done = step + 1
         return done % self.every == 0 or done in self.also or done == self.total_steps
@@ -120,8 +134,10 @@ class Monitor:
         network = self.model.network
         network.eval()
         metrics = self.evaluator(self.model)[0]
-        network.train()
         entry = self.record(step + 1, metrics, seconds)
+        if self.action == STOP and self.confirmation is not None:
+            self.confirm(entry)
+        network.train()
         if entry["best"] and self.rule.stop:  # only a run that can stop falls back on it (`finish`)
             self.best = {name: p.detach().to("cpu", copy=True) for name, p in self.model.trainable_parameters()}
         return self.action in (STOP, SETTLE)
@@ -150,6 +166,24 @@ class Monitor:
             self.progress(f"step {done}: forget estimate {fa:.3f}, retained FID estimate {metrics['fid_retained']:.3f}"
                           f" ({ratio:.2f} x base) -> {self.action}")
         return entry
+
+    def confirm(self, entry: dict) -> None:
+        """Confirm the stop `entry` asks for under the confirmation protocol; if it does not hold, the run goes on
+        (the entry records the confirmation and its action becomes continue)."""
+        evaluator, base = self.confirmation
+        metrics = evaluator(self.model)[0]
+        signals = forgetting_signals(base, metrics)
+        held = self.rule.forget_passes(metrics["forget_accuracy"]) and signals["agree"] is not False
+        entry["confirmation"] = {"forget_accuracy": metrics["forget_accuracy"],
+                                 "forget_accuracy_ci95": metrics["forget_accuracy_ci95"],
+                                 "distance": signals["distance"], "agree": signals["agree"], "held": held}
+        if not held:
+            self.action = entry["action"] = CONTINUE
+            entry["best"] = False  # not a forgotten state to fall back on
+        if self.progress:
+            self.progress(f"  confirmation ({evaluator.protocol['sampler']}, {evaluator.protocol['num_inference_steps']}"
+                          f" steps): forget {metrics['forget_accuracy']:.3f}, distance {signals['distance']} -> "
+                          + ("stop" if held else "not forgotten under the evaluation's sampler: continue"))
 
     def finish(self) -> None:
         """At the end of training: a run that did not stop cleanly ends on its best state, if it has one."""
@@ -186,10 +220,15 @@ class Monitor:
                 "stopped_at_step": self.stopped_at, "first_forgotten_at_step": first,
                 "restored_best_from_step": self.restored_step,
                 "repair_checks": sum(h["action"] == REPAIR for h in self.history),
-                "protocol": {k: self.evaluator.protocol[k] for k in
-                             ("forget_samples_per_target", "retained_samples_per_target", "sampler",
-                              "num_inference_steps", "guidance_scale", "eval_seed")},
+                "protocol": _protocol(self.evaluator), "base_reused": self.base_reused,
+                "confirmation": None if self.confirmation is None else {
+                    "protocol": _protocol(self.confirmation[0]), "base": self.confirmation[1]},
                 "checks": self.history}
+
+
+def _protocol(evaluator) -> dict:
+    return {k: evaluator.protocol[k] for k in ("forget_samples_per_target", "retained_samples_per_target", "sampler",
+                                               "num_inference_steps", "guidance_scale", "eval_seed")}
 
 
 def check_stop(cfg) -> None:
@@ -214,8 +253,20 @@ def make_monitor(cfg, model, judge, base_path: str, device, progress: bool, targ
                               stop.seed)
     evaluator = make_evaluator(cheap, model, judge, model, base_path, device=device, second_signal=False,
                                targets=targets)
-    base_metrics = evaluator(model.to(device))[0]
+    key, reuse = base_model_key(base_path), cfg.eval.reuse_base
+    base_metrics, _, reused = evaluate_base(evaluator, model.to(device), key, device, reuse)
+    reused, confirmation = {"checks": reused}, None
+    if stop.confirm_forget_samples:  # the final evaluation's sampler, steps and guidance; seeds of its own
+        confirm_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
+            cfg.eval, forget_samples=stop.confirm_forget_samples, seed=stop.confirm_seed,
+            retained_samples_per_class=stop.retained_samples_per_class))
+        confirm = make_evaluator(confirm_cfg, model, judge, model, base_path, device=device, targets=targets)
+        base, _, reused["confirmation"] = evaluate_base(confirm, model, key, device, reuse)
+        confirmation = (confirm, {k: v for k, v in base.items() if not k.endswith("ci95")})
     rule = StopRule(stop.forget_accuracy_max, stop.patience, stop.fid_ratio_max, stop.min_steps,
                     max_repair_checks=stop.max_repair_checks)
-    return Monitor(model, evaluator, base_metrics, rule, stop.check_every, cfg.train.steps,
-                   progress=tqdm.write if progress and PartialState().is_main_process else None)
+    monitor = Monitor(model, evaluator, base_metrics, rule, stop.check_every, cfg.train.steps,
+                      progress=tqdm.write if progress and PartialState().is_main_process else None,
+                      confirmation=confirmation)
+    monitor.base_reused = reused
+    return monitor

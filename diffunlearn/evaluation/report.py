@@ -35,6 +35,37 @@ def forgetting_signals(base: dict, unlearned: dict) -> dict:
             "agree": distance == out["judge"]}
 
 
+REFERENCE_WORDS = {"heldout": "held-out", "train": "train", "base": "base-model"}
+
+
+def fid_label(proto: dict, train: bool = False) -> str:
+    """What a FID column is: "FID, digits-judge features, 72 held-out images" (`train`: the train-reference FID,
+    `fid_retained_train`)."""
+    features = str(proto["fid_features"])
+    features = features[:-len("-features")] if features.endswith("-features") else features
+    if train:
+        return f"FID, {features} features, {proto['fid_train_real_images']} train images"
+    kind = REFERENCE_WORDS.get(proto.get("fid_reference"), "reference")
+    return f"FID, {features} features, {proto['fid_real_images']} {kind} images"
+
+
+def metric_rows(base: dict, unlearned: dict, proto: dict) -> list:
+    """(key, label) of the headline metrics of a report: accuracies, then each FID named by its features and
+    reference (the train-reference FID too when the report has it)."""
+    rows = [("forget_accuracy", "forget accuracy"), ("retained_accuracy", "retained accuracy"),
+            ("fid_retained", fid_label(proto))]
+    if "fid_retained_train" in base and "fid_retained_train" in unlearned:
+        rows.append(("fid_retained_train", fid_label(proto, train=True)))
+    return rows
+
+
+def base_reuse_line(report: dict) -> Optional[str]:
+    """Which base evaluations came from the cache (`base_cache`), or None."""
+    reused = {"evaluation": report.get("base_reused"), **((report.get("stop") or {}).get("base_reused") or {})}
+    names = [name for name, hit in reused.items() if hit]
+    return ("base metrics reused from the cache (same weights, same protocol): " + ", ".join(names)) if names else None
+
+
 def signals_line(signals: dict) -> Optional[str]:
     """One sentence on the two signals, or None when there is no distance signal."""
     if signals.get("agree") is None:
@@ -56,7 +87,8 @@ def stop_line(stop: Optional[dict], steps: int) -> str:
             "retained estimate)") if stop.get("restored_best_from_step") else ""
     if stop["stopped_at_step"] is None:
         return (f"ran all {steps} steps: the in-loop checks never met the stop rule (forget estimate <= "
-                f"{rule['forget_accuracy_max']} for {rule['patience']} checks)" + best)
+                f"{rule['forget_accuracy_max']} for {rule['patience']} checks)" + best
+                + confirmation_line(stop))
     if stop["checks"][-1]["action"] != "stop":
         return (f"stopped at step {stop['stopped_at_step']} of {steps} after {rule['max_repair_checks']} repair "
                 "checks in a row" + best)
@@ -64,7 +96,24 @@ def stop_line(stop: Optional[dict], steps: int) -> str:
     return (f"stopped at step {stop['stopped_at_step']} of {steps}: forget estimate <= {rule['forget_accuracy_max']}"
             f" for {rule['patience']} consecutive checks every {stop['check_every']} steps"
             + (f", retained FID estimate <= {rule['fid_ratio_max']} x base" if rule["fid_ratio_max"] else "")
-            + repair)
+            + repair + confirmation_line(stop))
+
+
+def confirmation_line(stop: dict) -> str:
+    """The stop's confirmation under the evaluation's sampler, and the stops it did not confirm ("" without one)."""
+    if not stop.get("confirmation"):
+        return ""
+    proto = stop["confirmation"]["protocol"]
+    tried = [h for h in stop["checks"] if "confirmation" in h]
+    refused = sum(not h["confirmation"]["held"] for h in tried)
+    last = tried[-1]["confirmation"] if tried and tried[-1]["confirmation"]["held"] else None
+    where = (f"{proto['sampler']}, {proto['num_inference_steps']} steps, {proto['forget_samples_per_target']} forget "
+             f"samples, seeds from {proto['eval_seed']}")
+    text = ""
+    if last:
+        fa = with_interval(last["forget_accuracy"], last["forget_accuracy_ci95"])
+        text = f"; confirmed under the evaluation's sampler ({where}): FA {fa}, distance {last['distance']}"
+    return text + (f"; {refused} earlier stop(s) not confirmed there, so the run went on" if refused else "")
 
 
 def card_data(cfg, report: dict):
@@ -123,18 +172,20 @@ def write_model_card(path, cfg, report: dict, load_hint: str) -> None:
              + (f" (mapped onto {', '.join(cfg.forget.anchors)})" if cfg.forget.is_concept else ""), ""]
     if base and unl:
         def cell(side, key):  # accuracies with their Wilson 95% interval
-            return with_interval(side[key], side.get(f"{key}_ci95")) if key != "fid_retained" else f"{side[key]:.4f}"
+            return with_interval(side[key], side.get(f"{key}_ci95")) if "fid" not in key else f"{side[key]:.4f}"
 
-        lines += markdown_table(["metric", "base [95% CI]", "unlearned [95% CI]"],
-                                [[key, cell(base, key), cell(unl, key)]
-                                 for key in ("forget_accuracy", "retained_accuracy", "fid_retained")])
         proto = report["protocol"]
+        lines += markdown_table(["metric", "base [95% CI]", "unlearned [95% CI]"],
+                                [[label, cell(base, key), cell(unl, key)]
+                                 for key, label in metric_rows(base, unl, proto)])
         lines += ["", f"Protocol: {proto['sampler']} {proto['num_inference_steps']} steps, guidance "
                       f"{proto['guidance_scale']}, FID on {proto['fid_features']} features "
                       f"(dim {proto['feature_dim']}), {proto['fid_real_images']} real vs "
                       f"{proto['fid_generated_images']} generated images; full protocol in `report.json`.", ""]
         signals = signals_line(report.get("signals") or {})
         lines += [f"Forgetting signals: {signals}.", ""] if signals else []
+        reuse = base_reuse_line(report)
+        lines += [f"The {reuse}.", ""] if reuse else []
     checks = (report.get("stop") or {}).get("checks") or []
     if checks:
         lines += ["In-loop checks (step: forget estimate, retained FID estimate / base, next): "

@@ -65,10 +65,23 @@ def eval_targets(cfg, model, judge_labels) -> tuple:
     return forget, retained
 
 
-def real_reference(cfg, retained) -> torch.Tensor:
-    """Real digits of the retained targets' labels (FID reference, eval.fid_reference=real)."""
+REFERENCE_SOURCES = {
+    "heldout": "held-out digits (test split) of the targets' labels: no recipe and no remain step saw them",
+    "train": "digits train images of the targets' labels (the images the recipes and D_r hold)",
+}
+
+
+def real_reference(cfg, targets, split: str = "heldout") -> torch.Tensor:
+    """Real digits of the targets' labels (the FID reference of eval.fid_reference=heldout / train): the digits
+    test split at data.split_seed / data.test_fraction (the split every embedded recipe holds out) less any image
+    equal to a train image, or the train split."""
     if cfg.eval.judge != "digits":
-        raise UserError(f"eval.fid_reference=real needs real images of the judge's labels, which only the digits "
+        raise UserError(f"eval.fid_reference={split} needs real images of the judge's labels, which only the digits "
                         f"judge has (eval.judge={cfg.eval.judge!r}); use eval.fid_reference=base")
-    train, _ = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)
-    return train.select_classes(sorted({t.label for t in retained})).images
+    train, test = load_digits_splits(cfg.data.split_seed, cfg.data.test_fraction)
+    labels = sorted({t.label for t in targets})
+    if split == "train":
+        return train.select_classes(labels).images
+    test = test.select_classes(labels)
+    seen = (test.images.flatten(1)[:, None] == train.images.flatten(1)[None]).all(-1).any(-1)
+    return test.images[~seen]

@@ -1,8 +1,9 @@
 """Weight-saliency masks: which parameter elements a forget step may change.
 
 SFR-on's mask compares the diagonal Fisher information of the forget set with that of the remain set,
-S = (F_f + eps) / (F_r + eps) >= gamma, computed once on the original weights and cached on disk (it is a function
-of the weights, the batches used and the settings).
+S = (F_f + eps) / (F_r + eps) >= gamma, computed once on the original weights and cached on disk (`mask_key`: a
+function of the weights, the batches used, the training scheduler and the settings; at most
+DIFFUNLEARN_CACHE_BYTES_MASKS bytes, default 4 GiB, least recently used masks go first).
 
 Under FSDP2 a mask tensor is laid out like its parameter (a DTensor sharded the same way), so `grad *= mask` and the
 element-wise Fisher ratio run on each process's shard; counts and SalUn's global threshold are reduced across shards.
@@ -10,8 +11,6 @@ element-wise Fisher ratio run on each process's shard; counts and SalUn's global
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,11 +19,13 @@ import torch
 from accelerate.utils import broadcast_object_list
 from safetensors.torch import load_file, save_file
 
-from ..assets import cache_dir
-from ..data.digest import hash_tensor
+from ..disk_cache import GiB, DiskCache, cache_key, scheduler_config, touch
 from ..distributed import count_true, full_tensor, kth_largest, local_tensor, shard_like
-from ..outputs import atomic_write
 from ..training.streams import Stream
+
+KEY_VERSION = 2  # 2: whole SHA-256, with antithetic sampling, the training scheduler and the tensors' names
+CACHE = DiskCache("masks", "DIFFUNLEARN_CACHE_BYTES_MASKS", 4 * GiB)  # a mask is one byte per parameter (SD's UNet:
+# 0.86 GB)
 
 
 @dataclass
@@ -81,6 +82,21 @@ def fisher_diagonal(context, batches: list, stream: int, guidance_scale, clip) -
         for i, batch in enumerate(batches)), clip)
 
 
+def mask_key(context, batches: list, gamma: float, guidance_scale, clip, eps: float) -> str:
+    """SHA-256 (64 hex digits) of what SFR-on's mask is a function of: the settings, the run's seed and process
+    count (the batches' noise draws), antithetic timestep sampling, the training scheduler's class and config, and
+    the trainable parameters' and the Fisher batches' tensors (names, dtypes, shapes, bytes). Under FSDP every
+    process must call it (the parameters are gathered)."""
+    scheduler = getattr(context.model, "noise_scheduler", None)
+    header = {"version": KEY_VERSION, "seed": context.cfg.seed, "gamma": gamma, "guidance_scale": guidance_scale,
+              "clip": clip, "eps": eps, "num_processes": context.num_processes,
+              "antithetic": context.train_cfg.antithetic, "scheduler": scheduler_config(scheduler)}
+    tensors = [(name, p) for name, p in context.params]
+    tensors += [(f"batch{i}.{k}", v) for i, batch in enumerate(batches) for k, v in batch.items()
+                if isinstance(v, torch.Tensor)]
+    return cache_key(header, tensors)
+
+
 def fisher_saliency_mask(context, num_batches: int, gamma: float, guidance_scale, clip, eps: float = 1e-15,
                          use_cache: bool = True):
     """SFR-on's saliency mask on the trainer's current (original) weights.
@@ -90,19 +106,13 @@ def fisher_saliency_mask(context, num_batches: int, gamma: float, guidance_scale
     """
     forget = [context.forget_batch(i) for i in range(num_batches)]
     remain = [context.remain_batch(i) for i in range(num_batches)]
-    digest = hashlib.sha256(json.dumps([context.cfg.seed, gamma, guidance_scale, clip, eps,
-                                        context.num_processes]).encode())
-    for _, p in context.params:
-        hash_tensor(digest, p)
-    for batch in forget + remain:
-        for value in batch.values():
-            if isinstance(value, torch.Tensor):
-                hash_tensor(digest, value)
-    path = cache_dir() / "masks" / f"{digest.hexdigest()[:32]}.safetensors"
+    key = mask_key(context, forget + remain, gamma, guidance_scale, clip, eps)
+    path = CACHE.path(key)
     decision = [str(path), use_cache and path.is_file()]
     broadcast_object_list(decision)  # every process must take the same branch (the Fisher pass is collective)
     path, hit = Path(decision[0]), decision[1]
     if hit:
+        touch(path)
         mask = SaliencyMask.load(path, context.params)
     else:
         f_forget = fisher_diagonal(context, forget, stream=Stream.MASK_FORGET, guidance_scale=guidance_scale, clip=clip)
@@ -110,7 +120,7 @@ def fisher_saliency_mask(context, num_batches: int, gamma: float, guidance_scale
         mask = SaliencyMask({name: (f_forget[name] + eps) / (f_remain[name] + eps) >= gamma for name in f_forget})
         if use_cache:
             main = context.is_main_process
-            atomic_write(path, lambda tmp: mask.save(tmp, main_process=main), commit=main)
+            CACHE.store(key, lambda tmp: mask.save(tmp, main_process=main), commit=main)
     return mask, {"mask_cache": str(path), "mask_cache_hit": hit, "mask_density": mask.density()}
 
 

@@ -5,24 +5,19 @@ linearisation point and the identity of D: the multiset of its samples (SHA-256 
 hashed: `diffunlearn.data.digest`; order-free, and independent of how D is split into forget and retain), or a
 name the caller gives D (skips hashing the data on every request).
 Files live under `diffunlearn.assets.cache_dir()/fast_ntk` (env DIFFUNLEARN_CACHE), `DISK_BYTES` in all: after each
-write the least recently used files go first (a load from disk counts as a use), the newest is always kept.
+write the least recently used files go first (a load from disk counts as a use), the newest is always kept
+(`diffunlearn.disk_cache`, shared with the other caches).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections import OrderedDict
 from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..assets import cache_dir
-from ..data.digest import hash_tensor
-from ..errors import UserError
-from ..outputs import atomic_write
+from ..disk_cache import GiB, DiskCache, cache_key
 from .statistics import Statistics
 
 FORMAT_VERSION = 3  # 2: the gram holds X^T X's lower triangle only (the solves read no more); 3: D is identified
@@ -30,8 +25,9 @@ FORMAT_VERSION = 3  # 2: the gram holds X^T X's lower triangle only (the solves 
 MEMORY_ENTRIES = 4
 MEMORY_BYTES = 2 << 30  # the in-memory entries' total size cap (P_S^2 float64 each: 1.9 GB at P_S = 15k); the
 # newest entry is kept whatever its size
-DISK_BYTES = 8 << 30  # the files' total size cap (ViT-B/16 prompt + head: 1.9 GB per set); env
+DISK_BYTES = 8 * GiB  # the files' total size cap (ViT-B/16 prompt + head: 1.9 GB per set); env
 # DIFFUNLEARN_NTK_CACHE_BYTES overrides it
+DISK = DiskCache("fast_ntk", "DIFFUNLEARN_NTK_CACHE_BYTES", DISK_BYTES)
 _MEMORY: "OrderedDict[str, Statistics]" = OrderedDict()
 
 
@@ -40,19 +36,13 @@ def statistics_key(model, subset_names: list, init: Optional[dict], loss: str, d
     unambiguous: a JSON header (with the number of state entries and the names of w0's tensors), then each tensor's
     JSON-quoted name, dtype, shape and bytes (`hash_tensor`; their length follows from dtype and shape)."""
     state = model.state_dict()
-    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, type(model).__name__, subset_names, loss, data_digest,
-                                        init is None, len(state), sorted(init or {})]).encode())
-    for name, tensor in state.items():
-        digest.update(json.dumps(name).encode())
-        hash_tensor(digest, tensor)
-    for name in sorted(init or {}):
-        digest.update(json.dumps(name).encode())
-        hash_tensor(digest, init[name])
-    return digest.hexdigest()
+    header = [FORMAT_VERSION, type(model).__name__, subset_names, loss, data_digest, init is None, len(state),
+              sorted(init or {})]
+    return cache_key(header, [*state.items(), *((name, init[name]) for name in sorted(init or {}))])
 
 
 def _path(key: str):
-    return cache_dir() / "fast_ntk" / f"{key}.safetensors"
+    return DISK.path(key)
 
 
 def load_statistics(key: str, device=None) -> tuple[Optional[Statistics], str]:
@@ -61,9 +51,8 @@ def load_statistics(key: str, device=None) -> tuple[Optional[Statistics], str]:
         _MEMORY.move_to_end(key)
         stats = _MEMORY[key]
         where = "memory"
-    elif (path := _path(key)).is_file():
+    elif (path := DISK.lookup(key)) is not None:
         tensors = load_file(str(path))
-        _touch(path)
         stats = Statistics(tensors["gram"], tensors["rhs"], tensors.get("fisher"), int(tensors["count"]))
         _remember(key, stats)
         where = "disk"
@@ -93,47 +82,12 @@ def store_statistics(key: str, stats: Statistics, disk: bool = True) -> None:
     if disk:
         tensors = {"gram": cpu.gram.contiguous(), "rhs": cpu.rhs.contiguous(), "count": torch.tensor(cpu.count),
                    **({} if fisher is None else {"fisher": fisher.contiguous()})}
-        path = _path(key)
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
-        _trim_disk(path)
-
-
-def _touch(path) -> None:
-    try:
-        os.utime(path)  # marks the use; the least recently used files are trimmed first
-    except OSError:  # a read-only cache folder: it is still read, never trimmed by this process
-        pass
+        DISK.store(key, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def disk_limit() -> int:
     """The statistics files' total size cap in bytes (DIFFUNLEARN_NTK_CACHE_BYTES, else `DISK_BYTES`)."""
-    value = os.environ.get("DIFFUNLEARN_NTK_CACHE_BYTES", "")
-    if not value.isdigit():
-        if value:
-            raise UserError(f"DIFFUNLEARN_NTK_CACHE_BYTES={value!r} is invalid; give a whole number of bytes (0 keeps "
-                            "only the newest file)")
-        return DISK_BYTES
-    return int(value)
-
-
-def _trim_disk(newest) -> None:
-    """Delete the least recently used statistics files until the folder holds `disk_limit()` bytes or less; the
-    file just written (`newest`) stays."""
-    others, total = [], newest.stat().st_size
-    for path in newest.parent.glob("*.safetensors"):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:  # another process trimmed it
-            continue
-        if path != newest:
-            others.append((stat.st_mtime, stat.st_size, path))
-            total += stat.st_size
-    limit = disk_limit()
-    for _, size, path in sorted(others):  # least recently used first
-        if total <= limit:
-            break
-        path.unlink(missing_ok=True)
-        total -= size
+    return DISK.limit()
 
 
 def clear_memory_cache() -> None:

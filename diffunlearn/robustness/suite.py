@@ -7,7 +7,8 @@ an attack's settings, other overrides go to the run config. Every check runs bef
 are built in `.OUT.partial` one attack at a time (`NAME.json`), so a rerun of the same command resumes after the
 last finished attack; the folder moves into place when all are done. Outputs: `robustness.json` (per attack: ASR on
 the unlearned model, on the base, on RT if given, budget, protocol, curves), `robustness.md` (the table) and
-`gallery/NAME.png` (the attack's best images on the unlearned model).
+`gallery/`: `index.html` (the ASRs with their intervals and budgets, the relearning curves, the images; see
+`gallery.py`), `NAME.png` (the attack's best images on the unlearned model), `NAME_base.png`, `NAME_rt.png`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from ..config_loading import build_config, config_to_dict, parse_overrides, vali
 from ..data.sets import build_sets, check_target
 from ..errors import UserError
 from ..evaluation.judge_loading import load_judge
-from ..evaluation.metrics import with_interval
 from ..evaluation.targets import eval_targets
 from ..models.loading import load_model, make_trainable
 from ..outputs import (atomic_write, check_output, finalize, markdown_table, pipeline_folder, prepare_work_dir, scrub,
@@ -32,6 +32,7 @@ from ..outputs import (atomic_write, check_output, finalize, markdown_table, pip
 from ..registry import ATTACKS, get_attack
 from ..run_folder import IDENTITY_KEY, config_for_model, identity, reusable
 from .base import AttackContext
+from .gallery import asr_text, attack_gallery, save_attack_images
 
 SUITE_FILE = "suite.yaml"  # identity of a partial suite: a rerun with the same one resumes
 
@@ -120,8 +121,8 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
             context = AttackContext(cfg, model, lambda r=role: load(r), judge, forget, forget_set)
             result = cls(settings[name]).run(context)
             entry[role] = {**result.to_dict(), "seconds": time.perf_counter() - start}
-            if role == "unlearned" and result.images is not None:
-                _save_grid(work / "gallery" / f"{name}.png", result.images)
+            if result.images is not None:  # before NAME.json: a resumed suite has the images of finished attacks
+                save_attack_images(work / "gallery", name, role, result.images)
             if progress:
                 progress(f"{name} on {role}: ASR {result.asr:.3f} ({entry[role]['seconds']:.1f} s)")
         results[name] = entry
@@ -133,7 +134,8 @@ def run_suite(config_path, model_path, output, attacks=None, overrides=(), overw
                     IDENTITY_KEY: plan["identity"]})
     write_json(work / "robustness.json", report)
     atomic_write(work / "robustness.md", lambda tmp: tmp.write_text(summary_table(report) + "\n"))
-    atomic_write(work / "gallery" / "index.html", lambda tmp: tmp.write_text(gallery_page(report)))
+    gallery = work / "gallery"
+    atomic_write(gallery / "index.html", lambda tmp: tmp.write_text(attack_gallery(report, gallery)))
     finalize(work, out)
     return report
 
@@ -151,32 +153,12 @@ def suite_result(config_path, model_path, output, attacks=None, overrides=(), rt
                      with_base=with_base, plan=plan, **kwargs)
 
 
-def _asr(entry: dict, role: str) -> str:
-    """A role's ASR with its Wilson 95% interval ("-" when that role was not attacked)."""
-    got = entry.get(role)
-    return "-" if not got else with_interval(got["asr"], got.get("asr_ci95"))
-
-
 def summary_table(report: dict) -> str:
-    rows = [[name, _asr(entry, "unlearned"), _asr(entry, "base"), _asr(entry, "rt"),
+    rows = [[name, asr_text(entry, "unlearned"), asr_text(entry, "base"), asr_text(entry, "rt"),
              f"{entry['unlearned']['seconds']:.1f}", json.dumps(entry["unlearned"]["budget"])]
             for name, entry in report["attacks"].items()]
     return "\n".join(markdown_table(["attack", "ASR unlearned [95% CI]", "ASR base [95% CI]", "ASR RT [95% CI]",
                                       "seconds", "budget"], rows))
-
-
-def gallery_page(report: dict) -> str:
-    """`gallery/index.html`: each attack's best images on the unlearned model, with its ASR beside the base's (each
-    with its Wilson 95% interval)."""
-    from html import escape
-
-    def beside(e):
-        return "" if e.get("base") is None else f", {_asr(e, 'base')} on the base"
-
-    rows = "".join(f"<h2>{escape(name)}</h2><p>ASR {_asr(e, 'unlearned')} on the attacked model{beside(e)}</p>"
-                   f"<img src=\"{escape(name)}.png\" alt=\"{escape(name)}\">" for name, e in report["attacks"].items())
-    return (f"<!doctype html><meta charset=\"utf-8\"><title>robustness</title><h1>Attacks on the unlearned model "
-            f"(forget targets: {escape(', '.join(report['forget_targets']))})</h1>{rows}\n")
 
 
 def _load(raw, run_overrides, folder, role):
@@ -185,12 +167,3 @@ def _load(raw, run_overrides, folder, role):
     except UserError as exc:
         raise UserError(f"--{'model' if role == 'unlearned' else role}: {exc}") from None
     return model
-
-
-def _save_grid(path: Path, images) -> None:
-    from diffusers.utils import make_image_grid
-
-    from ..evaluation.gallery import to_pil
-
-    pils = to_pil(images[:16])
-    atomic_write(path, lambda tmp: make_image_grid(pils, 1, len(pils)).save(tmp, format="PNG"))

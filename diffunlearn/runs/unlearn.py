@@ -28,9 +28,10 @@ from accelerate import PartialState
 
 from ..config import RunConfig
 from ..config_loading import config_to_dict, load_config
-from ..data.sets import build_sets, check_target
+from ..data.sets import base_model_key, build_sets, check_target
 from ..distributed import use_cpu
 from ..errors import UserError
+from ..evaluation.base_cache import evaluate_base
 from ..evaluation.evaluator import check_evaluation, make_evaluator
 from ..evaluation.gallery_page import page_head
 from ..evaluation.judge_loading import load_judge
@@ -162,14 +163,17 @@ def train(run: Run, progress: bool = True) -> tuple:
 
 
 def evaluate_models(run: Run, device) -> tuple:
-    """(base metrics, unlearned metrics, evaluator, base images, unlearned images) under the run's protocol."""
+    """(base metrics, unlearned metrics, evaluator, base images, unlearned images, base reused) under the run's
+    protocol; the base's come from the cache when an earlier run evaluated the same weights under the same protocol
+    (`evaluation.base_cache`, unless eval.reuse_base=false)."""
     base_model = load_model(run.cfg)[0] if run.base is None else run.base
     base_model.to(device)
     evaluator = make_evaluator(run.cfg, run.model, run.judge, base_model, run.base_path, device=device,
                                targets=run.targets)
-    base_metrics, base_images = evaluator(base_model)
+    base_metrics, base_images, reused = evaluate_base(evaluator, base_model, base_model_key(run.base_path), device,
+                                                      run.cfg.eval.reuse_base)
     unlearned_metrics, unlearned_images = evaluator(run.model)
-    return base_metrics, unlearned_metrics, evaluator, base_images, unlearned_images
+    return base_metrics, unlearned_metrics, evaluator, base_images, unlearned_images, reused
 
 
 def build_report(run: Run, timing: dict, device, evaluation=None) -> dict:
@@ -183,7 +187,8 @@ def build_report(run: Run, timing: dict, device, evaluation=None) -> dict:
               "environment": environment(run.state.num_processes, device, cfg.train.mixed_precision)}
     if evaluation is not None:
         base_metrics, unlearned_metrics, evaluator = evaluation[:3]
-        report.update(base=base_metrics, unlearned=unlearned_metrics, protocol=evaluator.protocol)
+        report.update(base=base_metrics, unlearned=unlearned_metrics, protocol=evaluator.protocol,
+                      base_reused=evaluation[5])
     report["timing"] = {"mask": timing.pop("setup"), "unlearning": timing.pop("unlearning"),
                         "stop_checks": timing.pop("checks", None), "evaluation": timing.pop("evaluation", None)}
     report["stop"] = timing.pop("stop", None)
@@ -209,7 +214,7 @@ def write(run: Run, report: dict, evaluation=None) -> None:
     work, cfg = run.work, run.cfg
     write_model_card(work / "README.md", cfg, report, run.model.load_hint)
     if evaluation is not None:
-        _, _, evaluator, base_images, unlearned_images = evaluation
+        evaluator, base_images, unlearned_images = evaluation[2:5]
         head = page_head(report, work / "losses.jsonl", stop_line(report["stop"], cfg.train.steps))
         evaluator.gallery(work / "gallery", base_images, unlearned_images, head)
     write_json(work / "report.json", report)
