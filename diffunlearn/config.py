@@ -205,9 +205,10 @@ class StopConfig:
     fid_ratio_max: Optional[float] = 0.95  # retained guard; null: stop on the forget estimate alone
     repair_clip: Optional[float] = 1.0
     max_repair_checks: int = 5  # then stop and keep the best checked state (lowest retained estimate, forgotten)
-    # before a stop as forgotten: this many forget samples under the final evaluation's sampler, steps and guidance
-    # (seeds of their own) must pass too, and the distance signal must agree; else the run goes on. 0: no confirmation
-    confirm_forget_samples: int = 64
+    # before a stop as forgotten: the final evaluation's forget samples (its sampler, steps, guidance and sample
+    # count, seeds of their own) must pass too, and the distance signal must agree with the judge against the base's
+    # final evaluation; else the run goes on. false: no confirmation
+    confirm: bool = True
     confirm_seed: int = 888_000
 
     def __post_init__(self):
@@ -215,9 +216,6 @@ class StopConfig:
             raise UserError(f"stop.check_every and stop.min_steps must be >= 0, got {self.check_every}, "
                             f"{self.min_steps}")
         check_seed("stop", seed=self.seed, confirm_seed=self.confirm_seed)
-        if self.confirm_forget_samples < 0:
-            raise UserError(f"stop.confirm_forget_samples must be >= 0 (0: no confirmation), got "
-                            f"{self.confirm_forget_samples!r}")
         check_positive("stop", patience=self.patience, forget_samples=self.forget_samples,
                        num_inference_steps=self.num_inference_steps, max_repair_checks=self.max_repair_checks)
         if not 0.0 <= self.forget_accuracy_max < 1.0:

@@ -30,7 +30,9 @@ def test_bad_targets_are_one_line_errors(config, target):
 
 def _report(fa, ra, fid, stopped=40, agree=True):
     return {"base": {"forget_accuracy": 1.0, "retained_accuracy": 1.0, "fid_retained": 1.0},
-            "unlearned": {"forget_accuracy": fa, "retained_accuracy": ra, "fid_retained": fid},
+            "unlearned": {"forget_accuracy": fa, "retained_accuracy": ra, "fid_retained": fid,
+                          "forget_accuracy_ci95": [max(0.0, fa - 0.02), fa + 0.04]},
+            "protocol": {"fid_features": "digits-judge-features", "fid_reference": "heldout", "fid_real_images": 324},
             "stop": {"stopped_at_step": stopped}, "signals": {"agree": agree},
             "timing": {"unlearning": 10.0, "stop_checks": 2.0}}
 
@@ -44,6 +46,8 @@ def test_rows_pass_only_within_every_bound_and_the_summary_names_the_worst_run()
     md = summary_markdown(rows, CLASS_FORGETTING, DDPM)
     assert "**1 of 3 runs hold**" in md and "agree in 2 of 3" in md
     assert "| fid_ratio | 1.000 | 1.300 | target 7, seed 1 |" in md
-    assert "| fa | 0.000 | 0.060 | target 3, seed 0 |" in md
+    assert "| fa | 0.000 | 0.060 [0.040, 0.100] | target 3, seed 0 |" in md  # the worst run with its interval
+    assert "FID: FID, digits-judge features, 324 held-out images" in md
+    assert "| 7 | 1 | 0.000 [0.000, 0.040] |" in md
     assert "Stopped early in 2 of 3 runs" in md
     json.dumps(rows)  # the rows are what results.csv holds

@@ -268,3 +268,25 @@ def test_fa_ra_and_fid_match_an_oracle_built_from_the_protocol_alone(tiny_ddpm_d
     assert metrics["retained_accuracy"] == pytest.approx(ra, abs=1e-9)
     assert metrics["fid_retained"] == pytest.approx(expected, rel=1e-4), (metrics["fid_retained"], expected)
     assert metrics["fid_retained_train"] == pytest.approx(expected_train, rel=1e-4)
+
+
+def test_an_evaluators_parts_score_the_same_samples_as_the_whole(tiny_ddpm_dir, tiny_classifier_dir):
+    """In-loop checks and the stop's confirmation sample only the part they read ("forget" or "retained"): the same
+    seeds, so the same numbers as the whole evaluation's."""
+    from conftest import tiny_overrides
+
+    from diffunlearn.config_loading import load_config
+    from diffunlearn.evaluation.evaluator import make_evaluator
+    from diffunlearn.evaluation.judge_loading import load_judge
+
+    cfg = load_config("configs/digits/ddpm_sfron.yaml", tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir))
+    model = tiny_ddpm()
+    evaluator = make_evaluator(cfg, model, load_judge(cfg.eval), model, str(tiny_ddpm_dir))
+    whole, gallery = evaluator(model)
+    (forget, none), (retained, nothing) = evaluator(model, part="forget"), evaluator(model, part="retained")
+    assert gallery and none == nothing == {}
+    for key in ("forget_accuracy", "forget_accuracy_ci95", "forget_confidence", "fid_forget"):
+        assert forget[key] == pytest.approx(whole[key], rel=1e-5) and key not in retained, key
+    for key in ("retained_accuracy", "retained_accuracy_ci95", "fid_retained", "fid_retained_train"):
+        assert retained[key] == pytest.approx(whole[key], rel=1e-5) and key not in forget, key
+    assert set(forget["per_target_accuracy"]) == {7} and set(retained["per_target_accuracy"]) == set(range(10)) - {7}

@@ -180,7 +180,8 @@ class Confirming:
     def __init__(self, script):
         self.script, self.calls = list(script), 0
 
-    def __call__(self, model):
+    def __call__(self, model, part="all"):
+        assert part == "forget", "a confirmation samples the forget targets only"
         fa, fid_forget = self.script[self.calls]
         self.calls += 1
         return {"forget_accuracy": fa, "forget_accuracy_ci95": [0.0, 1.0], "fid_retained": 2.0,
@@ -216,6 +217,37 @@ def test_a_check_that_does_not_ask_to_stop_is_not_confirmed():
     assert not mon(1) and confirm.calls == 0 and "confirmation" not in mon.history[0]
 
 
+class ByPart(Scripted):
+    """A script read by part (row `calls`, set by the test per check): the forget estimate when asked for "forget",
+    the retained one for "retained"."""
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.parts = []
+
+    def __call__(self, model, part="all"):
+        self.parts.append(part)
+        fa, fid = self.script[self.calls]
+        return ({"forget_accuracy": fa} if part == "forget" else {"fid_retained": fid}), {}
+
+
+def test_checks_sample_the_retained_targets_only_when_the_forget_estimate_passes_and_decide_the_same():
+    script = [(0.5, 9.0), (0.0, 3.0), (0.3, 9.0), (0.0, 2.0), (0.0, 2.0)]
+    rule = StopRule(0.05, patience=2, fid_ratio_max=1.25)
+    full = Monitor(tiny_ddpm(), Scripted(script), BASE, rule, 2, 100)
+    lazy_eval = ByPart(script)
+    lazy = Monitor(tiny_ddpm(), lazy_eval, BASE, rule, 2, 100, retained_when_forgotten=True)
+    for step in range(1, 10, 2):
+        full(step)
+        lazy_eval.calls = step // 2  # the script's row of this check
+        lazy(step)
+    assert [h["action"] for h in lazy.history] == [h["action"] for h in full.history] == \
+        [CONTINUE, REPAIR, CONTINUE, CONTINUE, STOP]
+    assert lazy_eval.parts == ["forget", "forget", "retained", "forget", "forget", "retained", "forget", "retained"]
+    assert [h["fid_retained"] for h in lazy.history] == [None, 3.0, None, 2.0, 2.0]
+    assert [h["best"] for h in lazy.history] == [h["best"] for h in full.history]
+
+
 def test_the_progress_bar_ends_where_the_run_stops(tmp_path, capsys):
     model = tiny_ddpm()
     trainer = make_trainer(model, tmp_path, ["method.saliency_mask=false", "train.steps=300"])
@@ -223,3 +255,20 @@ def test_the_progress_bar_ends_where_the_run_stops(tmp_path, capsys):
     trainer.train(callback=Monitor(model, Scripted([(1.0, 2.0), (0.0, 2.0)]), BASE, StopRule(0.05), 2, 300))
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert "stopped at 4: forgotten" in bar and "4/4" in bar and "100%" in bar, bar
+
+
+def test_the_card_and_gallery_show_checks_that_did_not_sample_the_retained_targets(tmp_path):
+    from diffunlearn.evaluation.gallery_page import page_head
+    from diffunlearn.evaluation.report import write_model_card
+
+    lazy = Monitor(tiny_ddpm(), ByPart([(0.5, 9.0), (0.0, 2.0)]), BASE, StopRule(0.05), 2, 100,
+                   retained_when_forgotten=True)
+    for row, step in enumerate((1, 3)):
+        lazy.evaluator.calls = row
+        lazy(step)
+    report = {"stop": lazy.summary(), "method": "sfr_on", "base_model": "m"}
+    cfg = load_config(MAIN)
+    write_model_card(tmp_path / "README.md", cfg, report, "ClassConditionalDDPMPipeline.from_pretrained")
+    assert "2: 0.500, -, continue; 4: 0.000, 1.00, stop ('-': not sampled" in (tmp_path / "README.md").read_text()
+    head = page_head(report, tmp_path / "absent.jsonl")
+    assert head.count("<circle") == 3, "two forget estimates and one retained estimate are drawn"

@@ -18,10 +18,12 @@ from pathlib import Path
 from ..config_loading import config_to_dict, load_config
 from ..errors import UserError
 from ..evaluation.criteria import CLASS_FORGETTING, check_class_forgetting
+from ..evaluation.metrics import with_interval
+from ..evaluation.report import fid_label
 from ..run_folder import identity, reusable
 
-COLUMNS = ("target", "seed", "base_fa", "fa", "retained_ratio", "fid_ratio", "stopped_at_step", "signals_agree",
-           "unlearning_s", "wall_s", "passed")
+COLUMNS = ("target", "seed", "base_fa", "fa", "fa_ci95_low", "fa_ci95_high", "retained_ratio", "fid_ratio",
+           "fid", "stopped_at_step", "signals_agree", "unlearning_s", "wall_s", "passed")
 
 
 def target_overrides(config_path: str, target: str) -> list:
@@ -44,10 +46,13 @@ def target_overrides(config_path: str, target: str) -> list:
 
 def grid_row(target: str, seed: int, report: dict, wall: float, bar: dict) -> dict:
     verdict = check_class_forgetting(report, bar)
-    stop = report.get("stop") or {}
+    stop, unlearned = report.get("stop") or {}, report["unlearned"]
+    low, high = unlearned.get("forget_accuracy_ci95") or (None, None)
     return {"target": target, "seed": seed, "base_fa": report["base"]["forget_accuracy"],
-            "fa": report["unlearned"]["forget_accuracy"], "retained_ratio": verdict["retained_ratio"][0],
-            "fid_ratio": verdict["fid_ratio"][0], "stopped_at_step": stop.get("stopped_at_step"),
+            "fa": unlearned["forget_accuracy"], "fa_ci95_low": low, "fa_ci95_high": high,
+            "retained_ratio": verdict["retained_ratio"][0], "fid_ratio": verdict["fid_ratio"][0],
+            "fid": fid_label(report["protocol"]) if report.get("protocol") else None,
+            "stopped_at_step": stop.get("stopped_at_step"),
             "signals_agree": (report.get("signals") or {}).get("agree"),
             "unlearning_s": report["timing"]["unlearning"] + (report["timing"].get("stop_checks") or 0.0),
             "wall_s": wall, "passed": all(ok for _, ok in verdict.values())}
@@ -91,23 +96,31 @@ def summary_markdown(rows: list, bar: dict, config_path: str, overrides=()) -> s
     held = sum(r["passed"] for r in rows)
     worst = {"fa": max, "retained_ratio": min, "fid_ratio": max, "unlearning_s": max}
     setup = f"`{config_path}`" + "".join(f" `{o}`" for o in overrides)
+    fid = rows[0].get("fid") or "FID"
     lines = [f"{setup}: **{held} of {len(rows)} runs hold** FA <= "
              f"{bar['unlearned_fa_max']}, retained accuracy >= {bar['retained_ratio_min']} x base, FID_retained <= "
              f"{bar['fid_ratio_max']} x base; judge and distance signals agree in "
-             f"{sum(r['signals_agree'] is True for r in rows)} of {len(rows)}.", "",
+             f"{sum(r['signals_agree'] is True for r in rows)} of {len(rows)}. FID: {fid}; FA with its Wilson "
+             "95% interval.", "",
              "| measure | median | worst | worst run |", "|---|---|---|---|"]
     for key, pick in worst.items():
         values = [r[key] for r in rows]
         bad = pick(rows, key=lambda r: r[key])
-        lines.append(f"| {key} | {statistics.median(values):.3f} | {pick(values):.3f} | target {bad['target']}, seed "
-                     f"{bad['seed']} |")
+        lines.append(f"| {key} | {statistics.median(values):.3f} | {_fa(bad) if key == 'fa' else f'{pick(values):.3f}'}"
+                     f" | target {bad['target']}, seed {bad['seed']} |")
     stops = [r["stopped_at_step"] for r in rows if r["stopped_at_step"] is not None]
     lines += ["", f"Stopped early in {len(stops)} of {len(rows)} runs"
               + (f" (steps: median {statistics.median(stops):.0f}, max {max(stops)})." if stops else "."), "",
-              "| target | seed | FA | retained ratio | FID ratio | stopped at | signals agree | unlearning s | holds |",
+              "| target | seed | FA [95% CI] | retained ratio | FID ratio | stopped at | signals agree | unlearning s | holds |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['target']} | {r['seed']} | {r['fa']:.3f} | {r['retained_ratio']:.3f} | "
+        lines.append(f"| {r['target']} | {r['seed']} | {_fa(r)} | {r['retained_ratio']:.3f} | "
                      f"{r['fid_ratio']:.3f} | {r['stopped_at_step'] or 'all steps'} | {r['signals_agree']} | "
                      f"{r['unlearning_s']:.1f} | {'yes' if r['passed'] else 'NO'} |")
     return "\n".join(lines)
+
+
+def _fa(row: dict) -> str:
+    """A run's FA with its Wilson interval (when the report has one)."""
+    low = row.get("fa_ci95_low")
+    return with_interval(row["fa"], None if low is None else [low, row["fa_ci95_high"]])

@@ -109,46 +109,61 @@ class Evaluator:
             "torch": torch.__version__, "torchmetrics": torchmetrics.__version__, "python": platform.python_version(),
         }
 
-    def images(self, model) -> torch.Tensor:
-        """This process's share of the evaluation images of `model` (`self.rows`), (n, C, H, W) in [0, 1]."""
-        return generate(model, self.conditions, self.seeds, self.eval_cfg)
+    def images(self, model, rows=None) -> torch.Tensor:
+        """This process's share of the evaluation images of `model` (`self.rows`, or those where the bool mask
+        `rows` is True), (n, C, H, W) in [0, 1]."""
+        if rows is None:
+            return generate(model, self.conditions, self.seeds, self.eval_cfg)
+        seeds = [s for s, keep in zip(self.seeds, rows.tolist()) if keep]
+        return generate(model, self.conditions[rows], seeds, self.eval_cfg)
 
-    def __call__(self, model) -> tuple:
+    def __call__(self, model, part: str = "all") -> tuple:
         """Metrics of `model` and its gallery images per target {key: (k, C, H, W)}, k = eval.gallery_per_class
-        (the first k seeds); in a distributed run every process calls it and gets the same result."""
-        images = self.images(model)
-        probs = self.judge.probabilities(images)  # (n, L + 1), last column: none of the labels
-        verdicts = probs.argmax(-1)
-        recognised = (verdicts == self.expected).long()
-        counts = torch.zeros(2, len(self.targets), dtype=torch.long)  # (recognised, generated) per target
-        counts[0].index_add_(0, self.target_index, recognised)
-        counts[1].index_add_(0, self.target_index, torch.ones_like(recognised))
-        correct, total = sum_over_processes(counts).float()  # float32 c / n: bit-equal to the mean of 0/1 flags
-        per_target = {t.key: (correct[i] / total[i]).item() for i, t in enumerate(self.targets)}
+        (the first k seeds); in a distributed run every process calls it and gets the same result.
+
+        `part`: "all"; "forget" samples only the forget targets (forget accuracy, its interval, the judge's
+        confidence, `fid_forget`); "retained" only the retained ones (retained accuracy, FID_retained). A part
+        returns no gallery ({})."""
         nf = len(self.forget)
-        is_forget = self.target_index < nf
-        confidence = sum_over_processes(torch.stack([
-            probs[is_forget].gather(1, self.expected[is_forget, None]).double().sum(),
-            probs[is_forget, -1].double().sum()]))
-        metrics = {
-            "forget_accuracy": (correct[:nf].sum() / total[:nf].sum()).item(),
-            # Wilson 95% intervals on the pooled counts (every retained target has the same number of samples)
-            "forget_accuracy_ci95": wilson_interval(int(correct[:nf].sum()), int(total[:nf].sum())),
-            "retained_accuracy": sum(per_target[t.key] for t in self.retained) / len(self.retained),
-            "retained_accuracy_ci95": wilson_interval(int(correct[nf:].sum()), int(total[nf:].sum())),
-            "fid_retained": self.fid(images[~is_forget]),
-            **({"fid_retained_train": self.fid_train(images[~is_forget])} if self.fid_train else {}),
-            "per_target_accuracy": per_target,
-            # the judge's mean probability that a forget sample shows the forgotten target, and that it shows none
-            "forget_confidence": (confidence[0] / total[:nf].sum()).item(),
-            "forget_none_probability": (confidence[1] / total[:nf].sum()).item(),
-        }
-        if self.fid_forget is not None and self.eval_cfg.forget_samples * nf >= 2:  # FID needs a covariance
-            metrics["fid_forget"] = self.fid_forget(images[is_forget])
-            if self.eval_cfg.retained_samples_per_class >= 2:
-                metrics["fid_forget_nearest_retained"] = min(
-                    self.fid_forget(images[self.target_index == i]) for i in range(nf, len(self.targets)))
-        return metrics, self.gather_gallery(images)
+        rows = None if part == "all" else (self.target_index < nf) == (part == "forget")
+        images = self.images(model, rows)
+        index = self.target_index if rows is None else self.target_index[rows]
+        expected = self.expected if rows is None else self.expected[rows]
+        probs = self.judge.probabilities(images)  # (n, L + 1), last column: none of the labels
+        recognised = (probs.argmax(-1) == expected).long()
+        counts = torch.zeros(2, len(self.targets), dtype=torch.long)  # (recognised, generated) per target
+        counts[0].index_add_(0, index, recognised)
+        counts[1].index_add_(0, index, torch.ones_like(recognised))
+        correct, total = sum_over_processes(counts).float()  # float32 c / n: bit-equal to the mean of 0/1 flags
+        is_forget = index < nf
+        parts = ("forget", "retained") if part == "all" else (part,)
+        metrics = {"per_target_accuracy": {t.key: (correct[i] / total[i]).item() for i, t in enumerate(self.targets)
+                                           if ("forget" if t.forget else "retained") in parts}}
+        if "forget" in parts:
+            confidence = sum_over_processes(torch.stack([
+                probs[is_forget].gather(1, expected[is_forget, None]).double().sum(),
+                probs[is_forget, -1].double().sum()]))
+            metrics.update({
+                "forget_accuracy": (correct[:nf].sum() / total[:nf].sum()).item(),
+                # Wilson 95% intervals on the pooled counts (every retained target has the same number of samples)
+                "forget_accuracy_ci95": wilson_interval(int(correct[:nf].sum()), int(total[:nf].sum())),
+                # the judge's mean probability that a forget sample shows the forgotten target, and that it shows none
+                "forget_confidence": (confidence[0] / total[:nf].sum()).item(),
+                "forget_none_probability": (confidence[1] / total[:nf].sum()).item()})
+            if self.fid_forget is not None and self.eval_cfg.forget_samples * nf >= 2:  # FID needs a covariance
+                metrics["fid_forget"] = self.fid_forget(images[is_forget])
+        if "retained" in parts:
+            per_target = metrics["per_target_accuracy"]
+            metrics.update({
+                "retained_accuracy": sum(per_target[t.key] for t in self.retained) / len(self.retained),
+                "retained_accuracy_ci95": wilson_interval(int(correct[nf:].sum()), int(total[nf:].sum())),
+                "fid_retained": self.fid(images[~is_forget]),
+                **({"fid_retained_train": self.fid_train(images[~is_forget])} if self.fid_train else {})})
+        if part == "all" and self.fid_forget is not None and "fid_forget" in metrics \
+                and self.eval_cfg.retained_samples_per_class >= 2:
+            metrics["fid_forget_nearest_retained"] = min(
+                self.fid_forget(images[index == i]) for i in range(nf, len(self.targets)))
+        return metrics, self.gather_gallery(images) if part == "all" else {}
 
     def gather_gallery(self, images: torch.Tensor) -> dict:
         """{target key: its first eval.gallery_per_class images (k, C, H, W)}, collected from every process's

@@ -52,7 +52,7 @@ def page_head(report: dict, losses_path, stop_text: str = "") -> str:
                    for key in ("forget_loss", "remain_loss", "repair_loss")}
     checks = (report.get("stop") or {}).get("checks") or []
     check_series = {"forget estimate": [(c["step"], c["forget_accuracy"]) for c in checks],
-                    "retained FID / base": [(c["step"], c["fid_ratio"]) for c in checks]}
+                    "retained FID / base": [(c["step"], c["fid_ratio"]) for c in checks if c["fid_ratio"] is not None]}
     plots = svg_plot("losses per step", {k: v for k, v in loss_series.items() if v}, y_label="loss")
     plots += svg_plot("in-loop checks", {k: v for k, v in check_series.items() if v}, y_label="value")
     stop = f"<p class='stop'>{html.escape(stop_text)}.</p>" if stop_text else ""

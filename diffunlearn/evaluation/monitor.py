@@ -83,16 +83,21 @@ class Monitor:
         every: check every this many steps; also at the steps in `also` and at the last step `total_steps`.
         clock: returns the unlearning seconds so far (recorded with each check).
         progress: called with one line per check (None: silent).
-        confirmation: (evaluator, its base metrics) under the final evaluation's sampler and steps, on seeds of
-            its own: a check that would stop the run as forgotten stops it only when this evaluator's forget
-            estimate passes too and its distance signal agrees with the judge (`report.forgetting_signals`);
-            otherwise the run goes on. None: no confirmation.
+        confirmation: (evaluator, base metrics): the final evaluation's protocol on seeds of its own, and the base
+            model's metrics under the final evaluation: a check that would stop the run as forgotten stops it only
+            when the forget samples of this evaluator pass too and their distance signal agrees with the judge
+            (`report.forgetting_signals`); otherwise the run goes on. It samples the forget targets only. None: no
+            confirmation.
+        retained_when_forgotten: sample the retained targets of a check only when its forget estimate passes (the
+            rule reads the retained estimate only then: the same decisions, fewer samples); a check whose forget
+            estimate fails records no retained estimate. False: every check estimates both (a benchmark's curves).
     """
 
     def __init__(self, model, evaluator, base_metrics: dict, rule: StopRule, every: int, total_steps: int,
                  also=(), clock: Optional[Callable[[], float]] = None, progress: Optional[Callable] = None,
-                 confirmation: Optional[tuple] = None):
+                 confirmation: Optional[tuple] = None, retained_when_forgotten: bool = False):
         self.model, self.evaluator, self.rule, self.confirmation = model, evaluator, rule, confirmation
+        self.retained_when_forgotten = retained_when_forgotten
         self.base = {"forget_accuracy": base_metrics["forget_accuracy"], "fid_retained": base_metrics["fid_retained"]}
         self.every, self.total_steps, self.also = every, total_steps, set(also)
         self.clock, self.progress = clock, progress
@@ -133,7 +138,12 @@ class Monitor:
         seconds = self.clock() if self.clock else None
         network = self.model.network
         network.eval()
-        metrics = self.evaluator(self.model)[0]
+        if self.retained_when_forgotten:
+            metrics = self.evaluator(self.model, part="forget")[0]
+            if self.rule.forget_passes(metrics["forget_accuracy"]):
+                metrics.update(self.evaluator(self.model, part="retained")[0])
+        else:
+            metrics = self.evaluator(self.model)[0]
         entry = self.record(step + 1, metrics, seconds)
         if self.action == STOP and self.confirmation is not None:
             self.confirm(entry)
@@ -144,9 +154,12 @@ class Monitor:
 
     def record(self, done: int, metrics: dict, seconds: Optional[float] = None) -> dict:
         """Add the check after `done` steps with `metrics` to the history and set the next action."""
-        rule, fa = self.rule, metrics["forget_accuracy"]
-        ratio = metrics["fid_retained"] / max(self.base["fid_retained"], 1e-12)
-        forget_ok, retained_ok = rule.forget_passes(fa), rule.retained_passes(ratio)
+        rule, fa, fid = self.rule, metrics["forget_accuracy"], metrics.get("fid_retained")
+        ratio = None if fid is None else fid / max(self.base["fid_retained"], 1e-12)
+        forget_ok = rule.forget_passes(fa)
+        if ratio is None and forget_ok:
+            raise ValueError("a check whose forget estimate passes needs the retained estimate")
+        retained_ok = ratio is None or rule.retained_passes(ratio)  # None: not read (the forget estimate failed)
         last = self.history[-1] if self.history else {"forget_streak": 0, "repair_streak": 0}
         streak = last["forget_streak"] + 1 if forget_ok else 0
         repairs = last["repair_streak"] + 1 if forget_ok and not retained_ok and rule.repair else 0
@@ -158,20 +171,20 @@ class Monitor:
             self.action = CONTINUE
         best_ratio = min((h["fid_ratio"] for h in self.history if h["best"]), default=float("inf"))
         best = forget_ok and ratio < best_ratio
-        entry = {"step": done, "seconds": seconds, "forget_accuracy": fa, "fid_retained": metrics["fid_retained"],
+        entry = {"step": done, "seconds": seconds, "forget_accuracy": fa, "fid_retained": fid,
                  "fid_ratio": ratio, "forget_confidence": metrics.get("forget_confidence"),
                  "forget_streak": streak, "repair_streak": repairs, "best": best, "action": self.action}
         self.history.append(entry)
         if self.progress:
-            self.progress(f"step {done}: forget estimate {fa:.3f}, retained FID estimate {metrics['fid_retained']:.3f}"
-                          f" ({ratio:.2f} x base) -> {self.action}")
+            retained = "not sampled (forget estimate fails)" if fid is None else f"{fid:.3f} ({ratio:.2f} x base)"
+            self.progress(f"step {done}: forget estimate {fa:.3f}, retained FID estimate {retained} -> {self.action}")
         return entry
 
     def confirm(self, entry: dict) -> None:
         """Confirm the stop `entry` asks for under the confirmation protocol; if it does not hold, the run goes on
         (the entry records the confirmation and its action becomes continue)."""
         evaluator, base = self.confirmation
-        metrics = evaluator(self.model)[0]
+        metrics = evaluator(self.model, part="forget")[0]
         signals = forgetting_signals(base, metrics)
         held = self.rule.forget_passes(metrics["forget_accuracy"]) and signals["agree"] is not False
         entry["confirmation"] = {"forget_accuracy": metrics["forget_accuracy"],
@@ -256,17 +269,16 @@ def make_monitor(cfg, model, judge, base_path: str, device, progress: bool, targ
     key, reuse = base_model_key(base_path), cfg.eval.reuse_base
     base_metrics, _, reused = evaluate_base(evaluator, model.to(device), key, device, reuse)
     reused, confirmation = {"checks": reused}, None
-    if stop.confirm_forget_samples:  # the final evaluation's sampler, steps and guidance; seeds of its own
-        confirm_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
-            cfg.eval, forget_samples=stop.confirm_forget_samples, seed=stop.confirm_seed,
-            retained_samples_per_class=stop.retained_samples_per_class))
+    if stop.confirm:  # the final evaluation's protocol on seeds of its own, against the base's final evaluation
+        final = make_evaluator(cfg, model, judge, model, base_path, device=device, targets=targets)
+        base, _, reused["confirmation"] = evaluate_base(final, model, key, device, reuse)  # the evaluation reads it
+        confirm_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, seed=stop.confirm_seed))
         confirm = make_evaluator(confirm_cfg, model, judge, model, base_path, device=device, targets=targets)
-        base, _, reused["confirmation"] = evaluate_base(confirm, model, key, device, reuse)
         confirmation = (confirm, {k: v for k, v in base.items() if not k.endswith("ci95")})
     rule = StopRule(stop.forget_accuracy_max, stop.patience, stop.fid_ratio_max, stop.min_steps,
                     max_repair_checks=stop.max_repair_checks)
     monitor = Monitor(model, evaluator, base_metrics, rule, stop.check_every, cfg.train.steps,
                       progress=tqdm.write if progress and PartialState().is_main_process else None,
-                      confirmation=confirmation)
+                      confirmation=confirmation, retained_when_forgotten=True)
     monitor.base_reused = reused
     return monitor

@@ -189,8 +189,9 @@ def write_model_card(path, cfg, report: dict, load_hint: str) -> None:
     checks = (report.get("stop") or {}).get("checks") or []
     if checks:
         lines += ["In-loop checks (step: forget estimate, retained FID estimate / base, next): "
-                  + "; ".join(f"{c['step']}: {c['forget_accuracy']:.3f}, {c['fid_ratio']:.2f}, {c['action']}"
-                              for c in checks) + ".", ""]
+                  + "; ".join(f"{c['step']}: {c['forget_accuracy']:.3f}, "
+                              f"{'-' if c['fid_ratio'] is None else format(c['fid_ratio'], '.2f')}, {c['action']}"
+                              for c in checks) + " ('-': not sampled while the forget estimate fails).", ""]
     robustness = report.get("robustness") or {}
     if robustness:
         lines += ["Robustness (attack success rate: share of attacked samples the judge recognises as the forgotten "
