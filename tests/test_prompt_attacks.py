@@ -34,7 +34,8 @@ def embedded(tmp_path_factory):
     is the base model's generated set, made in a cache folder of this module's own)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DIFFUNLEARN_CACHE", str(tmp_path_factory.mktemp("cache")))
-        cfg = load_config(SD)
+        # one remain prompt: D_f (all the attacks read) is the same set, D_r (none reads) is generated for 2 prompts
+        cfg = load_config(SD, ['forget.remain_prompts=["a handwritten digit two"]'])
         base, base_path = load_model(cfg)
         judge = load_judge(cfg.eval)
         forget, _ = eval_targets(cfg, base, judge.labels)

@@ -96,7 +96,7 @@ def summary_markdown(rows: list, bar: dict, config_path: str, overrides=()) -> s
     held = sum(r["passed"] for r in rows)
     worst = {"fa": max, "retained_ratio": min, "fid_ratio": max, "unlearning_s": max}
     setup = f"`{config_path}`" + "".join(f" `{o}`" for o in overrides)
-    fid = rows[0].get("fid") or "FID"
+    fid = " / ".join(sorted({r["fid"] for r in rows if r.get("fid")})) or "FID"  # the reference size varies by target
     lines = [f"{setup}: **{held} of {len(rows)} runs hold** FA <= "
              f"{bar['unlearned_fa_max']}, retained accuracy >= {bar['retained_ratio_min']} x base, FID_retained <= "
              f"{bar['fid_ratio_max']} x base; judge and distance signals agree in "
