@@ -30,9 +30,12 @@ class Counting:
     def __init__(self, monkeypatch):
         self.calls, real = 0, Evaluator.__call__
 
-        def call(evaluator, model):
+        self.whole = 0  # calls that sample every target ("all")
+
+        def call(evaluator, model, part="all"):
             self.calls += 1
-            return real(evaluator, model)
+            self.whole += part == "all"
+            return real(evaluator, model, part)
 
         monkeypatch.setattr(Evaluator, "__call__", call)
 
@@ -92,3 +95,22 @@ def test_a_rerun_reuses_the_base_metrics_and_says_so(tmp_path, tiny_ddpm_dir, ti
     assert "reused" not in (tmp_path / "a" / "README.md").read_text()
     third = unlearn_run(MAIN, tmp_path / "c", overrides + ["eval.reuse_base=false"], progress=False)
     assert third["base_reused"] is False and third["base"] == first["base"]
+
+
+def test_a_first_run_with_checks_evaluates_the_base_once_per_protocol_and_claims_no_reuse(
+        tmp_path, tiny_ddpm_dir, tiny_classifier_dir, monkeypatch):
+    checks = ["stop.check_every=2", "stop.patience=1", "stop.forget_accuracy_max=0.99", "stop.fid_ratio_max=null",
+              "stop.forget_samples=4", "stop.retained_samples_per_class=2", "stop.num_inference_steps=2"]
+    overrides = tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir, steps=4) + checks
+    counting = Counting(monkeypatch)
+    report = unlearn_run(MAIN, tmp_path / "a", overrides + ["eval.reuse_base=false"], progress=False)
+    # the base under the checks' protocol, the base under the final one (the confirmation's, then the evaluation's),
+    # the unlearned model: the final evaluation never samples the base a second time
+    assert counting.whole == 3 and report["stop"]["confirmation"] is not None
+    assert report["base_reused"] is False and report["stop"]["base_reused"] == {"checks": False,
+                                                                               "confirmation": False}
+    monkeypatch.setenv("DIFFUNLEARN_CACHE", str(tmp_path / "empty_cache"))  # "a" stored its evaluations
+    first = unlearn_run(MAIN, tmp_path / "b", overrides, progress=False)
+    assert first["base_reused"] is False, "computed earlier in this run, not read from the cache"
+    again = unlearn_run(MAIN, tmp_path / "c", overrides, progress=False)
+    assert again["base_reused"] is True and again["base"] == first["base"]

@@ -91,11 +91,15 @@ class Monitor:
         retained_when_forgotten: sample the retained targets of a check only when its forget estimate passes (the
             rule reads the retained estimate only then: the same decisions, fewer samples); a check whose forget
             estimate fails records no retained estimate. False: every check estimates both (a benchmark's curves).
+        base_reused: {"checks": bool, "confirmation": bool}: whether the base's metrics came from the cache.
+        base_evaluation: (metrics, gallery images, reused) of the base under the final evaluation, which the
+            confirmation compared with; the run's evaluation uses it instead of evaluating the base again.
     """
 
     def __init__(self, model, evaluator, base_metrics: dict, rule: StopRule, every: int, total_steps: int,
                  also=(), clock: Optional[Callable[[], float]] = None, progress: Optional[Callable] = None,
-                 confirmation: Optional[tuple] = None, retained_when_forgotten: bool = False):
+                 confirmation: Optional[tuple] = None, retained_when_forgotten: bool = False,
+                 base_reused: Optional[dict] = None, base_evaluation: Optional[tuple] = None):
         self.model, self.evaluator, self.rule, self.confirmation = model, evaluator, rule, confirmation
         self.retained_when_forgotten = retained_when_forgotten
         self.base = {"forget_accuracy": base_metrics["forget_accuracy"], "fid_retained": base_metrics["fid_retained"]}
@@ -104,7 +108,7 @@ class Monitor:
         self.history: List[dict] = []
         self.action = CONTINUE
         self.best, self.restored_step = None, None
-        self.base_reused: dict = {}  # {"checks": bool, "confirmation": bool}: base metrics read from the cache
+        self.base_reused, self.base_evaluation = base_reused or {}, base_evaluation
 
     @property
     def best_step(self) -> Optional[int]:
@@ -268,17 +272,17 @@ def make_monitor(cfg, model, judge, base_path: str, device, progress: bool, targ
                                targets=targets)
     key, reuse = base_model_key(base_path), cfg.eval.reuse_base
     base_metrics, _, reused = evaluate_base(evaluator, model.to(device), key, device, reuse)
-    reused, confirmation = {"checks": reused}, None
+    reused, confirmation, final_base = {"checks": reused}, None, None
     if stop.confirm:  # the final evaluation's protocol on seeds of its own, against the base's final evaluation
         final = make_evaluator(cfg, model, judge, model, base_path, device=device, targets=targets)
-        base, _, reused["confirmation"] = evaluate_base(final, model, key, device, reuse)  # the evaluation reads it
+        final_base = evaluate_base(final, model, key, device, reuse)  # the run's evaluation uses it too
+        reused["confirmation"] = final_base[2]
         confirm_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, seed=stop.confirm_seed))
         confirm = make_evaluator(confirm_cfg, model, judge, model, base_path, device=device, targets=targets)
-        confirmation = (confirm, {k: v for k, v in base.items() if not k.endswith("ci95")})
+        confirmation = (confirm, {k: v for k, v in final_base[0].items() if not k.endswith("ci95")})
     rule = StopRule(stop.forget_accuracy_max, stop.patience, stop.fid_ratio_max, stop.min_steps,
                     max_repair_checks=stop.max_repair_checks)
-    monitor = Monitor(model, evaluator, base_metrics, rule, stop.check_every, cfg.train.steps,
-                      progress=tqdm.write if progress and PartialState().is_main_process else None,
-                      confirmation=confirmation, retained_when_forgotten=True)
-    monitor.base_reused = reused
-    return monitor
+    return Monitor(model, evaluator, base_metrics, rule, stop.check_every, cfg.train.steps,
+                   progress=tqdm.write if progress and PartialState().is_main_process else None,
+                   confirmation=confirmation, retained_when_forgotten=True, base_reused=reused,
+                   base_evaluation=final_base)

@@ -98,6 +98,7 @@ class Run:
     remain_set: Any
     resumed: bool
     base: Any = None  # an in-memory base (the Python API's pipeline), never modified; None: loaded from the config
+    base_evaluation: Optional[tuple] = None  # (metrics, images, reused) of the base, when the stop's confirmation made it
 
 
 def prepare(config, output, overrides=(), overwrite: bool = False, evaluate: bool = True, base=None) -> Run:
@@ -151,6 +152,7 @@ def train(run: Run, progress: bool = True) -> tuple:
     trainer = Trainer(cfg, run.model, run.method_cls, run.forget_set, run.remain_set, work, progress=progress)
     if monitor is not None:
         monitor.clock = trainer.unlearning_seconds
+        run.base_evaluation = monitor.base_evaluation
     # the process group stays after training: every process evaluates its share of images
     timing = trainer.train(callback=monitor, finish=False)
     timing["checks"] += monitor_setup
@@ -164,14 +166,15 @@ def train(run: Run, progress: bool = True) -> tuple:
 
 def evaluate_models(run: Run, device) -> tuple:
     """(base metrics, unlearned metrics, evaluator, base images, unlearned images, base reused) under the run's
-    protocol; the base's come from the cache when an earlier run evaluated the same weights under the same protocol
-    (`evaluation.base_cache`, unless eval.reuse_base=false)."""
+    protocol; the base's are those the stop's confirmation made in this run, else they come from the cache when an
+    earlier run evaluated the same weights under the same protocol (`evaluation.base_cache`, unless
+    eval.reuse_base=false)."""
     base_model = load_model(run.cfg)[0] if run.base is None else run.base
     base_model.to(device)
     evaluator = make_evaluator(run.cfg, run.model, run.judge, base_model, run.base_path, device=device,
                                targets=run.targets)
-    base_metrics, base_images, reused = evaluate_base(evaluator, base_model, base_model_key(run.base_path), device,
-                                                      run.cfg.eval.reuse_base)
+    base_metrics, base_images, reused = run.base_evaluation or evaluate_base(
+        evaluator, base_model, base_model_key(run.base_path), device, run.cfg.eval.reuse_base)
     unlearned_metrics, unlearned_images = evaluator(run.model)
     return base_metrics, unlearned_metrics, evaluator, base_images, unlearned_images, reused
 
