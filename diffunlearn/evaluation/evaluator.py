@@ -159,8 +159,7 @@ class Evaluator:
                 "retained_accuracy_ci95": wilson_interval(int(correct[nf:].sum()), int(total[nf:].sum())),
                 "fid_retained": self.fid(images[~is_forget]),
                 **({"fid_retained_train": self.fid_train(images[~is_forget])} if self.fid_train else {})})
-        if part == "all" and self.fid_forget is not None and "fid_forget" in metrics \
-                and self.eval_cfg.retained_samples_per_class >= 2:
+        if part == "all" and "fid_forget" in metrics and self.eval_cfg.retained_samples_per_class >= 2:
             metrics["fid_forget_nearest_retained"] = min(
                 self.fid_forget(images[index == i]) for i in range(nf, len(self.targets)))
         return metrics, self.gather_gallery(images) if part == "all" else {}
@@ -188,7 +187,8 @@ def make_evaluator(cfg, model, judge, base_model, base_path: str, device="cpu", 
                    targets=None):
     """The evaluator of a run: its judge, targets and FID reference (real digits, or base-model samples), of which
     each process holds (and generates) only its share; with `second_signal`, also the forget targets' reference
-    for `fid_forget`. `targets`: the run's (forget, retained) `eval_targets`, when the caller has them."""
+    for `fid_forget` and, for a held-out reference, the train images for `fid_retained_train` (the in-loop checks
+    read neither). `targets`: the run's (forget, retained) `eval_targets`, when the caller has them."""
     from ..data.generated import generate_cached, image_seed
     from ..data.sets import base_model_key
     from ..distributed import process_share
@@ -203,7 +203,7 @@ def make_evaluator(cfg, model, judge, base_model, base_path: str, device="cpu", 
 
         return Evaluator(cfg, judge, forget, retained, share(retained), REFERENCE_SOURCES[split], device=device,
                          forget_reference=share(forget) if second_signal else None,
-                         train_reference=share(retained, "train") if split == "heldout" else None)
+                         train_reference=share(retained, "train") if split == "heldout" and second_signal else None)
 
     def base_samples(targets):  # this process's share of the base model's samples of `targets`, seeds + 50000
         n = cfg.eval.retained_samples_per_class

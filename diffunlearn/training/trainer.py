@@ -195,30 +195,30 @@ class Trainer:
         self._clock_start, self._clock_excluded = time.perf_counter(), 0.0
         pending = []
         main = self.accelerator.is_main_process
-        with open(self.work_dir / "losses.jsonl", "a") if main else contextlib.nullcontext() as log_file:
-            with tqdm(initial=first, total=self.total_steps, disable=not self.progress,
-                      desc=f"unlearn ({self.cfg.method.name})") as bar:  # by hand: it ends where the run ends
-                for step in range(first, self.total_steps):
-                    repair = getattr(callback, "repairing", False)
-                    pending.append((step, self.repair_step(step) if repair else self.method.training_step(step)))
-                    if callback is not None:
-                        tick = time.perf_counter()
-                        stop = callback(step)
-                        self._clock_excluded += time.perf_counter() - tick
-                        if stop:
-                            self._flush_logs(pending, log_file)
-                            bar.total = step + 1  # "stopped at 50: forgotten", 50/50
-                            bar.set_description_str(f"unlearn ({self.cfg.method.name}) stopped at {step + 1}: "
-                                                    f"{getattr(callback, 'stop_reason', 'stopped')}", refresh=False)
-                            bar.update(1)
-                            break
-                    bar.update(1)
-                    last = step == self.total_steps - 1
-                    checkpoint = (step + 1) % self.train_cfg.checkpoint_every == 0 and not last
-                    if checkpoint or last or (step + 1) % self.train_cfg.log_every == 0:
-                        self._flush_logs(pending, log_file)  # raises on a non-finite loss before any checkpoint
-                    if checkpoint:
-                        self.save_checkpoint(step, callback)
+        log = open(self.work_dir / "losses.jsonl", "a") if main else contextlib.nullcontext()
+        with log as log_file, tqdm(initial=first, total=self.total_steps, disable=not self.progress,
+                                   desc=f"unlearn ({self.cfg.method.name})") as bar:  # by hand: ends where the run ends
+            for step in range(first, self.total_steps):
+                repair = getattr(callback, "repairing", False)
+                pending.append((step, self.repair_step(step) if repair else self.method.training_step(step)))
+                if callback is not None:
+                    tick = time.perf_counter()
+                    stop = callback(step)
+                    self._clock_excluded += time.perf_counter() - tick
+                    if stop:
+                        self._flush_logs(pending, log_file)
+                        bar.total = step + 1  # "stopped at 50: forgotten", 50/50
+                        bar.set_description_str(f"unlearn ({self.cfg.method.name}) stopped at {step + 1}: "
+                                                f"{getattr(callback, 'stop_reason', 'stopped')}", refresh=False)
+                        bar.update(1)
+                        break
+                bar.update(1)
+                last = step == self.total_steps - 1
+                checkpoint = (step + 1) % self.train_cfg.checkpoint_every == 0 and not last
+                if checkpoint or last or (step + 1) % self.train_cfg.log_every == 0:
+                    self._flush_logs(pending, log_file)  # raises on a non-finite loss before any checkpoint
+                if checkpoint:
+                    self.save_checkpoint(step, callback)
         if hasattr(callback, "finish"):  # e.g. a Monitor falls back on its best state
             callback.finish()
         self.accelerator.wait_for_everyone()
