@@ -1,6 +1,7 @@
 """The on-disk caches under `assets.cache_dir()` (env DIFFUNLEARN_CACHE): one folder per kind, capped in size.
 
-Each kind (`fast_ntk`, `generated`, `masks`) is a `DiskCache`: entries are `cache_dir()/KIND/KEY+suffix`, KEY a whole
+Each kind (`fast_ntk`, `generated`, `masks`, `base_eval`, `rt`) is a `DiskCache`: entries are
+`cache_dir()/KIND/KEY+suffix` (a file, or a folder for `folder=True` kinds such as retrained models), KEY a whole
 SHA-256 (64 hex digits, `cache_key`) of everything that changes the entry's content. After each write the folder
 is trimmed to its cap, least recently used first (an entry's mtime is its last use: `touch` on every hit), never
 the entry just written. The cap is the kind's env var (a whole number of bytes; 0 keeps only the newest entry),
@@ -15,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -69,14 +72,30 @@ def touch(path) -> None:
         pass
 
 
+def entry_size(path: Path) -> int:
+    """Bytes of a cache entry: a file's size, or the sum of a folder entry's files."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def remove_entry(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class DiskCache:
-    """One kind of cache entry: the folder `cache_dir()/kind`, capped at `env` bytes (else `default_bytes`)."""
+    """One kind of cache entry: the folder `cache_dir()/kind`, capped at `env` bytes (else `default_bytes`);
+    `folder=True`: each entry is a folder (written whole under a hidden name, then renamed into place)."""
 
     kind: str
     env: str
     default_bytes: int
     suffix: str = ".safetensors"
+    folder: bool = False
 
     def path(self, key: str) -> Path:
         return cache_dir() / self.kind / f"{key}{self.suffix}"
@@ -84,7 +103,7 @@ class DiskCache:
     def lookup(self, key: str) -> Optional[Path]:
         """The entry's path when it exists (and marked as used), else None."""
         path = self.path(key)
-        if not path.is_file():
+        if not (path.is_dir() if self.folder else path.is_file()):
             return None
         touch(path)
         return path
@@ -104,28 +123,45 @@ class DiskCache:
         folder to `limit()`. `commit=False`: a process that takes part in a collective write but does not own it
         (it keeps nothing and trims nothing)."""
         limit, path = self.limit(), self.path(key)  # a bad env value is refused before the work of writing
-        atomic_write(path, write, commit=commit)
+        if self.folder:
+            self._store_folder(path, write)
+        else:
+            atomic_write(path, write, commit=commit)
         if commit:
             self.trim(path, limit)
         return path
+
+    @staticmethod
+    def _store_folder(path: Path, write) -> None:
+        """`write(tmp)` fills a hidden sibling folder, renamed to `path` (a concurrent writer's entry wins)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            write(tmp)
+            if not path.exists():
+                os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def trim(self, newest: Path, limit: Optional[int] = None) -> None:
         """Delete the least recently used entries until the folder holds `limit` (default `limit()`) bytes or less;
         `newest` stays."""
         limit = self.limit() if limit is None else limit
-        others, total = [], newest.stat().st_size
+        others, total = [], entry_size(newest)
         for path in newest.parent.glob(f"*{self.suffix}"):
+            if path.name.startswith("."):  # a writer's hidden temporary
+                continue
             try:
-                stat = path.stat()
+                mtime, size = path.stat().st_mtime, entry_size(path)
             except FileNotFoundError:  # another process trimmed it
                 continue
             if path != newest:
-                others.append((stat.st_mtime, stat.st_size, path))
-                total += stat.st_size
+                others.append((mtime, size, path))
+                total += size
         for _, size, path in sorted(others):  # least recently used first
             if total <= limit:
                 break
-            path.unlink(missing_ok=True)
+            remove_entry(path)
             total -= size
 
 

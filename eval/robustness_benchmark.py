@@ -19,7 +19,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/digits/benchmark_ddpm.yaml")
     parser.add_argument("--output", default="out/robustness_ddpm")
-    parser.add_argument("--rt", default=None, help="a model retrained without the target (a row of its own)")
+    parser.add_argument("--rt", default=None, help="a model retrained without the target (a row of its own); 'auto': "
+                        "the embedded base's recipe without the forget classes, trained once and cached")
     parser.add_argument("--attacks", default=None, help="comma-separated attack names (default: all that apply)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parse_args(parser, argv)

@@ -49,6 +49,10 @@ def run_robustness_benchmark(config_path, output, attacks=None, rt=None, overrid
     bench = load_benchmark_config(config_path)
     root = Path(output)
     configs = {name: row_config(bench, name, overrides=list(overrides)) for name in _row_names(bench)}  # all checks
+    if rt == "auto":  # the base's recipe without the target (cached), once every row's config is checked
+        from ..recipes.retrained import rt_for_run
+
+        rt = str(rt_for_run(next(iter(configs.values())), progress=progress or (lambda _: None)))
     rows = {}
     base_eval = None
     beside = {"with_base": False, "progress": progress}  # the base is a row of its own

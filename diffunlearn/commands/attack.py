@@ -19,7 +19,8 @@ def add_attack_parser(subparsers) -> argparse.ArgumentParser:
                         help="comma-separated attack names (default: every attack that applies to the family)")
     parser.add_argument("--rt", default=None,
                         help="a model retrained without the target, attacked beside the unlearned one (what 'never "
-                             "learnt it' scores)")
+                             "learnt it' scores); 'auto': the embedded base's recipe without the forget classes, "
+                             "trained once and cached")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished suite in --output")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="run-config overrides, and attack settings as attack.NAME.key=value")

@@ -8,20 +8,22 @@ from typing import Optional
 
 import torch
 
-from ..config import MethodConfig, check_choice, check_positive
+from ..config import check_choice, check_positive
 from ..errors import UserError
 from ..registry import register_method
 from ..training.streams import Stream
 from .base import UnlearningMethod, adaptive_weights
+from .lasting import InnerAttackers, LastingConfig
 from .saliency import fisher_saliency_mask
 
 
 @dataclass
-class SFROnConfig(MethodConfig):
+class SFROnConfig(LastingConfig):
     """SFR-on settings (defaults: the reference's class-conditional DDPM setup).
 
     Ablations: `saliency_mask=false` (no mask), `adaptive_weights=false` (uniform weights, i.e. lam = 0),
-    `remain=false saliency_mask=false adaptive_weights=false` (plain gradient ascent).
+    `remain=false saliency_mask=false adaptive_weights=false` (plain gradient ascent). The lasting option's inner
+    attackers (`relearn_steps`, `condition_attack_steps`, see `methods/lasting.py`) are off by default.
     """
 
     name: str = "sfr_on"
@@ -42,6 +44,7 @@ class SFROnConfig(MethodConfig):
     slow_blend: float = 1.0  # beta: theta = (1 - beta) theta_prev + beta theta after each iteration; 1 = off
 
     def __post_init__(self):
+        super().__post_init__()
         check_positive("method", forget_every=self.forget_every, mask_batches=self.mask_batches)
         check_choice("method", "alpha_schedule", self.alpha_schedule, ("cosine", "constant"))
         for key in ("alpha", "lam", "gamma", "remain_weight"):
@@ -75,24 +78,26 @@ class SFROn(UnlearningMethod):
 
     def setup(self):
         self.mask = None
+        self.inner = InnerAttackers(self.cfg, self.context) if self.cfg.lasting else None
         if not self.cfg.saliency_mask:
             return {"mask_density": 1.0}
         self.mask, info = fisher_saliency_mask(self.context, self.cfg.mask_batches, self.cfg.gamma,
                                                self.cfg.mask_guidance_scale, self.cfg.mask_grad_clip)
         return info
 
-    def forget_loss(self, step: int) -> torch.Tensor:
+    def forget_loss(self, step: int, stream: int = Stream.FORGET, cond=None) -> torch.Tensor:
         """The loss a forget step minimises.
 
         Classes: -sum_i w_i l_i on a D_f batch (weighted ascent). Concepts: mean_i ||pred(x_t, c_forget) -
         stopgrad pred(x_t, c_anchor)||^2 on images of the forget prompts (the forget prompt is mapped onto its
-        anchor, no ascent), as in the reference's Stable Diffusion setup.
+        anchor, no ascent), as in the reference's Stable Diffusion setup. `stream` and `cond` (an attacked forget
+        condition, concepts only): see `methods/lasting.py`.
         """
         context = self.context
         batch = context.forget_batch(step)
         if context.cfg.forget.is_concept:
-            return context.anchored_losses(batch, step, stream=Stream.FORGET).mean()
-        losses = context.losses(batch, step, stream=Stream.FORGET)
+            return context.anchored_losses(batch, step, stream=stream, cond=cond).mean()
+        losses = context.losses(batch, step, stream=stream)
         lam = self.cfg.lam if self.cfg.adaptive_weights else 0.0
         weights = adaptive_weights(losses, lam, accelerator=context)
         # DDP averages gradients over processes; scale so the sum over the global batch is what is ascended
@@ -103,6 +108,9 @@ class SFROn(UnlearningMethod):
         before = [p.detach().clone() for _, p in context.params] if cfg.slow_blend < 1 else None
         if step % cfg.forget_every == 0:
             alpha = alpha_at(step, context.total_steps, cfg.alpha, cfg.alpha_schedule)
+            if self.inner is not None:  # the lasting terms' gradients, added to this forget step's before its update
+                logs.update(self.inner.accumulate(step, lambda stream, cond=None: self.forget_loss(step, stream, cond),
+                                                  alpha))
             loss_f = self.forget_loss(step)
             context.update(alpha * loss_f, clip=cfg.forget_clip, mask=self.mask)
             logs["forget_loss"] = loss_f.detach() if self.context.cfg.forget.is_concept else -loss_f.detach()

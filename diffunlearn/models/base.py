@@ -246,17 +246,17 @@ class DiffusionModel(TrainableModel):
         return (pred.float() - target.float()).pow(2).flatten(1).sum(1)
 
     def anchored_losses(self, batch: dict, generator: Optional[torch.Generator] = None, antithetic: bool = False,
-                        shard: tuple = (0, 1), anchor=None, mean: bool = False) -> torch.Tensor:
+                        shard: tuple = (0, 1), anchor=None, mean: bool = False, cond=None) -> torch.Tensor:
         """Concept forgetting: ||pred(x_t, c_forget) - stopgrad pred(x_t, c_anchor)||^2 per sample, (B,).
 
-        The forget condition is the batch's own (`condition`), the anchor is `anchor` if given (e.g. SalUn's
-        pseudo labels), else `anchor_condition(batch)`; both see the same x_t and t. Summed over the prediction's
-        elements, or averaged with `mean`.
+        The forget condition is `cond` if given (an attacked condition), else the batch's own (`condition`); the
+        anchor is `anchor` if given (e.g. SalUn's pseudo labels), else `anchor_condition(batch)`; both see the same
+        x_t and t. Summed over the prediction's elements, or averaged with `mean`.
         """
         _, _, t, x_t = self.noised(batch, generator, antithetic, shard)
         with torch.no_grad():
             target = self.predict(x_t, t, self.anchor_condition(batch) if anchor is None else anchor)
-        pred = self.predict(x_t, t, self.condition(batch))
+        pred = self.predict(x_t, t, self.condition(batch) if cond is None else cond)
         squared = (pred.float() - target.float()).pow(2).flatten(1)
         return squared.mean(1) if mean else squared.sum(1)
 

@@ -76,6 +76,10 @@ def plan_suite(config_path, model_path, attacks=None, overrides=(), rt_path=None
     names = list(dict.fromkeys(attacks)) if attacks else applicable(base.conditioning)
     settings = attack_settings(names, [o for o in overrides if o.startswith("attack.")], base, cfg)
     models = {"unlearned": pipeline_folder(model_path), **({"base": base_path} if with_base else {})}
+    if rt_path == "auto":  # the base's recipe without the forget classes, trained once and cached
+        from ..recipes.retrained import rt_for_run
+
+        rt_path = rt_for_run(cfg)
     if rt_path:
         models["rt"] = pipeline_folder(rt_path)
     budgets = {n: dataclasses.asdict(c) for n, c in settings.items()}
