@@ -9,42 +9,18 @@ ever silently defaulted (the reference code lost its adaptive-weight setting to 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .errors import UserError, choice_error
+from .config_checks import check_choice, check_class_ids, check_positive, check_seed  # noqa: F401 (re-exported)
+from .config_stop import StopConfig
+from .errors import UserError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 REPORT_TO = ("none", "tensorboard")  # trackers that log to local files (no network)
 SAMPLERS = ("ddim", "ddpm", "euler")  # euler: flow matching (sd3); each family checks its own
-SEED_MAX = 2 ** 32 - 1  # numpy's bound (np.random.seed via accelerate's set_seed, sklearn's random_state)
-
-
-def check_positive(section: str, **values) -> None:
-    for key, value in values.items():
-        if value is None or value <= 0:
-            raise UserError(f"{section}.{key} must be > 0, got {value!r}")
-
-
-def check_seed(section: str, **values) -> None:
-    """Seeds are integers in 0..2**32-1 (numpy refuses anything else, deep inside a run)."""
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= SEED_MAX:
-            name = f"{section}.{key}" if section else key
-            raise UserError(f"{name} must be an integer in 0..{SEED_MAX} (2**32 - 1: the seeds numpy accepts), "
-                            f"got {value!r}")
-
-
-def check_class_ids(key: str, classes) -> None:
-    if classes and (len(set(classes)) != len(classes) or min(classes) < 0):
-        raise UserError(f"{key} must be distinct non-negative class ids, got {list(classes)}")
-
-
-def check_choice(section: str, key: str, value, valid) -> None:
-    if value not in valid:
-        raise choice_error(f"{section}.{key}", value, valid)
+FID_REFERENCES = ("heldout", "train", "base")
 
 
 @dataclass
@@ -181,60 +157,6 @@ class TrainConfig:
 
 
 @dataclass
-class StopConfig:
-    """Stop when forgotten: every `check_every` steps a cheap in-loop check samples `forget_samples` images of the
-    forget targets (and `retained_samples_per_class` of each retained one) with `num_inference_steps` steps from
-    fixed seeds (`seed`, not the final evaluation's), judges them and estimates FID_retained against the base
-    model under the same cheap protocol. The run stops at the first check that ends `patience` consecutive checks
-    with forget accuracy <= `forget_accuracy_max` while the retained FID estimate is <= `fid_ratio_max` x the
-    base's. Retained guard: when the target is gone but the retained estimate is over that bound, the following
-    steps are repair steps (the plain diffusion loss on D_r, clipped to `repair_clip`) until a check passes;
-    forgetting resumes if the forget estimate rises again. After `max_repair_checks` repair checks in a row, or at
-    `train.steps`, the run ends on its best checked state: the lowest retained estimate among checks whose forget
-    estimate passed.
-    """
-
-    check_every: int = 0  # 0: no checks, run all train.steps
-    forget_accuracy_max: float = 0.02
-    patience: int = 2
-    min_steps: int = 0  # no stop before this step
-    forget_samples: int = 64  # per forget target
-    retained_samples_per_class: int = 32  # per retained target (>= 2: FID needs a covariance)
-    num_inference_steps: int = 10
-    seed: int = 777_000  # sampling seeds of the checks (image j of target k: seed + 100000 * k + j)
-    fid_ratio_max: Optional[float] = 0.95  # retained guard; null: stop on the forget estimate alone
-    repair_clip: Optional[float] = 1.0
-    max_repair_checks: int = 5  # then stop and keep the best checked state (lowest retained estimate, forgotten)
-    # before a stop as forgotten: the final evaluation's forget samples (its sampler, steps, guidance and sample
-    # count, seeds of their own) must pass too, and the distance signal must agree with the judge against the base's
-    # final evaluation; else the run goes on. false: no confirmation
-    confirm: bool = True
-    confirm_seed: int = 888_000
-
-    def __post_init__(self):
-        if self.check_every < 0 or self.min_steps < 0:
-            raise UserError(f"stop.check_every and stop.min_steps must be >= 0, got {self.check_every}, "
-                            f"{self.min_steps}")
-        check_seed("stop", seed=self.seed, confirm_seed=self.confirm_seed)
-        check_positive("stop", patience=self.patience, forget_samples=self.forget_samples,
-                       num_inference_steps=self.num_inference_steps, max_repair_checks=self.max_repair_checks)
-        if not 0.0 <= self.forget_accuracy_max < 1.0:
-            raise UserError(f"stop.forget_accuracy_max must be in [0, 1), got {self.forget_accuracy_max!r}")
-        if self.fid_ratio_max is not None and self.fid_ratio_max <= 0:
-            raise UserError(f"stop.fid_ratio_max must be > 0 or null, got {self.fid_ratio_max!r}")
-        if self.retained_samples_per_class < 2:
-            raise UserError(f"stop.retained_samples_per_class={self.retained_samples_per_class} cannot estimate the "
-                            "retained FID; valid: >= 2 (FID needs a covariance)")
-
-    @property
-    def enabled(self) -> bool:
-        return self.check_every > 0
-
-
-FID_REFERENCES = ("heldout", "train", "base")
-
-
-@dataclass
 class EvalConfig:
     classifier: str = "embedded:digits/classifier"  # the judge's weights: a folder, embedded:NAME or a Hub id
     judge: str = "digits"  # digits: DigitsClassifier; image-classification: transformers; clip: CLIP zero-shot
@@ -248,6 +170,8 @@ class EvalConfig:
     fid_features: str = "classifier"  # penultimate features of the judge, or "inception"
     inception_weights: Optional[str] = None  # local weights file for fid_features=inception
     attacks: List[str] = field(default_factory=list)  # robustness attacks run on the unlearned model (diffunlearn attack)
+    rt: Optional[str] = None  # with attacks: a model retrained without the target, attacked beside it (a folder, or
+    #   auto: the embedded base's recipe without the forget classes, trained once and cached; recipes/retrained.py)
     nudenet_threshold: float = 0.45  # nudenet judge: a counted detection above this score means "nudity"
     nudenet_classes: Optional[List[str]] = None  # nudenet judge: counted classes; null: the nine *_EXPOSED ones
     # heldout: digits test-split images of the retained targets (no recipe or remain step saw them); train: the

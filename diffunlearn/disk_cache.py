@@ -124,7 +124,7 @@ class DiskCache:
         (it keeps nothing and trims nothing)."""
         limit, path = self.limit(), self.path(key)  # a bad env value is refused before the work of writing
         if self.folder:
-            self._store_folder(path, write)
+            self._store_folder(path, write, commit)
         else:
             atomic_write(path, write, commit=commit)
         if commit:
@@ -132,13 +132,14 @@ class DiskCache:
         return path
 
     @staticmethod
-    def _store_folder(path: Path, write) -> None:
-        """`write(tmp)` fills a hidden sibling folder, renamed to `path` (a concurrent writer's entry wins)."""
+    def _store_folder(path: Path, write, commit: bool) -> None:
+        """`write(tmp)` fills a hidden sibling folder, renamed to `path` (a concurrent writer's entry wins;
+        `commit=False`: nothing is kept)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             write(tmp)
-            if not path.exists():
+            if commit and not path.exists():
                 os.replace(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -110,10 +110,15 @@ def test_protocol_mismatch_raises():
 def test_bad_benchmark_settings_are_refused(tmp_path):
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump({**TINY_BENCH, "methods": {"ga": {"eval": {"num_inference_steps": 3}}}}))
-    with pytest.raises(UserError, match=r"methods.ga has unknown keys \['eval'\]; valid: method, train, model"):
+    with pytest.raises(UserError, match=r"methods.ga has unknown keys \['eval'\]; valid: run, method, train, model, "
+                                        "stop"):
         row_config(load_benchmark_config(path), "ga", 5)
     with pytest.raises(UserError, match="unknown config key 'eval_evry'"):
         load_benchmark_config(path, ["eval_evry=3"])
+    path.write_text(yaml.safe_dump({**TINY_BENCH, "methods": {"own": {"run": "configs/digits/dit_sfron.yaml"}}}))
+    with pytest.raises(UserError, match="methods.own.run 'configs/digits/dit_sfron.yaml' differs from the benchmark's "
+                                        "run .* in data, model.path; a row.s run config may change"):
+        row_config(load_benchmark_config(path), "own", 5)
     path.write_text(yaml.safe_dump({**TINY_BENCH, "methods": {"esd": {}}}))
     with pytest.raises(UserError, match="method 'esd' forgets prompts only"):
         row_config(load_benchmark_config(path), "esd", 5)
@@ -182,10 +187,10 @@ def test_concept_benchmark_runs_sfr_on_esd_x_and_uce(tmp_path, tiny_classifier_d
                  "train.batch_size=4", "method.mask_batches=1", "data.samples_per_target=4",
                  "forget.remain_prompts=['a handwritten digit zero']", "eval.forget_samples=4",
                  "eval.retained_samples_per_class=2", "eval.num_inference_steps=2"]
-    with pytest.raises(UserError, match=r"--methods \[.ga.\] not in the benchmark config; valid: esd, uce \(SFR-on"):
+    with pytest.raises(UserError, match=r"--methods \[.ga.\] not in the benchmark config; valid: esd, uce, sfr_on_lasting \(SFR-on"):
         run_benchmark(config, tmp_path / "bad", overrides, only=["ga"], progress=lambda m: None)
     result = run_benchmark(config, tmp_path / "out", overrides, progress=lambda m: None)
-    assert [r["method"] for r in result["rows"]] == ["sfr_on", "esd", "uce"]
+    assert [r["method"] for r in result["rows"]] == ["sfr_on", "esd", "uce", "sfr_on_lasting"]
     assert result["settings"]["methods"]["esd"]["model"] == {"subset": "cross_attention"}
     assert result["protocol"]["forget_targets"] == ["a handwritten digit seven"]
     assert all(r["steps"] >= 1 for r in result["rows"]) and result["step_time_ratio"] == []

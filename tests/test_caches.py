@@ -51,6 +51,36 @@ def test_each_cache_is_capped_by_its_env_var_least_recently_used_first(kind, mon
     assert entries(cache) == ["big"]  # refused before writing
 
 
+def test_folder_entries_are_written_whole_and_capped_by_their_files(monkeypatch):
+    from diffunlearn.recipes.retrained import CACHE
+
+    assert CACHE.folder and CACHE.env == "DIFFUNLEARN_CACHE_BYTES_RT" and CACHE.default_bytes >= 1 << 30
+
+    def two_files(tmp):
+        tmp.mkdir()
+        (tmp / "unet").mkdir()
+        (tmp / "model_index.json").write_bytes(b"x" * 400)
+        (tmp / "unet" / "weights").write_bytes(b"x" * 600)
+
+    monkeypatch.setenv(CACHE.env, "2000")  # two 1,000-byte folders
+    for age, name in enumerate("abc"):
+        CACHE.store(name, two_files)
+        os.utime(CACHE.path(name), (1000 + age, 1000 + age))
+    assert entries(CACHE) == ["b", "c"]  # a, the least recently used, went: sizes count the files inside
+    assert (CACHE.path("c") / "unet" / "weights").stat().st_size == 600
+    assert CACHE.lookup("b") == CACHE.path("b") and CACHE.lookup("a") is None
+    CACHE.store("d", two_files, commit=False)
+    assert entries(CACHE) == ["b", "c"] and not any(p.name.startswith(".") for p in CACHE.path("x").parent.iterdir())
+
+    def crash(tmp):
+        two_files(tmp)
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        CACHE.store("e", crash)
+    assert entries(CACHE) == ["b", "c"] and not any(p.name.startswith(".") for p in CACHE.path("x").parent.iterdir())
+
+
 def eval_cfg(**changes) -> EvalConfig:
     return replace(EvalConfig(), **{"batch_size": 4, "num_inference_steps": 2, "guidance_scale": 1.0, **changes})
 

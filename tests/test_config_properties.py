@@ -42,7 +42,10 @@ KEYS = sorted(set(_leaves(RAW)) | {
     "forget.prompts", "forget.anchors", "forget.remain_prompts", "forget.concept", "data.remain_classes",
     "data.samples_per_target", "data.generation_seed", "data.generation_guidance", "eval.prompts", "eval.labels",
     "eval.judge", "eval.attacks", "eval.nudenet_threshold", "eval.nudenet_classes", "eval.fid_reference",
-    "eval.inception_weights", "model.subset", "model.lora_rank", "model.source", "train.compile"})
+    "eval.inception_weights", "eval.rt", "model.subset", "model.lora_rank", "model.source", "train.compile",
+    "method.relearn_steps", "method.relearn_lr", "method.relearn_batch", "method.relearn_weight",
+    "method.condition_attack_steps", "method.condition_attack_lr", "method.condition_attack_radius",
+    "method.condition_attack_weight"})
 SECTIONS = sorted(k for k, v in RAW.items() if isinstance(v, dict))
 
 EXTREME_INTS = [0, 1, -1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63, -(2 ** 63) - 1, 10 ** 30,

@@ -1,6 +1,7 @@
 """The lasting option's inner attackers (`methods/lasting.py`) and RT from the base's recipe (`recipes/retrained.py`)."""
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -130,9 +131,17 @@ def test_bad_lasting_settings_are_refused(override, named):
 
 
 def test_lasting_configs_turn_the_option_on():
-    for path in ("configs/digits/ddpm_lasting.yaml", "configs/digits/sd_lasting.yaml"):
-        method = build_config(read_yaml(path), []).method
-        assert method.name == "sfr_on" and method.relearn_steps > 0 and method.condition_attack_steps > 0
+    """Each lasting config is the plain one plus the lasting pieces: the probe in the stop rule (and, for SD, the
+    inner condition attack); nothing else differs."""
+    for path, plain_path in (("configs/digits/ddpm_lasting.yaml", "configs/digits/ddpm_sfron.yaml"),
+                             ("configs/digits/sd_lasting.yaml", "configs/digits/sd_sfron.yaml")):
+        cfg, plain = build_config(read_yaml(path), []), build_config(read_yaml(plain_path), [])
+        assert cfg.method.name == "sfr_on" and cfg.stop.relearn_probe_steps > 0
+        assert (cfg.model, cfg.data, cfg.forget, cfg.train, cfg.eval) == (plain.model, plain.data, plain.forget,
+                                                                          plain.train, plain.eval)
+        lasting = {f for f in vars(cfg.method) if f.startswith(("relearn", "condition_attack"))}
+        assert {f: v for f, v in vars(cfg.method).items() if f not in lasting} == \
+            {f: v for f, v in vars(plain.method).items() if f not in lasting}
 
 
 # --- RT from the base's recipe ------------------------------------------------------------------------------------
@@ -170,3 +179,161 @@ def test_rt_auto_takes_the_embedded_recipe_and_refuses_other_bases():
         base_recipe(build_config(read_yaml("configs/digits/sd_sfron.yaml"), []))
     with pytest.raises(UserError, match="give --rt DIR"):
         base_recipe(build_config(read_yaml("configs/digits/ddpm_sfron.yaml"), ["model.path=some/hub-id"]))
+
+
+# --- the card says how lasting the forgetting is ------------------------------------------------------------------
+
+def test_card_shows_the_relearning_curve_beside_rt_with_intervals(attacked_suite):
+    import json
+
+    from diffunlearn.evaluation.report import relearning_lines
+    from diffunlearn.robustness.suite import attack_summary
+
+    result = json.loads((attacked_suite / "robustness.json").read_text())
+    summary = attack_summary(result)
+    entry = summary["relearning"]
+    assert set(entry["curves"]) == {"unlearned", "rt", "base"} and entry["samples_per_point"] == 4
+    text = "\n".join(relearning_lines(entry))
+    header = next(line for line in text.splitlines() if line.startswith("| k |"))
+    assert "unlearned [95% CI]" in header and "RT (never learnt it) [95% CI]" in header
+    curve = result["attacks"]["relearning"]["rt"]["curve"]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(curve)  # one row per (k, step)
+    from diffunlearn.evaluation.metrics import share_interval, with_interval
+
+    last = curve[-1]
+    assert with_interval(last["forget_accuracy"], share_interval(last["forget_accuracy"], 4)) in rows[-1]
+    assert "Steps to FA 0.5: unlearned k=2:" in text and "RT (never learnt it) k=2:" in text
+
+
+def test_eval_rt_needs_attacks_and_a_known_recipe():
+    from diffunlearn.robustness.suite import check_rt
+
+    raw = read_yaml("configs/digits/ddpm_sfron.yaml")
+    with pytest.raises(UserError, match="eval.rt 'auto' is attacked beside the unlearned model only with eval.attacks"):
+        check_rt(build_config(raw, ["eval.rt=auto"]))
+    check_rt(build_config(raw, ["eval.rt=auto", "eval.attacks=[relearning]"]))
+    with pytest.raises(UserError, match="give --rt DIR"):
+        check_rt(build_config(read_yaml("configs/digits/sd_sfron.yaml"), ["eval.rt=auto", "eval.attacks=[relearning]"]))
+
+
+def test_lasting_grid_compares_each_run_with_rt(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
+    from conftest import TINY_ATTACK_SETTINGS, tiny_overrides
+
+    from diffunlearn.benchmarks.lasting_grid import run_lasting_grid
+
+    tiny_ddpm(seed=1).save_pretrained(tmp_path / "rt")
+    small = [*tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir, steps=2), *TINY_ATTACK_SETTINGS,
+             "method.relearn_steps=1", "method.condition_attack_steps=1"]
+    configs = ["configs/digits/ddpm_sfron.yaml", "configs/digits/ddpm_lasting.yaml"]
+    rows = run_lasting_grid(configs, ["7"], [0], tmp_path / "grid", overrides=small, rt=str(tmp_path / "rt"),
+                            progress=None)
+    assert [r["config"] for r in rows] == ["ddpm_sfron", "ddpm_lasting"]
+    for row in rows:
+        suite = json.loads((tmp_path / "grid" / row["config"] / "7_seed0_attacks" / "robustness.json").read_text())
+        relearning = suite["attacks"]["relearning"]
+        rt = {(p["k"], p["step"]): p["forget_accuracy"] for p in relearning["rt"]["curve"]}
+        excess = max(p["forget_accuracy"] - rt[(p["k"], p["step"])] for p in relearning["unlearned"]["curve"])
+        assert row["relearn_excess"] == pytest.approx(excess)
+        assert row["passed_lasting"] == (excess <= 0.10 + 1e-9 and row["inversion"] <= 0.05 + 1e-9
+                                         and row["completion"] <= row["rt_completion"] + 0.05 + 1e-9)
+    summary = (tmp_path / "grid" / "summary.md").read_text()
+    assert "| ddpm_lasting |" in summary and "time ratio" in summary
+
+
+# --- the stop rule's relearning probe ------------------------------------------------------------------------------
+
+class WeightsSeen:
+    """An evaluator (part="forget") that records the weights it was called on and answers from a script."""
+
+    protocol = {}
+
+    def __init__(self, script):
+        self.script, self.seen = list(script), []
+
+    def __call__(self, model, part="all"):
+        assert part == "forget", "the probe samples the forget targets only"
+        self.seen.append({n: p.detach().clone() for n, p in model.trainable_parameters()})
+        return {"forget_accuracy": self.script[len(self.seen) - 1]}, {}
+
+
+def test_probe_fine_tunes_then_puts_every_weight_back(tmp_path):
+    from diffunlearn.data import load_digits_splits
+    from diffunlearn.evaluation.relearn_probe import RelearnProbe
+
+    model = tiny_ddpm()
+    forget_set, _ = load_digits_splits()[0].forget_remain([7])
+    before = {n: p.detach().clone() for n, p in model.trainable_parameters()}
+    model.network.train()
+    evaluator = WeightsSeen([0.6, 0.1])
+    probe = RelearnProbe(evaluator, forget_set, steps=3, k=8, lr=1e-3, fa_max=0.25, seed=5)
+    first, second = probe(model), probe(model)
+    assert (first["passed"], second["passed"]) == (False, True) and first["forget_accuracy"] == 0.6
+    assert first["steps"] == 3 and first["k"] == 8
+    for name, value in before.items():
+        assert torch.equal(dict(model.trainable_parameters())[name], value), f"{name} not restored"
+        assert not torch.equal(evaluator.seen[0][name], value) or "class" in name, "judged after the fine-tune"
+        assert torch.equal(evaluator.seen[0][name], evaluator.seen[1][name]), "the same fine-tune each time"
+    assert model.network.training and all(p.grad is None for _, p in model.trainable_parameters())
+
+
+class ScriptedProbe:
+    def __init__(self, script):
+        self.script, self.calls = list(script), 0
+
+    def __call__(self, model):
+        fa = self.script[self.calls]
+        self.calls += 1
+        return {"forget_accuracy": fa, "passed": fa <= 0.25, "steps": 10, "k": 8}
+
+    def settings(self):
+        return {"steps": 10, "k": 8}
+
+
+def test_a_stop_waits_until_the_target_stays_forgotten_through_the_probe():
+    from test_monitor import BASE, Scripted
+
+    from diffunlearn.evaluation.monitor import CONTINUE, STOP, Monitor, StopRule
+
+    probe = ScriptedProbe([0.9, 0.5, 0.1])
+    mon = Monitor(tiny_ddpm(), Scripted([(0.5, 2.0), (0.0, 2.0)]), BASE, StopRule(0.05, patience=1), 2, 100,
+                  probe=probe)
+    assert [mon(step) for step in (1, 3, 5, 7)] == [False, False, False, True]
+    assert [h["action"] for h in mon.history] == [CONTINUE, CONTINUE, CONTINUE, STOP]
+    assert probe.calls == 3, "probed only where a stop was asked for"
+    assert "relearn_probe" not in mon.history[0] and mon.history[1]["relearn_probe"]["forget_accuracy"] == 0.9
+    assert [h["best"] for h in mon.history] == [False, False, False, True], "a state that relearns is no fallback"
+    assert mon.summary()["relearn_probe"] == {"steps": 10, "k": 8}
+
+
+def test_unlearn_records_the_probe_of_every_stop_it_asked_for(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
+    from conftest import tiny_overrides
+
+    from diffunlearn.runs.unlearn import unlearn_run
+
+    overrides = [o for o in tiny_overrides(tiny_ddpm_dir, tiny_classifier_dir, steps=6) if o != "stop.check_every=0"]
+    report = unlearn_run("configs/digits/ddpm_sfron.yaml", tmp_path / "run", overrides + [
+        "stop.check_every=2", "stop.patience=1", "stop.forget_accuracy_max=0.99", "stop.fid_ratio_max=null",
+        "stop.confirm=false", "stop.forget_samples=4", "stop.retained_samples_per_class=2",
+        "stop.num_inference_steps=2", "stop.relearn_probe_steps=2", "stop.relearn_probe_max=0.0"], progress=False)
+    stop = report["stop"]
+    assert stop["relearn_probe"]["steps"] == 2 and stop["relearn_probe"]["forget_accuracy_max"] == 0.0
+    asked = [c for c in stop["checks"] if "relearn_probe" in c]
+    assert asked, "every check passes the forget bar here, so each asks the probe"
+    for check in asked:
+        assert check["action"] == ("stop" if check["relearn_probe"]["passed"] else "continue")
+
+
+def test_benchmark_rows_run_the_lasting_config_and_its_ablations():
+    """The robustness benchmarks' lasting rows are the lasting configs themselves (no copied settings), and each
+    ablation row switches off exactly one piece."""
+    from diffunlearn.benchmarks.generation_config import load_benchmark_config, row_config
+
+    for bench_path, lasting_path in (("configs/digits/benchmark_ddpm.yaml", "configs/digits/ddpm_lasting.yaml"),
+                                     ("configs/digits/benchmark_sd.yaml", "configs/digits/sd_lasting.yaml")):
+        bench = load_benchmark_config(bench_path)
+        lasting = build_config(read_yaml(lasting_path), [])
+        row = row_config(bench, "sfr_on_lasting")
+        assert row.method == lasting.method and row.stop == lasting.stop and row.train == lasting.train
+        plain = row_config(bench, "sfr_on") if "sfr_on" in bench.methods else build_config(read_yaml(bench.run), [])
+        assert not plain.method.lasting and plain.stop.relearn_probe_steps == 0

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "diffunlearn"
 LAYERS = [
     {"errors", "version", "registry", "assets", "distributed", "config", "config_tree", "config_loading",
-     "outputs", "run_folder", "disk_cache"},  # foundation
+     "outputs", "run_folder", "disk_cache", "config_checks", "config_stop"},  # foundation
     {"data"},          # data sets, batches, generated-image cache
     {"models"},        # model families (one file each), loading
     {"training"},      # the trainer and the update rule

@@ -163,7 +163,7 @@ def test_bad_stop_settings_are_refused_with_one_line(override, message):
 
 
 def test_checks_are_refused_under_fsdp(monkeypatch):
-    from diffunlearn.evaluation.monitor import check_stop
+    from diffunlearn.evaluation.monitor_setup import check_stop
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(UserError, match="stop.check_every=0"):

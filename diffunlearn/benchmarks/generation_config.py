@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional
 from ..config_loading import build_config, read_yaml, validate
 from ..errors import UserError
 
-ROW_KEYS = ("method", "train", "model")
+ROW_KEYS = ("method", "train", "model", "stop")  # merged onto the row's run config
+SAME_IN_EVERY_ROW = ("model", "data", "forget", "eval")  # what a row naming a run config of its own must share
 
 
 @dataclass
@@ -70,8 +71,30 @@ def load_benchmark_config(path, overrides=()) -> GenerationBenchmarkConfig:
 
 
 def row_method(bench: GenerationBenchmarkConfig, name: str) -> str:
-    """The method a row runs: the one its `method.name` names (a variant row), else the row's own name."""
-    return ((bench.methods.get(name) or {}).get("method") or {}).get("name", name)
+    """The method a row runs: the one its `method.name` names (a variant row), else its own run config's, else the
+    row's own name."""
+    entry = bench.methods.get(name) or {}
+    named = (entry.get("method") or {}).get("name")
+    if named or "run" not in entry:
+        return named or name
+    return (read_yaml(entry["run"]).get("method") or {}).get("name", name)
+
+
+def row_run(bench: GenerationBenchmarkConfig, name: str) -> dict:
+    """The raw run config a row starts from: the benchmark's `run`, or the row's own `run` (a variant kept in a
+    config file of its own, e.g. the lasting option), which must share the benchmark run's base, data, target and
+    evaluation."""
+    entry = bench.methods.get(name) or {}
+    raw = read_yaml(bench.run)
+    if "run" not in entry:
+        return raw
+    own = read_yaml(entry["run"])
+    differ = [key for key in SAME_IN_EVERY_ROW if key != "model" and own.get(key) != raw.get(key)]
+    differ += ["model.path"] if (own.get("model") or {}).get("path") != (raw.get("model") or {}).get("path") else []
+    if differ:
+        raise UserError(f"methods.{name}.run {entry['run']!r} differs from the benchmark's run {bench.run!r} in "
+                        f"{', '.join(differ)}; a row's run config may change method, train and stop only")
+    return own
 
 
 def row_config(bench: GenerationBenchmarkConfig, name: str, steps: Optional[int] = None, overrides=()):
@@ -83,10 +106,11 @@ def row_config(bench: GenerationBenchmarkConfig, name: str, steps: Optional[int]
     """
     from ..registry import get_method
 
-    raw, entry = read_yaml(bench.run), bench.methods.get(name) or {}
-    unknown = sorted(set(entry) - set(ROW_KEYS))
+    entry = bench.methods.get(name) or {}
+    unknown = sorted(set(entry) - set(ROW_KEYS) - {"run"})
     if unknown:
-        raise UserError(f"methods.{name} has unknown keys {unknown}; valid: {', '.join(ROW_KEYS)}")
+        raise UserError(f"methods.{name} has unknown keys {unknown}; valid: run, {', '.join(ROW_KEYS)}")
+    raw = row_run(bench, name)
     method_name = row_method(bench, name)
     own = raw.get("method", {}).get("name") == method_name
     if not own:

@@ -15,13 +15,8 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import torch
-from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 
-from ..data.sets import base_model_key
-from ..errors import UserError
-from .base_cache import evaluate_base
-from .evaluator import make_evaluator
 from .report import forgetting_signals
 
 CONTINUE, REPAIR, STOP, SETTLE = "continue", "repair", "stop", "stop at best"
@@ -94,13 +89,16 @@ class Monitor:
         base_reused: {"checks": bool, "confirmation": bool}: whether the base's metrics came from the cache.
         base_evaluation: (metrics, gallery images, reused) of the base under the final evaluation, which the
             confirmation compared with; the run's evaluation uses it instead of evaluating the base again.
+        probe: a `RelearnProbe`: a stop as forgotten also needs the target to stay forgotten through a short
+            fine-tune (tested before the confirmation, which costs more); otherwise the run goes on. None: no probe.
     """
 
     def __init__(self, model, evaluator, base_metrics: dict, rule: StopRule, every: int, total_steps: int,
                  also=(), clock: Optional[Callable[[], float]] = None, progress: Optional[Callable] = None,
                  confirmation: Optional[tuple] = None, retained_when_forgotten: bool = False,
-                 base_reused: Optional[dict] = None, base_evaluation: Optional[tuple] = None):
+                 base_reused: Optional[dict] = None, base_evaluation: Optional[tuple] = None, probe=None):
         self.model, self.evaluator, self.rule, self.confirmation = model, evaluator, rule, confirmation
+        self.probe = probe
         self.retained_when_forgotten = retained_when_forgotten
         self.base = {"forget_accuracy": base_metrics["forget_accuracy"], "fid_retained": base_metrics["fid_retained"]}
         self.every, self.total_steps, self.also = every, total_steps, set(also)
@@ -149,6 +147,8 @@ class Monitor:
         else:
             metrics = self.evaluator(self.model)[0]
         entry = self.record(step + 1, metrics, seconds)
+        if self.action == STOP and self.probe is not None:  # the cheaper test first
+            self.check_probe(entry)
         if self.action == STOP and self.confirmation is not None:
             self.confirm(entry)
         network.train()
@@ -202,6 +202,16 @@ class Monitor:
                           f" steps): forget {metrics['forget_accuracy']:.3f}, distance {signals['distance']} -> "
                           + ("stop" if held else "not forgotten under the evaluation's sampler: continue"))
 
+    def check_probe(self, entry: dict) -> None:
+        """Relearning probe of the stop `entry` asks for: the run goes on while the target comes back after it."""
+        probe = entry["relearn_probe"] = self.probe(self.model)
+        if not probe["passed"]:
+            self.action = entry["action"] = CONTINUE
+            entry["best"] = False
+        if self.progress:
+            self.progress(f"  relearning probe ({probe['steps']} steps on {probe['k']} images): forget "
+                          f"{probe['forget_accuracy']:.3f} -> " + ("stop" if probe["passed"] else "comes back: continue"))
+
     def finish(self) -> None:
         """At the end of training: a run that did not stop cleanly ends on its best state, if it has one."""
         last = self.history[-1] if self.history else None
@@ -240,49 +250,10 @@ class Monitor:
                 "protocol": _protocol(self.evaluator), "base_reused": self.base_reused,
                 "confirmation": None if self.confirmation is None else {
                     "protocol": _protocol(self.confirmation[0]), "base": self.confirmation[1]},
+                "relearn_probe": None if self.probe is None else self.probe.settings(),
                 "checks": self.history}
 
 
 def _protocol(evaluator) -> dict:
     return {k: evaluator.protocol[k] for k in ("forget_samples_per_target", "retained_samples_per_target", "sampler",
                                                "num_inference_steps", "guidance_scale", "eval_seed")}
-
-
-def check_stop(cfg) -> None:
-    """In-loop checks sample from the model while it trains; under FSDP2 the shards would have to run the same
-    forward calls in every process, which uneven image shares do not guarantee: refused."""
-    from ..distributed import fsdp_requested
-
-    if cfg.stop.enabled and fsdp_requested():
-        raise UserError(f"stop.check_every={cfg.stop.check_every} (in-loop checks) is not supported under FSDP; "
-                        "valid: stop.check_every=0 (run all train.steps), or DDP (configs/accelerate/multi_gpu.yaml)")
-
-
-def make_monitor(cfg, model, judge, base_path: str, device, progress: bool, targets=None):
-    """The in-loop checks of `cfg.stop` (None when off), scored against `model` before it trains (the base).
-    `targets`: the run's (forget, retained) `eval_targets`, when the caller has them."""
-    from tqdm.auto import tqdm
-
-    if not cfg.stop.enabled:
-        return None
-    stop = cfg.stop
-    cheap = cheap_eval_config(cfg, stop.forget_samples, stop.retained_samples_per_class, stop.num_inference_steps,
-                              stop.seed)
-    evaluator = make_evaluator(cheap, model, judge, model, base_path, device=device, second_signal=False,
-                               targets=targets)
-    key, reuse = base_model_key(base_path), cfg.eval.reuse_base
-    base_metrics, _, reused = evaluate_base(evaluator, model.to(device), key, device, reuse)
-    reused, confirmation, final_base = {"checks": reused}, None, None
-    if stop.confirm:  # the final evaluation's protocol on seeds of its own, against the base's final evaluation
-        final = make_evaluator(cfg, model, judge, model, base_path, device=device, targets=targets)
-        final_base = evaluate_base(final, model, key, device, reuse)  # the run's evaluation uses it too
-        reused["confirmation"] = final_base[2]
-        confirm_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, seed=stop.confirm_seed))
-        confirm = make_evaluator(confirm_cfg, model, judge, model, base_path, device=device, targets=targets)
-        confirmation = (confirm, {k: v for k, v in final_base[0].items() if not k.endswith("ci95")})
-    rule = StopRule(stop.forget_accuracy_max, stop.patience, stop.fid_ratio_max, stop.min_steps,
-                    max_repair_checks=stop.max_repair_checks)
-    return Monitor(model, evaluator, base_metrics, rule, stop.check_every, cfg.train.steps,
-                   progress=tqdm.write if progress and PartialState().is_main_process else None,
-                   confirmation=confirmation, retained_when_forgotten=True, base_reused=reused,
-                   base_evaluation=final_base)

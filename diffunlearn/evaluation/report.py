@@ -6,7 +6,7 @@ import math
 from typing import Optional
 
 from ..outputs import markdown_table
-from .metrics import with_interval
+from .metrics import share_interval, with_interval
 
 JUDGE_MAJORITY = 0.5  # the judge says "present" when it recognises the target in more than this share of samples
 
@@ -196,8 +196,36 @@ def write_model_card(path, cfg, report: dict, load_hint: str) -> None:
     if robustness:
         lines += ["Robustness (attack success rate: share of attacked samples the judge recognises as the forgotten "
                   "target; `robustness/robustness.json` has budgets, protocols and curves):", ""]
-        lines += markdown_table(["attack", "unlearned [95% CI]", "base"],
+        with_rt = any(e.get("rt_asr") is not None for e in robustness.values())
+        lines += markdown_table(["attack", "unlearned [95% CI]", "base"] + (["RT"] if with_rt else []),
                                 [[name, with_interval(e["asr"], e.get("asr_ci95")), f"{e['base_asr']:.3f}"]
+                                 + ([_share(e.get("rt_asr"))] if with_rt else [])
                                  for name, e in robustness.items()]) + [""]
+        lines += relearning_lines(robustness.get("relearning") or {})
     lines += [f"Load it with {load_hint}.", ""]
     ModelCard("\n".join(lines)).save(path)
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def relearning_lines(entry: dict) -> list:
+    """How lasting the forgetting is: the relearning curve of the unlearned model beside RT's and the base's (FA
+    after n fine-tune steps on k images of the target, Wilson 95% intervals) and the steps to the FA threshold."""
+    curves, n = entry.get("curves") or {}, entry.get("samples_per_point") or 0
+    if "unlearned" not in curves:
+        return []
+    roles = [r for r in ("unlearned", "rt", "base") if r in curves]
+    names = {"unlearned": "unlearned", "rt": "RT (never learnt it)", "base": "base"}
+    fa = {r: {(p["k"], p["step"]): p["forget_accuracy"] for p in curves[r]} for r in roles}
+    rows = [[str(k), str(step)] + [with_interval(fa[r][(k, step)], share_interval(fa[r][(k, step)], n))
+                                   if (k, step) in fa[r] else "-" for r in roles]
+            for k, step in sorted(fa["unlearned"])]
+    steps = entry.get("steps_to_fa") or {}
+    reach = "; ".join(f"{names[r]} " + " / ".join(f"k={k}: {'never' if v is None else v}"
+                                                   for k, v in (steps.get(r) or {}).items()) for r in roles)
+    return (["Relearning (forget accuracy after fine-tuning a copy for n steps on k images of the target; "
+             f"95% intervals on {n} samples per point):", ""]
+            + markdown_table(["k", "steps", *(f"{names[r]} [95% CI]" for r in roles)], rows)
+            + ["", f"Steps to FA {entry.get('fa_threshold', 0.5)}: {reach}.", ""])

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import MethodConfig
+from ..models.conditions import free_class_embedding
 from ..errors import UserError
 from ..training.streams import Stream
 
@@ -139,8 +140,6 @@ class InnerAttackers:
 
     def _attacked_rows(self, step: int, batch: dict, stack) -> None:
         """Inside `stack`, each forgotten class's rows are the fitted free vectors (the `inversion` attack's)."""
-        from ..robustness.inversion import free_class_embedding
-
         fit_batch = _rows(batch, self.cfg.relearn_batch * 2)
         for label in self.context.cfg.forget.classes:
             free = stack.enter_context(free_class_embedding(self.model, label, label))

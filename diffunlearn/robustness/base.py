@@ -17,6 +17,7 @@ import torch
 from ..data.generated import generate, image_seed
 from ..errors import UserError
 from ..evaluation.metrics import share_interval
+from ..training.fine_tune import seeded_rows
 
 CONDITIONINGS = ("class", "text")
 
@@ -72,11 +73,7 @@ class AttackContext:
 
     def forget_batch(self, k: int, seed: int) -> dict:
         """k samples of D_f (a seeded draw; repeated when D_f has fewer), as one batch of tensors."""
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(self.forget_set), generator=generator)
-        index = order[torch.arange(k) % len(order)]
-        items = [self.forget_set[int(i)] for i in index]
-        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        return seeded_rows(self.forget_set, k, seed)
 
     def recognised(self, images: torch.Tensor, target) -> torch.Tensor:
         """Per image (N,): does the judge recognise `target` (its label) in images (N, C, H, W) in [0, 1]?"""

@@ -12,7 +12,6 @@ target, worst forget target.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,6 +19,7 @@ import torch
 
 from ..config import check_positive
 from ..errors import UserError
+from ..models.conditions import free_class_embedding
 from ..registry import register_attack
 from .base import Attack, AttackConfig, AttackResult
 
@@ -43,33 +43,6 @@ class InversionConfig(AttackConfig):
             raise UserError(f"attack.inversion.iterations must be an integer >= 0, got {self.iterations!r}")
         if self.init not in INITS:
             raise UserError(f"unknown attack.inversion.init {self.init!r}; valid: {', '.join(INITS)}")
-
-
-@contextlib.contextmanager
-def free_class_embedding(model, label: int, init_label: int):
-    """Inside the block, the rows of class `label` in every class-embedding table come from free vectors
-    (returned, trainable, initialised from row `init_label`); the network's own weights are untouched."""
-    tables = model.class_embeddings()
-    if not tables:
-        raise UserError(f"the {model.family} family has no class-embedding table to invert")
-    free = [torch.nn.Parameter(table.weight[init_label].detach().clone()) for table in tables]
-
-    def hook(vector):
-        def replace(module, inputs, output):
-            rows = (inputs[0] == label).reshape(-1)
-            if not bool(rows.any()):
-                return output
-            output = output.clone()
-            output[rows] = vector.to(output.dtype)
-            return output
-        return replace
-
-    handles = [table.register_forward_hook(hook(vector)) for table, vector in zip(tables, free)]
-    try:
-        yield free
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @register_attack

@@ -13,14 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-import torch
-from accelerate import Accelerator
 
 from ..config import check_positive
-from ..data import StepSampler
 from ..errors import UserError
 from ..registry import register_attack
-from ..training.fit import fit
+from ..training.fine_tune import FineTune
 from .base import Attack, AttackConfig, AttackResult
 
 
@@ -64,28 +61,11 @@ class Relearning(Attack):
         curve, finals, best_images = [], [], None
         for k in cfg.k:
             model = ctx.load()
-            network = model.network
-            params = [p for _, p in model.trainable_parameters()]
-            accelerator = Accelerator()
-            optimizer = torch.optim.Adam(params, lr=cfg.lr)
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-            images = ctx.forget_batch(k, cfg.seed + k)
-            sampler = StepSampler(_Rows(images), min(cfg.batch_size, k), cfg.seed + k)
-
-            def loss_fn(step):
-                generator = torch.Generator(model.device).manual_seed(cfg.seed * 7919 + k * 100_003 + step)
-                loss = model.training_losses(sampler.batch(step, model.device), generator=generator,
-                                             antithetic=True).mean()
-                return loss, loss
-
-            done = 0
+            tune = FineTune(model, ctx.forget_batch(k, cfg.seed + k), cfg.lr, cfg.batch_size, cfg.seed + k,
+                            cfg.seed * 7919 + k * 100_003)
+            model.network.eval()
             for step in sorted(set(cfg.steps)):
-                if step > done:
-                    network.train()
-                    fit(accelerator, optimizer, schedule, step - done, lambda i, d=done: loss_fn(d + i),
-                        "relearn", progress=False)
-                    network.eval()
-                    done = step
+                tune.advance(step - tune.done)
                 share, sampled = ctx.sample_share(model, cfg.samples, cfg.seed + 500_000, cfg.num_inference_steps,
                                                   guidance)
                 curve.append({"k": k, "step": step, "forget_accuracy": share})
@@ -102,16 +82,3 @@ class Relearning(Attack):
                       "guidance_scale": guidance, "seed": cfg.seed, "fa_threshold": cfg.fa_threshold,
                       "steps_to_fa": {str(k): steps_to(curve, k, cfg.fa_threshold) for k in cfg.k},
                       "asr": "forget accuracy after the last step count, worst k"})
-
-
-class _Rows(torch.utils.data.Dataset):
-    """A batch dict of tensors as a data set of its rows (what StepSampler draws from)."""
-
-    def __init__(self, batch: dict):
-        self.batch = batch
-
-    def __len__(self) -> int:
-        return len(next(iter(self.batch.values())))
-
-    def __getitem__(self, index):
-        return {key: value[index] for key, value in self.batch.items()}

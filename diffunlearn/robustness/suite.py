@@ -171,3 +171,33 @@ def _load(raw, run_overrides, folder, role):
     except UserError as exc:
         raise UserError(f"--{'model' if role == 'unlearned' else role}: {exc}") from None
     return model
+
+
+def check_rt(cfg) -> None:
+    """Refuse (one line) an `eval.rt` that cannot be attacked: without `eval.attacks`, or `auto` for a base whose
+    recipe is unknown; a folder is checked when the suite plans."""
+    if not cfg.eval.rt:
+        return
+    if not cfg.eval.attacks:
+        raise UserError(f"eval.rt {cfg.eval.rt!r} is attacked beside the unlearned model only with eval.attacks; "
+                        f"give eval.attacks (valid: {', '.join(sorted(ATTACKS.load_all()))}) or drop eval.rt")
+    if cfg.eval.rt == "auto":
+        from ..recipes.retrained import base_recipe
+
+        base_recipe(cfg)
+
+
+def attack_summary(result: dict) -> dict:
+    """What a run's report and card keep of a suite: per attack the ASR with its interval, the base's and RT's
+    ASR; for relearning also every model's curve, its samples per point and steps to the FA threshold."""
+    summary = {name: {key: entry.get(key) for key in ("asr", "asr_ci95", "base_asr", "rt_asr")}
+               for name, entry in result["attacks"].items()}
+    relearning = result["attacks"].get("relearning")
+    if relearning:
+        roles = [role for role in ("unlearned", "rt", "base") if role in relearning]
+        summary["relearning"].update(
+            curves={role: relearning[role]["curve"] for role in roles},
+            steps_to_fa={role: relearning[role]["protocol"]["steps_to_fa"] for role in roles},
+            fa_threshold=relearning["unlearned"]["protocol"]["fa_threshold"],
+            samples_per_point=relearning["unlearned"]["budget"]["samples_per_measurement"])
+    return summary

@@ -35,13 +35,13 @@ from ..evaluation.base_cache import evaluate_base
 from ..evaluation.evaluator import check_evaluation, make_evaluator
 from ..evaluation.gallery_page import page_head
 from ..evaluation.judge_loading import load_judge
-from ..evaluation.monitor import check_stop, make_monitor
+from ..evaluation.monitor_setup import check_stop, make_monitor
 from ..evaluation.report import forgetting_signals, stop_line, write_model_card
 from ..evaluation.targets import eval_targets
 from ..models.loading import load_model, trainable_copy
 from ..outputs import check_output, environment, finalize, prepare_work_dir, scrub, work_folder, write_json
 from ..registry import check_method, get_method
-from ..robustness.suite import attack_settings, suite_result
+from ..robustness.suite import attack_settings, attack_summary, check_rt, suite_result
 from ..run_folder import IDENTITY_KEY, identity
 from ..training.step import check_process_split
 from ..training.trainer import Trainer
@@ -116,6 +116,7 @@ def prepare(config, output, overrides=(), overwrite: bool = False, evaluate: boo
     check_stop(cfg)
     if cfg.eval.attacks:  # names, and whether they fit the family
         attack_settings(list(cfg.eval.attacks), [], model, cfg)
+    check_rt(cfg)
     # one process, or every process of an `accelerate launch` / torchrun; on CPU (ACCELERATE_USE_CPU=1, or several
     # processes without CUDA) they form one gloo group, as the Trainer's Accelerator does
     state = PartialState(cpu=use_cpu())
@@ -147,7 +148,7 @@ def train(run: Run, progress: bool = True) -> tuple:
         return json.loads((work / TRAINED_FILE).read_text()), run.state.device, run.state.destroy_process_group
     start = time.perf_counter()
     monitor = make_monitor(cfg, run.model, run.judge, run.base_path, run.state.device, progress,
-                           targets=run.targets)  # scores the base first
+                           targets=run.targets, forget_set=run.forget_set)  # scores the base first
     monitor_setup = time.perf_counter() - start
     trainer = Trainer(cfg, run.model, run.method_cls, run.forget_set, run.remain_set, work, progress=progress)
     if monitor is not None:
@@ -207,9 +208,8 @@ def attack(run: Run, progress: bool = True) -> dict:
     rerun resumes it with the run); returns the ASR summary for the report and the model card."""
     base = None if run.base is None else (run.base, run.base_path)
     result = suite_result(None, run.work, run.work / "robustness", list(run.cfg.eval.attacks), base=base,
-                          progress=print if progress else None)  # the work folder's config.yaml is the run's
-    return {name: {key: entry.get(key) for key in ("asr", "asr_ci95", "base_asr", "rt_asr")}
-            for name, entry in result["attacks"].items()}
+                          rt_path=run.cfg.eval.rt, progress=print if progress else None)  # the work folder's
+    return attack_summary(result)  # config.yaml is the run's
 
 
 def write(run: Run, report: dict, evaluation=None) -> None:
