@@ -9,8 +9,7 @@ Finished runs and suites are read back, so rerunning the command resumes the gri
 import argparse
 import sys
 
-from diffunlearn.commands.cli import parse_args
-from diffunlearn.errors import UserError
+from diffunlearn.commands.cli import call, parse_args
 
 
 def main(argv=None):
@@ -26,12 +25,8 @@ def main(argv=None):
     args = parse_args(parser, argv)
     from diffunlearn.benchmarks.lasting_grid import run_lasting_grid
 
-    try:
-        run_lasting_grid(args.configs, args.targets, args.seeds, args.output, slack=args.slack, overrides=args.overrides,
-                         progress=lambda m: print(m, file=sys.stderr, flush=True))
-    except UserError as exc:
-        print(f"diffunlearn: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    call(run_lasting_grid, args.configs, args.targets, args.seeds, args.output, slack=args.slack,
+         overrides=args.overrides, progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(open(f"{args.output}/summary.md").read())
 
 
