@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..training.streams import Stream
 
 _INNER = 1000  # inner steps per outer step in the generators' step index (relearn and attack steps stay below it)
+_ATTACK_ROWS = 16  # D_f rows the class-row attack fits to (the inversion attack's batch)
 
 
 @dataclass
@@ -83,12 +84,13 @@ class InnerAttackers:
                             "table to attack; valid: 0")
 
     def accumulate(self, step: int, forget_loss, scale: float) -> dict:
-        """Add scale x the lasting terms' gradients at this step; returns their losses (detached) for the log."""
-        logs = {}
+        """Add scale x the lasting terms' gradients at this step; returns their forget losses (detached; for classes
+        the weighted loss that the ascent raises, as SFR-on's `forget_loss` log) for the log."""
+        logs, sign = {}, 1.0 if self.context.cfg.forget.is_concept else -1.0
         if self.cfg.relearn_steps:
-            logs["relearned_forget_loss"] = self._relearned(step, forget_loss, scale)
+            logs["relearned_forget_loss"] = sign * self._relearned(step, forget_loss, scale)
         if self.cfg.condition_attack_steps:
-            logs["attacked_forget_loss"] = self._attacked(step, forget_loss, scale)
+            logs["attacked_forget_loss"] = sign * self._attacked(step, forget_loss, scale)
         return logs
 
     # --- simulated relearning ---------------------------------------------------------------------------------------
@@ -140,7 +142,7 @@ class InnerAttackers:
 
     def _attacked_rows(self, step: int, batch: dict, stack) -> None:
         """Inside `stack`, each forgotten class's rows are the fitted free vectors (the `inversion` attack's)."""
-        fit_batch = _rows(batch, self.cfg.relearn_batch * 2)
+        fit_batch = _rows(batch, _ATTACK_ROWS)
         for label in self.context.cfg.forget.classes:
             free = stack.enter_context(free_class_embedding(self.model, label, label))
             self._fit(step, fit_batch, free)
