@@ -337,3 +337,25 @@ def test_benchmark_rows_run_the_lasting_config_and_its_ablations():
         assert row.method == lasting.method and row.stop == lasting.stop and row.train == lasting.train
         plain = row_config(bench, "sfr_on") if "sfr_on" in bench.methods else build_config(read_yaml(bench.run), [])
         assert not plain.method.lasting and plain.stop.relearn_probe_steps == 0
+
+
+def test_with_a_probe_only_a_state_that_passed_it_is_a_fallback():
+    """A run that never passes the probe ends on its last state: an earlier forgotten-but-relearnable state (the
+    lowest retained estimate) is not restored."""
+    from test_monitor import BASE, Scripted
+
+    from diffunlearn.evaluation.monitor import Monitor, StopRule
+
+    probe = ScriptedProbe([0.9, 0.9, 0.1, 0.9])
+    mon = Monitor(tiny_ddpm(), Scripted([(0.0, 1.0), (0.0, 0.9), (0.0, 0.8), (0.0, 0.7)]), BASE,
+                  StopRule(0.05, patience=99), 2, 8, probe=probe)
+    for step in (1, 3, 5, 7):
+        mon(step)
+    assert probe.calls == 4, "each new best candidate is probed"
+    assert [h["best"] for h in mon.history] == [False, False, True, False] and mon.best_step == 6
+    never = Monitor(tiny_ddpm(), Scripted([(0.0, 1.0), (0.0, 0.9)]), BASE, StopRule(0.05, patience=99), 2, 4,
+                    probe=ScriptedProbe([0.9, 0.9]))
+    never(1)
+    never(3)
+    never.finish()
+    assert never.best is None and never.restored_step is None

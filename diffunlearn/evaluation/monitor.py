@@ -89,8 +89,9 @@ class Monitor:
         base_reused: {"checks": bool, "confirmation": bool}: whether the base's metrics came from the cache.
         base_evaluation: (metrics, gallery images, reused) of the base under the final evaluation, which the
             confirmation compared with; the run's evaluation uses it instead of evaluating the base again.
-        probe: a `RelearnProbe`: a stop as forgotten also needs the target to stay forgotten through a short
-            fine-tune (tested before the confirmation, which costs more); otherwise the run goes on. None: no probe.
+        probe: a `RelearnProbe`: a stop as forgotten, and a state kept as the fallback, also need the target to stay
+            forgotten through a short fine-tune (tested before the confirmation, which costs more); otherwise the run
+            goes on and the state is no fallback (a run that never passes ends on its last state). None: no probe.
     """
 
     def __init__(self, model, evaluator, base_metrics: dict, rule: StopRule, every: int, total_steps: int,
@@ -147,8 +148,8 @@ class Monitor:
         else:
             metrics = self.evaluator(self.model)[0]
         entry = self.record(step + 1, metrics, seconds)
-        if self.action == STOP and self.probe is not None:  # the cheaper test first
-            self.check_probe(entry)
+        if self.probe is not None and (self.action == STOP or entry["best"]):  # the cheaper test first; a state
+            self.check_probe(entry)  # that relearns is no stop and no fallback either
         if self.action == STOP and self.confirmation is not None:
             self.confirm(entry)
         network.train()
@@ -203,10 +204,12 @@ class Monitor:
                           + ("stop" if held else "not forgotten under the evaluation's sampler: continue"))
 
     def check_probe(self, entry: dict) -> None:
-        """Relearning probe of the stop `entry` asks for: the run goes on while the target comes back after it."""
+        """Relearning probe of the stop (or fallback state) `entry` asks for: while the target comes back after it,
+        the run goes on and the state is not a fallback."""
         probe = entry["relearn_probe"] = self.probe(self.model)
         if not probe["passed"]:
-            self.action = entry["action"] = CONTINUE
+            if self.action == STOP:
+                self.action = entry["action"] = CONTINUE
             entry["best"] = False
         if self.progress:
             self.progress(f"  relearning probe ({probe['steps']} steps on {probe['k']} images): forget "
