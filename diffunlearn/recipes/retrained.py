@@ -5,7 +5,7 @@ classes, trained once per (recipe, classes) and kept in the `rt` disk cache like
 
 `--rt auto` (and a benchmark's `rt: auto`) takes the recipe recorded for an embedded base in `assets/manifest.json`
 (every setting, seed and split of the run that trained it), sets `exclude_classes` to the run's forget classes and
-returns the cached RT folder, training it first when absent (the digits DDPM: about 10 minutes on two CPU cores).
+returns the cached RT folder, training it first when absent (the digits DDPM: 11-19 minutes on two CPU cores).
 The cache key is a SHA-256 of the recipe kind, every recipe setting and the torch version; the folder is capped by
 `DIFFUNLEARN_CACHE_BYTES_RT` (bytes, default 2 GiB), least recently used first.
 """
