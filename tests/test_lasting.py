@@ -1,4 +1,5 @@
-"""The lasting option's inner attackers (`methods/lasting.py`) and RT from the base's recipe (`recipes/retrained.py`)."""
+"""The lasting option: inner attackers (`methods/lasting.py`), the stop rule's relearning probe, RT from the base's
+recipe (`recipes/retrained.py`), the card and grid that compare with RT."""
 
 import contextlib
 import json
