@@ -9,9 +9,7 @@ and the weights are put back exactly as they were. It passes when that estimate 
 
 from __future__ import annotations
 
-import torch
-
-from ..training.fine_tune import FineTune, seeded_rows
+from ..training.fine_tune import FineTune, seeded_rows, values_restored
 
 
 class RelearnProbe:
@@ -25,18 +23,12 @@ class RelearnProbe:
         self.images = seeded_rows(forget_set, k, seed)
 
     def __call__(self, model) -> dict:
-        params = [p for _, p in model.trainable_parameters()]
-        saved = [p.detach().clone() for p in params]
-        grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
         training = model.network.training
         try:
-            FineTune(model, self.images, self.lr, self.batch_size, self.seed, self.seed * 7919).advance(self.steps)
-            metrics = self.evaluator(model, part="forget")[0]
+            with values_restored([p for _, p in model.trainable_parameters()], grads=True):
+                FineTune(model, self.images, self.lr, self.batch_size, self.seed, self.seed * 7919).advance(self.steps)
+                metrics = self.evaluator(model, part="forget")[0]
         finally:
-            with torch.no_grad():
-                for p, value, grad in zip(params, saved, grads):
-                    p.copy_(value)
-                    p.grad = grad
             model.network.train(training)
         fa = metrics["forget_accuracy"]
         return {"forget_accuracy": fa, "passed": fa <= self.fa_max, **self.settings()}

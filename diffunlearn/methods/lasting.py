@@ -29,6 +29,7 @@ import torch
 from ..config import MethodConfig
 from ..models.conditions import free_class_embedding
 from ..errors import UserError
+from ..training.fine_tune import values_restored
 from ..training.streams import Stream
 
 _INNER = 1000  # inner steps per outer step in the generators' step index (relearn and attack steps stay below it)
@@ -97,20 +98,17 @@ class InnerAttackers:
     def _relearned(self, step: int, forget_loss, scale: float) -> torch.Tensor:
         cfg, context = self.cfg, self.context
         params = [p for _, p in context.params]
-        saved = [p.detach().clone() for p in params]
         batch = _rows(context.forget_batch(step), cfg.relearn_batch)
         attacker = torch.optim.Adam(params, lr=cfg.relearn_lr)
         context.zero_grad()
-        for i in range(cfg.relearn_steps):
-            loss = context.losses(batch, step * _INNER + i, stream=Stream.LASTING_RELEARN).mean()
-            context.backward(loss)
-            attacker.step()
-            attacker.zero_grad(set_to_none=True)
-        after = forget_loss(Stream.LASTING_META)
-        context.backward(cfg.relearn_weight * scale * after)  # the gradient at theta', kept in .grad
-        with torch.no_grad():
-            for p, value in zip(params, saved):
-                p.copy_(value)
+        with values_restored(params):  # theta back afterwards; the gradient at theta' stays in .grad
+            for i in range(cfg.relearn_steps):
+                loss = context.losses(batch, step * _INNER + i, stream=Stream.LASTING_RELEARN).mean()
+                context.backward(loss)
+                attacker.step()
+                attacker.zero_grad(set_to_none=True)
+            after = forget_loss(Stream.LASTING_META)
+            context.backward(cfg.relearn_weight * scale * after)
         return after.detach()
 
     # --- condition attack -------------------------------------------------------------------------------------------

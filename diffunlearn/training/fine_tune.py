@@ -3,9 +3,27 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..data import StepSampler
+
+
+@contextlib.contextmanager
+def values_restored(params, grads: bool = False):
+    """Inside the block `params` may be trained; afterwards each holds its value from before (and, with `grads`, its
+    `.grad` too; without, gradients accumulated inside are kept: the lasting option's meta gradient)."""
+    saved = [p.detach().clone() for p in params]
+    kept = [None if p.grad is None else p.grad.detach().clone() for p in params] if grads else None
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for i, (p, value) in enumerate(zip(params, saved)):
+                p.copy_(value)
+                if kept is not None:
+                    p.grad = kept[i]
 
 
 def seeded_rows(data_set, k: int, seed: int) -> dict:
