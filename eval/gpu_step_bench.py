@@ -27,6 +27,10 @@ def main(argv=None) -> int:
                         help="precisions of the step table")
     parser.add_argument("--batch", nargs="+", default=[], metavar="FAMILY=N",
                         help="training batch of the step table per family, e.g. dit=64 (defaults: dit 16, else 2)")
+    parser.add_argument("--checkpointing", nargs="+", default=["off", "on"], choices=["off", "on"],
+                        help="gradient checkpointing of the step table (off also runs with cached latents)")
+    parser.add_argument("--library-models", nargs="+", default=["dit", "sd"], choices=["dit", "sd"],
+                        help="families of the library section (with --models)")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per row (the median is reported)")
     parser.add_argument("--tiny", action="store_true", help="small configs of the same model classes (CPU test)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -56,7 +60,9 @@ def main(argv=None) -> int:
     try:
         result = run(args.models, args.sections, tiny=args.tiny, device=device, budget_s=args.budget_s,
                      json_path=args.json, iters=args.iters,
-                     precisions=args.precisions, batches=batches)
+                     precisions=args.precisions, batches=batches,
+                     checkpointing=tuple(c == "on" for c in args.checkpointing),
+                     library_models=tuple(args.library_models))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

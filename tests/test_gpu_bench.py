@@ -113,13 +113,29 @@ def test_tiny_run_of_every_section_on_cpu(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["errors"] == [] and result["skipped"] == []
     rows = result["rows"]
-    assert {r["kind"] for r in rows["steps"]} == {"sfr_on", "ft"} and len(rows["steps"]) == 8
+    assert {r["kind"] for r in rows["steps"]} == {"sfr_on", "ft"} and len(rows["steps"]) == 12
     assert all(r["ms"] > 0 for r in rows["steps"])
+    cached = [r for r in rows["steps"] if r["cached_latents"]]  # checkpointing off, both kinds, both families
+    assert len(cached) == 4 and not any(r["grad_ckpt"] or "vae_encode_ms" in r for r in cached)
     assert [r["pipeline"] for r in rows["sampling"]] == ["DiTPipeline", "StableDiffusion3Pipeline"]
     assert rows["compile"][0]["same_loss_bf16"] and rows["compile"][0]["fp32_rel_diff"] < 1e-4
-    assert rows["library"][0]["mask_cache_hit"] and rows["library"][0]["losses_finite"]
+    assert [r["cached_latents"] for r in rows["library"]] == [False, True]
+    assert all(r["mask_cache_hit"] and r["losses_finite"] for r in rows["library"])
     assert {r["subset"] for r in rows["fit"]} == {"all", "cross_attention", "lora"}
-    assert "\nDevice: CPU" in text and "| SFR-on / FT |" in text
+    assert "\nDevice: CPU" in text and "| SFR-on / FT |" in text and "| cached latents |" in text
+
+
+@pytest.mark.parametrize("family", ["dit", "sd3"])
+def test_a_cached_latents_step_computes_the_loss_of_the_encoding_step(family):
+    """The benchmark's cached-latents rows time the same losses: only the encode moves out of the step."""
+    case = Case(get_spec(family, tiny=True), "cpu")
+    batch = case.batch(2)
+    losses = []
+    for latents in (None, case.latents(batch["pixels"])):
+        case.gen.manual_seed(0)
+        step = batch if latents is None else {**batch, "latents": latents}
+        losses.append((case.forget_loss(step).item(), case.task_loss(step).item()))
+    assert losses[0] == losses[1]
 
 
 def test_bad_arguments_are_refused_before_anything_runs(capsys):

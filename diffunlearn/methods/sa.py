@@ -12,6 +12,7 @@ from ..data import LabeledImages, StepSampler
 from ..data.sets import remain_classes
 from ..errors import UserError
 from ..registry import register_method
+from ..training.latent_cache import without_latents
 from ..training.streams import Stream
 from .base import UnlearningMethod
 from .saliency import mean_squared_gradient
@@ -102,7 +103,8 @@ class SelectiveAmnesia(UnlearningMethod):
         forget_batch = context.forget_batch(step)
         noise_images = torch.rand(forget_batch["pixel_values"].shape, generator=context.generator(step, Stream.SA_NOISE),
                                   device=context.device) * 2 - 1
-        surrogate = context.losses({**forget_batch, "pixel_values": noise_images}, step, stream=Stream.FORGET).mean()
+        noisy = {**without_latents(forget_batch), "pixel_values": noise_images}  # its pixels, not D_f's latents
+        surrogate = context.losses(noisy, step, stream=Stream.FORGET).mean()
         replay = context.losses(self.replay.batch(step, context.device), step, stream=Stream.REMAIN).mean()
         ewc = self.ewc_penalty()
         context.update(surrogate + cfg.replay_weight * replay + cfg.ewc_lambda * ewc, clip=cfg.clip)

@@ -202,7 +202,8 @@ class DiffusionModel(TrainableModel):
     def noised(self, batch: dict, generator, antithetic: bool, shard: tuple, timesteps=None):
         """(x0, noise, t, x_t) for a batch; draws are made for the global batch and sliced (see `shard`);
         `timesteps` (B,), if given, replace the drawn t."""
-        x0 = self.encode(batch["pixel_values"].to(self.device))
+        cached = batch.get("latents")  # `train.cache_latents`: encoded once (training/latent_cache.py)
+        x0 = cached.to(self.device) if cached is not None else self.encode(batch["pixel_values"].to(self.device))
         local = x0.shape[0]
         t = (global_draw(lambda n: self.sample_timesteps(n, generator, antithetic), local, shard)
              if timesteps is None else timesteps.to(self.device, torch.long))

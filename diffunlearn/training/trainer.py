@@ -25,6 +25,7 @@ from ..data import StepSampler
 from ..distributed import make_accelerator, parameter_free_copy, unshard_module
 from ..errors import NonFiniteLossError
 from .context import StepContext
+from .latent_cache import cached_sets
 from .step import check_process_split, make_optimizer, masked_step
 from .streams import Stream
 
@@ -66,6 +67,7 @@ class Trainer:
         self.model.network.train()
         bs = self.train_cfg.batch_size
         check_process_split(acc.num_processes, bs, forget_set, remain_set)
+        forget_set, remain_set = cached_sets(model, forget_set, remain_set, enabled=self.train_cfg.cache_latents)
         self.forget_sampler = StepSampler(forget_set, bs, cfg.seed + 1, acc.process_index, acc.num_processes)
         self.remain_sampler = StepSampler(remain_set, bs, cfg.seed + 2, acc.process_index, acc.num_processes)
         self.progress = progress and acc.is_main_process

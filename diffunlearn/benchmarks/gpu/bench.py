@@ -83,24 +83,25 @@ FIT_CAP = {"dit": 128, "sd": 64, "sdxl": 16, "sd3": 16}  # largest batch tried o
 NEEDS = {"steps": 25, "compute": 10, "compile": 240, "sampling": 15, "library": 45, "fit": 40}
 
 
-def run_section(bench, case, section: str, iters: int, steps: dict) -> None:
+def run_section(bench, case, section: str, iters: int, steps: dict, checkpointing=(False, True),
+                library_models=("dit", "sd")) -> None:
     spec, tiny = case.spec, bench.tiny
     scale = 0.0 if tiny else 1.0
     name, _, precision = section.partition(":")
     need = NEEDS[name] * scale
-    if name == "steps":
-        for ckpt in (False, True):
+    if name == "steps":  # checkpointing off and on; off also with cached latents (no VAE encode in the step)
+        for ckpt, cached in [c for c in ((False, False), (False, True), (True, False)) if c[0] in checkpointing]:
             for kind in KINDS:
-                row = bench.guarded(name, f"{spec.key} {precision} ckpt={ckpt} {kind}", need,
+                row = bench.guarded(name, f"{spec.key} {precision} ckpt={ckpt} cached={cached} {kind}", need,
                                     lambda: measure(case, precision, ckpt, kind, spec.batch, iters=iters,
-                                                    budget_s=12.0))
+                                                    budget_s=12.0, cached_latents=cached))
                 if row:
-                    steps[(precision, ckpt, kind)] = row
+                    steps[(precision, ckpt, kind, cached)] = row
                     bench.add(name, row)
     elif name == "compute" and spec.key == "dit":
         peak = bench.result.get("matmul_bf16_TFLOPs")
         for kind in KINDS:
-            row = steps.get(("bf16", False, kind))
+            row = steps.get(("bf16", False, kind, False))
             if row and row["ms"]:
                 out = bench.guarded(name, f"{spec.key} flops {kind}", need,
                                     lambda: utilisation(case, row, bench.result["device"], peak))
@@ -114,14 +115,17 @@ def run_section(bench, case, section: str, iters: int, steps: dict) -> None:
         out = bench.guarded(name, f"{spec.key} sampling", need, lambda: sampling_throughput(case))
         if out:
             bench.add(name, out)
-    elif name == "library" and spec.key in ("dit", "sd"):
+    elif name == "library" and spec.key in library_models:
         from .library import library_run
 
-        overrides = ["train.batch_size=2", "method.mask_batches=2", "eval.batch_size=2"] if tiny else []
-        out = bench.guarded(name, f"{spec.key} library", need, lambda: library_run(
-            case, tiny, overrides, iters=iters, sample_batch=None if tiny else 8, sample_steps=2 if tiny else None))
-        if out:
-            bench.add(name, out)
+        small = ["train.batch_size=2", "method.mask_batches=2", "eval.batch_size=2"] if tiny else []
+        for cached in (False, True):  # `train.cache_latents`: each D_f / D_r image encoded once (steady state)
+            overrides = [*small, f"train.cache_latents={str(cached).lower()}"]
+            out = bench.guarded(name, f"{spec.key} library cached={cached}", need, lambda: library_run(
+                case, tiny, overrides, iters=iters, sample_batch=None if tiny else 8,
+                sample_steps=2 if tiny else None))
+            if out:
+                bench.add(name, out)
     elif name == "fit":
         for subset in spec.subsets:
             out = bench.guarded(name, f"{spec.key} fit {subset}", need, lambda: fit_subset(
@@ -132,7 +136,7 @@ def run_section(bench, case, section: str, iters: int, steps: dict) -> None:
 
 def run(families=("dit", "sd", "sdxl", "sd3"), sections=SECTIONS, tiny: bool = False, device=None,
         budget_s: float = 480.0, json_path=None, iters: int = 3, log=print, precisions=("fp32", "bf16"),
-        batches=None) -> dict:
+        batches=None, checkpointing=(False, True), library_models=("dit", "sd")) -> dict:
     """The PASSES over `families` and `sections`; returns the result dict (also written to `json_path` as it
     grows). Sections whose estimated time no longer fits the budget are skipped and listed."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -155,7 +159,8 @@ def run(families=("dit", "sd", "sdxl", "sd3"), sections=SECTIONS, tiny: bool = F
                 continue
             bench.result.setdefault("params_M", {})[spec.name] = round(case.num_parameters / 1e6, 1)
             for section in wanted:
-                run_section(bench, case, section, iters, steps.setdefault(family, {}))
+                run_section(bench, case, section, iters, steps.setdefault(family, {}), checkpointing,
+                            library_models)
             del case
             gc.collect()
             if device.type == "cuda":

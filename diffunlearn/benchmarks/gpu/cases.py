@@ -97,9 +97,9 @@ class Case:
         z = self.vae.encode(pixels).latent_dist.mean
         return (z - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
 
-    def noised(self, pixels):
-        """(x_t, timestep input, target) for a pixel batch."""
-        x0 = self.latents(pixels)
+    def noised(self, pixels, latents=None):
+        """(x_t, timestep input, target) for a pixel batch (`latents`: its cached latents, `train.cache_latents`)."""
+        x0 = self.latents(pixels) if latents is None else latents
         noise = torch.randn(x0.shape, generator=self.gen, device=self.device)
         if self.spec.objective == "flow":
             sigma = torch.sigmoid(torch.randn(len(x0), generator=self.gen, device=self.device))  # logit-normal
@@ -119,11 +119,11 @@ class Case:
     # --- losses -------------------------------------------------------------------------------------------------
     def task_loss(self, batch: dict, key: str = "anchor") -> torch.Tensor:
         """Mean per-sample denoising loss (the remain step, and the fine-tuning step)."""
-        x_t, t, target = self.noised(batch["pixels"])
+        x_t, t, target = self.noised(batch["pixels"], batch.get("latents"))
         return per_sample(self.predict(x_t, t, batch[key]), target).mean()
 
     def forget_loss(self, batch: dict) -> torch.Tensor:
-        x_t, t, target = self.noised(batch["pixels"])
+        x_t, t, target = self.noised(batch["pixels"], batch.get("latents"))
         if self.spec.text is None:  # class forgetting: gradient ascent
             return -self.spec.forget_alpha * per_sample(self.predict(x_t, t, batch["cond"]), target).mean()
         with torch.no_grad():

@@ -90,7 +90,7 @@ def library_run(case, tiny: bool = False, overrides=(), iters: int = 3, sample_b
     forget, remain = data_sets(model, case, cfg.train.batch_size)
     row = {"model": case.spec.name, "config": CONFIGS[case.spec.key], "batch": cfg.train.batch_size,
            "mask_batches": cfg.method.mask_batches, "precision": cfg.train.mixed_precision,
-           "grad_ckpt": cfg.train.gradient_checkpointing}
+           "grad_ckpt": cfg.train.gradient_checkpointing, "cached_latents": cfg.train.cache_latents}
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     old_cache = os.environ.get("DIFFUNLEARN_CACHE")

@@ -22,12 +22,15 @@ def table(rows: list, columns: list) -> list:
 
 
 def step_pairs(rows: list) -> list:
-    """One row per (model, precision, checkpointing, batch): SFR-on and fine-tuning side by side, and their ratio."""
+    """One row per (model, precision, checkpointing, cached latents, batch): SFR-on and fine-tuning side by side,
+    and their ratio."""
     merged = {}
     for r in rows:
-        key = (r["model"], r["precision"], r["grad_ckpt"], r["batch"])
+        cached = bool(r.get("cached_latents"))
+        key = (r["model"], r["precision"], r["grad_ckpt"], cached, r["batch"])
         entry = merged.setdefault(key, {"model": r["model"], "precision": r["precision"],
-                                        "grad_ckpt": "on" if r["grad_ckpt"] else "off", "batch": r["batch"]})
+                                        "grad_ckpt": "on" if r["grad_ckpt"] else "off",
+                                        "cached_latents": "yes" if cached else "no", "batch": r["batch"]})
         entry[f"{r['kind']}_ms"], entry[f"{r['kind']}_GiB"] = r["ms"], r["peak_GiB"]
         entry.setdefault("vae_encode_ms", r.get("vae_encode_ms"))
     for entry in merged.values():
@@ -64,8 +67,9 @@ def markdown(result: dict) -> str:
     if rows["steps"]:
         out += ["Step time (all weights trainable; SFR-on iteration = forget + remain step; FT = one plain step):",
                 ""] + table(step_pairs(rows["steps"]), [
-                    ("model", "model"), ("precision", "precision"), ("grad ckpt", "grad_ckpt"), ("batch", "batch"),
-                    ("SFR-on ms", "sfr_on_ms"), ("FT ms", "ft_ms"), ("SFR-on / FT", "ratio"),
+                    ("model", "model"), ("precision", "precision"), ("grad ckpt", "grad_ckpt"),
+                    ("cached latents", "cached_latents"), ("batch", "batch"), ("SFR-on ms", "sfr_on_ms"),
+                    ("FT ms", "ft_ms"), ("SFR-on / FT", "ratio"),
                     ("SFR-on peak GiB", "sfr_on_GiB"), ("FT peak GiB", "ft_GiB"),
                     ("VAE encode ms per step", "vae_encode_ms")]) + [""]
     if rows["fit"]:
@@ -97,7 +101,8 @@ def markdown(result: dict) -> str:
                                ("images/s", "images_per_s")]) + [""]
     if rows["library"]:
         out += ["The library's path (Trainer + SFR-on from the real config; evaluation's model.sample):", ""] + table(
-            rows["library"], [("model", "model"), ("batch", "batch"), ("mask batches", "mask_batches"),
+            rows["library"], [("model", "model"), ("batch", "batch"), ("cached latents", "cached_latents"),
+                              ("mask batches", "mask_batches"),
                               ("mask pass s", "mask_pass_s"), ("cache hit s", "mask_hit_s"),
                               ("hit", "mask_cache_hit"), ("iteration ms", "iteration_ms"),
                               ("peak GiB", "peak_GiB"), ("eval dtype", "eval_dtype"),

@@ -84,16 +84,19 @@ def make_optimizer(case, params):
 
 
 def measure(case, precision: str, checkpointing: bool, kind: str, batch_size: int, subset: str = "all",
-            warmup: int = 1, iters: int = 3, budget_s: float = 20.0, compiled: bool = False) -> dict:
+            warmup: int = 1, iters: int = 3, budget_s: float = 20.0, compiled: bool = False,
+            cached_latents: bool = False) -> dict:
     """ms per step (median of the timed ones; fewer than `iters` once `budget_s` is spent, at least one) and peak
-    allocated GPU memory over warm-up and timed steps; "OOM" when it does not fit."""
+    allocated GPU memory over warm-up and timed steps; "OOM" when it does not fit. `cached_latents`: the batch's
+    latents are encoded once before the steps (`train.cache_latents` once every image was drawn), so a step runs no
+    VAE encode."""
     device = case.device
     if checkpointing:
         case.network.enable_gradient_checkpointing()
     else:
         case.network.disable_gradient_checkpointing()
     row = {"model": case.spec.name, "kind": kind, "subset": subset, "batch": batch_size, "precision": precision,
-           "grad_ckpt": checkpointing, "compiled": compiled}
+           "grad_ckpt": checkpointing, "compiled": compiled, "cached_latents": cached_latents}
     params = set_subset(case.spec, case.network, subset)
     row["trainable_M"] = round(sum(p.numel() for _, p in params) / 1e6, 2)
     optimizer, mask, batch = None, None, None
@@ -104,6 +107,9 @@ def measure(case, precision: str, checkpointing: bool, kind: str, batch_size: in
         optimizer = make_optimizer(case, params)
         mask = random_mask(params) if kind == "sfr_on" else None
         batch = case.batch(batch_size)
+        if cached_latents:
+            with autocast(device, precision):
+                batch["latents"] = case.latents(batch["pixels"])
         times, losses, start_all = [], [], time.perf_counter()
         for i in range(warmup + iters):
             synchronize(device)
@@ -115,7 +121,8 @@ def measure(case, precision: str, checkpointing: bool, kind: str, batch_size: in
                 if time.perf_counter() - start_all > budget_s:
                     break
         row.update(ms=round(1000 * statistics.median(times), 1), timed_steps=len(times), first_loss=losses[0])
-        row["vae_encode_ms"] = round(1000 * encode_seconds(case, batch, precision), 1)  # per step, in the above
+        if not cached_latents:
+            row["vae_encode_ms"] = round(1000 * encode_seconds(case, batch, precision), 1)  # per step, in the above
         row["peak_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if device.type == "cuda" else None
     except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
         if not is_oom(exc):
