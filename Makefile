@@ -21,8 +21,11 @@ install: $(VENV)/.installed chromium
 demo: $(VENV)/.installed
 	$(VENV)/bin/diffunlearn unlearn configs/digits/ddpm_sfron.yaml --output out/demo --overwrite
 
+# the default suite in TEST_WORKERS processes (pytest-xdist; each test runs one torch thread, so 2 workers use both
+# cores of a 2-core machine); tests that must not overlap share an xdist_group
+TEST_WORKERS ?= auto
 test: $(VENV)/.installed chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow

@@ -12,6 +12,17 @@ from diffunlearn.models.ddpm import ClassConditionalDDPM, ClassConditionalDDPMPi
 from diffunlearn.models.digits_classifier import DigitsClassifier
 
 
+# the longest tests of the default suite (`pytest --durations`), started first: under `make test`'s workers none of
+# them is left to run alone at the end
+LONGEST = ("test_faults.py::test_sigkill", "test_gpu_bench.py::test_tiny_run", "test_distributed.py::test_two_cpu",
+           "test_metrics.py::test_an_evaluation_with_inception", "test_families.py::test_cli_end_to_end",
+           "test_benchmark.py::test_benchmark_end_to_end")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not any(name in item.nodeid for name in LONGEST))  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DIFFUNLEARN_CACHE", str(tmp_path_factory.mktemp("cache")))

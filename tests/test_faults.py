@@ -75,7 +75,8 @@ def _unlearn_cmd(out, model_dir, classifier_dir):
 
 
 def test_sigkill_then_same_command_resumes_to_identical_weights(tmp_path, tiny_ddpm_dir, tiny_classifier_dir):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DIFFUNLEARN_CACHE": str(tmp_path / "cache")}
+    # one thread: a tiny model gains nothing from two, and under `make test`'s two workers two would oversubscribe
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DIFFUNLEARN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     subprocess.run(_unlearn_cmd(tmp_path / "straight", tiny_ddpm_dir, tiny_classifier_dir), env=env, check=True,
                    capture_output=True)
     cmd = _unlearn_cmd(tmp_path / "killed", tiny_ddpm_dir, tiny_classifier_dir)
