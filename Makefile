@@ -22,10 +22,11 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/diffunlearn unlearn configs/digits/ddpm_sfron.yaml --output out/demo --overwrite
 
 # the default suite in TEST_WORKERS processes (pytest-xdist; each test runs one torch thread, so 2 workers use both
-# cores of a 2-core machine); tests that must not overlap share an xdist_group
+# cores of a 2-core machine); a test module stays on one worker (--dist loadscope): its module fixtures are built
+# once, and the debug_launcher tests (one fixed rendezvous port) never overlap
 TEST_WORKERS ?= auto
 test: $(VENV)/.installed chromium
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow

@@ -17,8 +17,6 @@ from diffunlearn.evaluation.targets import eval_targets, real_reference
 from diffunlearn.models.digits_classifier import DigitsClassifier, PenultimateFeatures
 
 MAIN = "configs/digits/ddpm_sfron.yaml"
-# debug_launcher rendezvous on a fixed port (29500): under `make test`'s workers these tests run in one worker, in turn
-pytestmark = pytest.mark.xdist_group("debug_launcher")
 # Two shares sum the same float64 feature terms in another order, and the extractor sees other batches; measured
 # here: FID 3.8308 of split sets off by 2.1e-11 (relative 5e-12), the evaluator's FID 132.735 by 1.6e-8 (1.2e-10).
 FID_RTOL = 1e-8
