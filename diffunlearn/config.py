@@ -134,7 +134,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False  # recompute activations in backward (large UNets / transformers)
     compile: bool = False  # torch.compile the prepared network (inductor) for the unlearning steps
-    cache_latents: bool = False  # latent families: D_f / D_r VAE-encoded once, before the steps (latent_cache.py)
+    cache_latents: bool = False  # latent families: each D_f / D_r image VAE-encoded once, when first drawn
     report_to: str = "none"  # experiment tracker (accelerate's log_with): none, or tensorboard (local files)
     checkpoint_every: int = 50
     log_every: int = 10
