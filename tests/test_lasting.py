@@ -132,8 +132,8 @@ def test_bad_lasting_settings_are_refused(override, named):
 
 
 def test_lasting_configs_turn_the_option_on():
-    """Each lasting config is the plain one plus the lasting pieces: the probe in the stop rule (and, for SD, the
-    inner condition attack); nothing else differs."""
+    """Each lasting config is the plain one plus the lasting pieces (the probe in the stop rule; the inner attackers
+    are switches, off in both); nothing else differs."""
     for path, plain_path in (("configs/digits/ddpm_lasting.yaml", "configs/digits/ddpm_sfron.yaml"),
                              ("configs/digits/sd_lasting.yaml", "configs/digits/sd_sfron.yaml")):
         cfg, plain = build_config(read_yaml(path), []), build_config(read_yaml(plain_path), [])
