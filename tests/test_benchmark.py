@@ -88,6 +88,30 @@ def test_peak_memory_sees_an_allocation_and_leaves_out_paused_stretches():
     assert paused.peak < start + 0.5 * size
 
 
+def test_a_sample_in_flight_when_paused_does_not_count(monkeypatch):
+    """pause() waits for the sampler's reading in flight: memory allocated right after pause() returns is not
+    counted (the race that let a paused 200 MiB block into the peak under load)."""
+    import threading
+
+    level, inside = {"rss": 100}, threading.Event()
+
+    def rss():
+        if threading.current_thread() is not threading.main_thread():
+            inside.set()
+            time.sleep(0.05)  # the sampler is mid-reading when the main thread pauses
+        return level["rss"]
+
+    monkeypatch.setattr(PeakMemory, "rss", staticmethod(rss))
+    with PeakMemory(torch.device("cpu"), interval=0.001) as meter:
+        assert inside.wait(2)
+        meter.pause()
+        level["rss"] = 10_000  # allocated while paused
+        time.sleep(0.1)
+        level["rss"] = 100
+        meter.resume()
+    assert meter.peak == 100
+
+
 def test_peak_memory_of_a_phase_does_not_carry_the_freed_memory_of_the_phases_before_it():
     """Rows run one after another in one process: memory a row freed must not count in the next row's peak."""
     start = PeakMemory.rss()

@@ -32,6 +32,7 @@ class PeakMemory:
     def __init__(self, device, interval: float = 0.02):
         self.cuda, self.device, self.interval, self.peak = device.type == "cuda", device, interval, 0
         self._running = threading.Event()
+        self._lock = threading.Lock()  # a sample in flight finishes before pause() returns (no sample after it)
         self._stop = False
 
     @staticmethod
@@ -46,8 +47,9 @@ class PeakMemory:
 
     def _sample(self):
         while not self._stop:
-            if self._running.is_set():
-                self.peak = max(self.peak, self.rss())
+            with self._lock:
+                if self._running.is_set():
+                    self.peak = max(self.peak, self.rss())
             time.sleep(self.interval)
 
     def __enter__(self):
@@ -63,9 +65,11 @@ class PeakMemory:
     def pause(self):
         if self.cuda:
             self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device))
-        else:
+            self._running.clear()
+            return
+        with self._lock:
             self.peak = max(self.peak, self.rss())
-        self._running.clear()
+            self._running.clear()
 
     def resume(self):
         if self.cuda:
