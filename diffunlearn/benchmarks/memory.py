@@ -63,12 +63,8 @@ class PeakMemory:
         return self
 
     def pause(self):
-        if self.cuda:
-            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device))
-            self._running.clear()
-            return
         with self._lock:
-            self.peak = max(self.peak, self.rss())
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device) if self.cuda else self.rss())
             self._running.clear()
 
     def resume(self):
