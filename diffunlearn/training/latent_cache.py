@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from ..models.latent import LatentModelMixin
+
 LATENTS = "latents"
-
-
-def has_latents(model) -> bool:
-    """Whether `model` works on VAE latents (its pipeline has a `vae`)."""
-    return getattr(getattr(model, "pipeline", None), "vae", None) is not None
 
 
 def without_latents(batch: dict) -> dict:
@@ -56,6 +53,6 @@ class CachedLatents(torch.utils.data.Dataset):
 
 def cached_sets(model, *data_sets, enabled: bool = True) -> tuple:
     """`data_sets` wrapped in `CachedLatents` when `enabled` and `model` is a latent family, else unchanged."""
-    if not (enabled and has_latents(model)):
+    if not (enabled and isinstance(model, LatentModelMixin)):
         return data_sets
     return tuple(CachedLatents(data_set, model) for data_set in data_sets)
