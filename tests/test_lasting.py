@@ -132,15 +132,15 @@ def test_bad_lasting_settings_are_refused(override, named):
 
 
 def test_lasting_configs_turn_the_option_on():
-    """Each lasting config is the plain one plus the lasting pieces (the probe in the stop rule; the inner attackers
-    are switches, off in both); nothing else differs."""
+    """Each lasting config is the plain one plus the lasting pieces (the probe in the stop rule, the inner attackers
+    and the prior mapping); nothing else differs."""
     for path, plain_path in (("configs/digits/ddpm_lasting.yaml", "configs/digits/ddpm_sfron.yaml"),
                              ("configs/digits/sd_lasting.yaml", "configs/digits/sd_sfron.yaml")):
         cfg, plain = build_config(read_yaml(path), []), build_config(read_yaml(plain_path), [])
         assert cfg.method.name == "sfr_on" and cfg.stop.relearn_probe_steps > 0
         assert (cfg.model, cfg.data, cfg.forget, cfg.train, cfg.eval) == (plain.model, plain.data, plain.forget,
                                                                           plain.train, plain.eval)
-        lasting = {f for f in vars(cfg.method) if f.startswith(("relearn", "condition_attack"))}
+        lasting = {f for f in vars(cfg.method) if f.startswith(("relearn", "condition_attack", "prior"))}
         assert {f: v for f, v in vars(cfg.method).items() if f not in lasting} == \
             {f: v for f, v in vars(plain.method).items() if f not in lasting}
 

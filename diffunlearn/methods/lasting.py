@@ -17,6 +17,17 @@ its mask, clip and optimizer step (so the saliency mask and clip of the method k
   denoising loss of D_f images, started from the rows themselves. Text families: an additive perturbation of the
   forget prompts' condition tensor, the same Adam steps, projected onto an L2 ball of `condition_attack_radius` x the
   condition's norm per sample (a continuous stand-in for UnlearnDiffAtk's prefix tokens).
+
+A third term, for the attack that uses no condition at all (completion under the null condition): *prior mapping*
+(`method.prior_weight`, `prior_guidance`, `prior_batch`). With no condition dropout the unconditional branch is never
+trained during unlearning, so the model's prior still completes a lightly noised target as the base does; a model
+retrained without the target has a prior that never saw it and takes such an image to a nearby retained one. The
+term trains the null condition's prediction on noised D_f images toward the frozen base's prediction guided to an
+anchor: eps_0(x_t, null) + s (eps_0(x_t, a) - eps_0(x_t, null)), s = `prior_guidance`, a = the anchor prompt
+(concepts) or, per image, the retained class under which the base denoises it best (the diffusion classifier's top
+retained class at the drawn t and noise). A regression added to the remain step (unmasked, under the remain clip).
+ESD's negative guidance away from the target (tried first) leaves such a target nearly unchanged where the
+image is clearly the target: there eps_0(x_t, c_f) = eps_0(x_t, null), so it cannot move a light completion.
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ from ..models.conditions import free_class_embedding
 from ..errors import UserError
 from ..training.fine_tune import values_restored
 from ..training.streams import Stream
+from ..data.sets import remain_classes
+from .esd import BaseWeights
 
 _INNER = 1000  # inner steps per outer step in the generators' step index (relearn and attack steps stay below it)
 _ATTACK_ROWS = 16  # D_f rows the class-row attack fits to (the inversion attack's batch)
@@ -48,22 +61,25 @@ class LastingConfig(MethodConfig):
     condition_attack_lr: float = 0.01  # the `inversion` attack's Adam lr
     condition_attack_radius: float = 0.25  # text families: L2 ball radius, as a share of the condition's norm
     condition_attack_weight: float = 1.0  # weight of the forget loss under the attacked condition
+    prior_weight: float = 0.0  # prior mapping: weight of the null-branch term in the remain step; 0: off
+    prior_guidance: float = 2.0  # s: the target is the base guided with scale s to the anchor
+    prior_batch: int = 16  # D_f images (rows of the step's forget batch) it is computed on
 
     def __post_init__(self):
         for key in ("relearn_steps", "condition_attack_steps"):
             value = getattr(self, key)
             if not isinstance(value, int) or not 0 <= value < _INNER:
                 raise UserError(f"method.{key} must be an integer in 0..{_INNER - 1}, got {value!r}")
-        for key in ("relearn_lr", "relearn_batch", "condition_attack_lr", "condition_attack_radius"):
+        for key in ("relearn_lr", "relearn_batch", "condition_attack_lr", "condition_attack_radius", "prior_batch"):
             if getattr(self, key) <= 0:
                 raise UserError(f"method.{key} must be > 0, got {getattr(self, key)!r}")
-        for key in ("relearn_weight", "condition_attack_weight"):
+        for key in ("relearn_weight", "condition_attack_weight", "prior_weight", "prior_guidance"):
             if getattr(self, key) < 0:
                 raise UserError(f"method.{key} must be >= 0, got {getattr(self, key)!r}")
 
     @property
     def lasting(self) -> bool:
-        return self.relearn_steps > 0 or self.condition_attack_steps > 0
+        return self.relearn_steps > 0 or self.condition_attack_steps > 0 or self.prior_weight > 0
 
 
 def _rows(batch: dict, n: int) -> dict:
@@ -83,6 +99,7 @@ class InnerAttackers:
         if cfg.condition_attack_steps and not context.cfg.forget.is_concept and not self.model.class_embeddings():
             raise UserError(f"method.condition_attack_steps: the {self.model.family} family has no class-embedding "
                             "table to attack; valid: 0")
+        self.base = BaseWeights(self.model, context.params) if cfg.prior_weight else None
 
     def accumulate(self, step: int, forget_loss, scale: float) -> dict:
         """Add scale x the lasting terms' gradients at this step; returns their forget losses (detached; for classes
@@ -93,6 +110,34 @@ class InnerAttackers:
         if self.cfg.condition_attack_steps:
             logs["attacked_forget_loss"] = sign * self._attacked(step, forget_loss, scale)
         return logs
+
+    def prior_loss(self, step: int) -> torch.Tensor:
+        """The prior-mapping loss of this step (to minimise): mean over `prior_batch` D_f rows of
+        ||eps(x_t, null) - stopgrad[eps_0(x_t, null) + s (eps_0(x_t, a) - eps_0(x_t, null))]||^2 (summed over the
+        prediction's elements, as the training loss), eps_0 the frozen base model, a the row's anchor."""
+        model, context = self.model, self.context
+        batch = _rows(context.forget_batch(step), self.cfg.prior_batch)
+        x0, noise, t, x_t = model.noised(batch, context.generator(step, Stream.LASTING_PRIOR),
+                                         context.train_cfg.antithetic, context.shard)
+        null = model.null_condition(model.condition(batch))
+        with torch.no_grad(), self.base.active():
+            anchor = self._anchor(batch, x_t, t, model.training_target(x0, noise, t))
+            eps_null = model.predict(x_t, t, null)
+            target = eps_null + self.cfg.prior_guidance * (model.predict(x_t, t, anchor) - eps_null)
+        return (model.predict(x_t, t, null).float() - target.float()).pow(2).flatten(1).sum(1).mean()
+
+    def _anchor(self, batch: dict, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor):
+        """Each row's anchor condition: the anchor prompt (concepts), else the retained class with the lowest
+        denoising error of the current network (the base, inside `prior_loss`) on (x_t, t, target)."""
+        model = self.model
+        if self.context.cfg.forget.is_concept:
+            return model.anchor_condition(batch)
+        labels = batch["labels"]
+        classes = torch.as_tensor(remain_classes(self.context.cfg, model), device=labels.device)
+        errors = torch.stack([
+            (model.predict(x_t, t, model.condition({**batch, "labels": torch.full_like(labels, int(c))})).float()
+             - target.float()).pow(2).flatten(1).sum(1) for c in classes], 1)
+        return model.condition({**batch, "labels": classes[errors.argmin(1).to(labels.device)]})
 
     # --- simulated relearning ---------------------------------------------------------------------------------------
     def _relearned(self, step: int, forget_loss, scale: float) -> torch.Tensor:

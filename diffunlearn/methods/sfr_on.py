@@ -23,7 +23,8 @@ class SFROnConfig(LastingConfig):
 
     Ablations: `saliency_mask=false` (no mask), `adaptive_weights=false` (uniform weights, i.e. lam = 0),
     `remain=false saliency_mask=false adaptive_weights=false` (plain gradient ascent). The lasting option's inner
-    attackers (`relearn_steps`, `condition_attack_steps`, see `methods/lasting.py`) are off by default.
+    attackers (`relearn_steps`, `condition_attack_steps`) and prior mapping (`prior_weight`), see `methods/lasting.py`,
+    are off by default.
     """
 
     name: str = "sfr_on"
@@ -50,6 +51,9 @@ class SFROnConfig(LastingConfig):
         for key in ("alpha", "lam", "gamma", "remain_weight"):
             if getattr(self, key) < 0:
                 raise UserError(f"method.{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.prior_weight and not self.remain:
+            raise UserError(f"method.prior_weight {self.prior_weight!r} needs the remain step (method.remain=true); "
+                            "valid with remain=false: 0")
         if not 0.0 < self.slow_blend <= 1.0:
             raise UserError(f"method.slow_blend must be in (0, 1], got {self.slow_blend!r}")
 
@@ -115,8 +119,14 @@ class SFROn(UnlearningMethod):
             context.update(alpha * loss_f, clip=cfg.forget_clip, mask=self.mask)
             logs["forget_loss"] = loss_f.detach() if self.context.cfg.forget.is_concept else -loss_f.detach()
         if cfg.remain:
+            # the lasting option's prior mapping (methods/lasting.py); first: its targets swap the base weights in
+            prior = self.inner.prior_loss(step) if cfg.prior_weight else None
             loss_r = context.losses(context.remain_batch(step), step, stream=Stream.REMAIN).mean()
-            context.update(cfg.remain_weight * loss_r, clip=cfg.remain_clip)
+            total = cfg.remain_weight * loss_r
+            if prior is not None:
+                total = total + cfg.prior_weight * prior
+                logs["prior_loss"] = prior.detach()
+            context.update(total, clip=cfg.remain_clip)
             logs["remain_loss"] = loss_r.detach()
         if before is not None:
             with torch.no_grad():

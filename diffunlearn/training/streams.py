@@ -17,6 +17,7 @@ class Stream(IntEnum):
     LASTING_META = 6  # lasting: the forget loss after the simulated fine-tune
     LASTING_ATTACK = 7  # lasting: the inner condition attack's fitting steps (step index step * 1000 + i)
     LASTING_ATTACKED = 8  # lasting: the forget loss under the attacked condition
+    LASTING_PRIOR = 9  # lasting: noise and timesteps of the prior-mapping term (null branch on D_f)
     MASK_FORGET = 1001  # SFR-on's saliency mask: Fisher batches of D_f
     MASK_REMAIN = 1002  # SFR-on's saliency mask: Fisher batches of D_r
     SALUN_MASK = 1003  # SalUn's gradient saliency on D_f
