@@ -48,6 +48,9 @@ class StopConfig:
     relearn_probe_lr: float = 1e-4
     relearn_probe_max: float = 0.25
     relearn_probe_seed: int = 999_000
+    # after a probe that failed, the checks within relearn_probe_gap steps of it count as failed without a probe (a
+    # cheaper schedule: the probes are most of a lasting run's check time); 0: every stop is probed
+    relearn_probe_gap: int = 0
 
     def __post_init__(self):
         if self.check_every < 0 or self.min_steps < 0:
@@ -58,6 +61,9 @@ class StopConfig:
         if not isinstance(self.relearn_probe_steps, int) or self.relearn_probe_steps < 0:
             raise UserError(f"stop.relearn_probe_steps must be an integer >= 0 (0: no probe), got "
                             f"{self.relearn_probe_steps!r}")
+        if not isinstance(self.relearn_probe_gap, int) or self.relearn_probe_gap < 0:
+            raise UserError(f"stop.relearn_probe_gap must be an integer >= 0 (steps; 0: probe every stop), got "
+                            f"{self.relearn_probe_gap!r}")
         if not 0.0 <= self.relearn_probe_max < 1.0:
             raise UserError(f"stop.relearn_probe_max must be in [0, 1), got {self.relearn_probe_max!r}")
         check_positive("stop", patience=self.patience, forget_samples=self.forget_samples,

@@ -279,8 +279,8 @@ def test_probe_fine_tunes_then_puts_every_weight_back(tmp_path):
 
 
 class ScriptedProbe:
-    def __init__(self, script):
-        self.script, self.calls = list(script), 0
+    def __init__(self, script, gap=0):
+        self.script, self.calls, self.gap = list(script), 0, gap
 
     def __call__(self, model):
         fa = self.script[self.calls]

@@ -205,16 +205,23 @@ class Monitor:
 
     def check_probe(self, entry: dict) -> None:
         """Relearning probe of the stop (or fallback state) `entry` asks for: while the target comes back after it,
-        the run goes on and the state is not a fallback."""
-        probe = entry["relearn_probe"] = self.probe(self.model)
+        the run goes on and the state is not a fallback. Within `probe.gap` steps of a probe that failed, the state
+        counts as failed without a probe (recorded as skipped)."""
+        failed = [h["step"] for h in self.history
+                  if (ran := h.get("relearn_probe")) and not ran["passed"] and not ran.get("skipped")]
+        if failed and entry["step"] - failed[-1] < self.probe.gap:
+            probe = entry["relearn_probe"] = {"skipped": True, "last_failed_at_step": failed[-1], "passed": False}
+        else:
+            probe = entry["relearn_probe"] = self.probe(self.model)
         if not probe["passed"]:
             if self.action == STOP:
                 self.action = entry["action"] = CONTINUE
             entry["best"] = False
         if self.progress:
-            self.progress(f"  relearning probe ({probe['steps']} steps on {probe['k']} images): forget "
-                          f"{probe['forget_accuracy']:.3f} -> "
-                          + ("stop" if probe["passed"] else "comes back: continue"))
+            self.progress(f"  relearning probe skipped (failed at step {failed[-1]}, gap {self.probe.gap}): continue"
+                          if probe.get("skipped") else
+                          f"  relearning probe ({probe['steps']} steps on {probe['k']} images): forget "
+                          f"{probe['forget_accuracy']:.3f} -> " + ("stop" if probe["passed"] else "comes back: continue"))
 
     def finish(self) -> None:
         """At the end of training: a run that did not stop cleanly ends on its best state, if it has one."""

@@ -51,7 +51,8 @@ def make_monitor(cfg, model, judge, base_path: str, device, progress: bool, targ
     probe = None
     if stop.relearn_probe_steps:
         probe = RelearnProbe(evaluator, forget_set, stop.relearn_probe_steps, stop.relearn_probe_k,
-                             stop.relearn_probe_lr, stop.relearn_probe_max, stop.relearn_probe_seed)
+                             stop.relearn_probe_lr, stop.relearn_probe_max, stop.relearn_probe_seed,
+                             gap=stop.relearn_probe_gap)
     rule = StopRule(stop.forget_accuracy_max, stop.patience, stop.fid_ratio_max, stop.min_steps,
                     max_repair_checks=stop.max_repair_checks)
     return Monitor(model, evaluator, base_metrics, rule, stop.check_every, cfg.train.steps,
