@@ -89,3 +89,10 @@ def test_bad_prior_settings_are_refused(override, named):
 def test_prior_mapping_needs_the_remain_step():
     with pytest.raises(UserError, match=r"method.prior_weight 1.0 needs the remain step"):
         build_config(read_yaml("configs/digits/ddpm_lasting.yaml"), ["method.prior_weight=1.0", "method.remain=false"])
+
+
+def test_prior_mapping_is_refused_under_fsdp(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    trainer = make_trainer(tiny_ddpm(), tmp_path, PRIOR)
+    with pytest.raises(UserError, match=r"method.prior_weight 1.0 is not supported under FSDP"):
+        trainer.method.setup()

@@ -38,11 +38,12 @@ from dataclasses import dataclass
 import torch
 
 from ..config import MethodConfig
+from ..data.sets import remain_classes
+from ..distributed import fsdp_requested
 from ..models.conditions import free_class_embedding
 from ..errors import UserError
 from ..training.fine_tune import values_restored
 from ..training.streams import Stream
-from ..data.sets import remain_classes
 from .esd import BaseWeights
 
 _INNER = 1000  # inner steps per outer step in the generators' step index (relearn and attack steps stay below it)
@@ -99,6 +100,9 @@ class InnerAttackers:
         if cfg.condition_attack_steps and not context.cfg.forget.is_concept and not self.model.class_embeddings():
             raise UserError(f"method.condition_attack_steps: the {self.model.family} family has no class-embedding "
                             "table to attack; valid: 0")
+        if cfg.prior_weight and fsdp_requested():
+            raise UserError(f"method.prior_weight {cfg.prior_weight!r} is not supported under FSDP (its frozen-base "
+                            "targets swap weights in place, as ESD's); valid under FSDP: 0")
         self.base = BaseWeights(self.model, context.params) if cfg.prior_weight else None
 
     def accumulate(self, step: int, forget_loss, scale: float) -> dict:
