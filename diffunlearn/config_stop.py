@@ -48,8 +48,8 @@ class StopConfig:
     relearn_probe_lr: float = 1e-4
     relearn_probe_max: float = 0.25
     relearn_probe_seed: int = 999_000
-    # after a probe that failed, the checks within relearn_probe_gap steps of it count as failed without a probe (a
-    # cheaper schedule: the probes are most of a lasting run's check time); 0: every stop is probed
+    # after a probe that failed, the checks within relearn_probe_gap steps of it count as failed without a probe (fewer
+    # probes; the run's trajectory is unchanged, since a probe puts every weight back); 0: every stop is probed
     relearn_probe_gap: int = 0
 
     def __post_init__(self):
