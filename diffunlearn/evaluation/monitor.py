@@ -221,7 +221,8 @@ class Monitor:
             self.progress(f"  relearning probe skipped (failed at step {failed[-1]}, gap {self.probe.gap}): continue"
                           if probe.get("skipped") else
                           f"  relearning probe ({probe['steps']} steps on {probe['k']} images): forget "
-                          f"{probe['forget_accuracy']:.3f} -> " + ("stop" if probe["passed"] else "comes back: continue"))
+                          f"{probe['forget_accuracy']:.3f} -> "
+                          + ("stop" if probe["passed"] else "comes back: continue"))
 
     def finish(self) -> None:
         """At the end of training: a run that did not stop cleanly ends on its best state, if it has one."""
