@@ -10,6 +10,7 @@ import torch
 
 from ..config import MethodConfig
 from ..errors import UserError
+from ..models.base import squared_error
 from ..registry import register_method
 from ..training.streams import Stream
 from .base import UnlearningMethod
@@ -114,6 +115,6 @@ class ESD(UnlearningMethod):
         _, _, t, x_t = model.noised(batch, context.generator(step, Stream.FORGET), context.train_cfg.antithetic, context.shard)
         cond = model.condition(batch)
         target = self.targets(x_t, t, cond)
-        loss = (model.predict(x_t, t, cond).float() - target.float()).pow(2).flatten(1).sum(1).mean()
+        loss = squared_error(model.predict(x_t, t, cond), target).mean()
         context.update(loss, clip=self.cfg.clip)
         return {"esd_loss": loss.detach()}

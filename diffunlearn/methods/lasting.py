@@ -40,8 +40,9 @@ import torch
 from ..config import MethodConfig
 from ..data.sets import remain_classes
 from ..distributed import fsdp_requested
-from ..models.conditions import free_class_embedding
 from ..errors import UserError
+from ..models.base import cfg_combine, squared_error
+from ..models.conditions import free_class_embedding
 from ..training.fine_tune import values_restored
 from ..training.streams import Stream
 from .esd import BaseWeights
@@ -126,9 +127,8 @@ class InnerAttackers:
         null = model.null_condition(model.condition(batch))
         with torch.no_grad(), self.base.active():
             anchor = self._anchor(batch, x_t, t, model.training_target(x0, noise, t))
-            eps_null = model.predict(x_t, t, null)
-            target = eps_null + self.cfg.prior_guidance * (model.predict(x_t, t, anchor) - eps_null)
-        return (model.predict(x_t, t, null).float() - target.float()).pow(2).flatten(1).sum(1).mean()
+            target = cfg_combine(model.predict(x_t, t, anchor), model.predict(x_t, t, null), self.cfg.prior_guidance)
+        return squared_error(model.predict(x_t, t, null), target).mean()
 
     def _anchor(self, batch: dict, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor):
         """Each row's anchor condition: the anchor prompt (concepts), else the retained class with the lowest
@@ -141,8 +141,8 @@ class InnerAttackers:
         labels = batch["labels"]
         classes = torch.as_tensor(remain_classes(self.context.cfg, model), device=labels.device)
         errors = torch.stack([
-            (model.predict(x_t, t, model.condition({**batch, "labels": torch.full_like(labels, int(c))})).float()
-             - target.float()).pow(2).flatten(1).sum(1) for c in classes], 1)
+            squared_error(model.predict(x_t, t, model.condition({**batch, "labels": torch.full_like(labels, int(c))})),
+                          target) for c in classes], 1)
         return model.condition({**batch, "labels": classes[errors.argmin(1).to(labels.device)]})
 
     # --- simulated relearning ---------------------------------------------------------------------------------------

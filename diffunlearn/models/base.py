@@ -22,6 +22,11 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float)
     return uncond + guidance_scale * (cond - uncond)
 
 
+def squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared error (B,) summed over every other dimension, in float32 (the training loss's form)."""
+    return (pred.float() - target.float()).pow(2).flatten(1).sum(1)
+
+
 def sampling_scheduler(config, sampler: str):
     """A DDIM or DDPM scheduler with the noise schedule of `config` (the model's training scheduler)."""
     classes = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
@@ -244,7 +249,7 @@ class DiffusionModel(TrainableModel):
             pred = cfg_combine(self.predict(x_t, t, cond), self.predict(x_t, t, self.null_condition(cond)),
                                guidance_scale)
         target = self.training_target(x0, noise, t)
-        return (pred.float() - target.float()).pow(2).flatten(1).sum(1)
+        return squared_error(pred, target)
 
     def anchored_losses(self, batch: dict, generator: Optional[torch.Generator] = None, antithetic: bool = False,
                         shard: tuple = (0, 1), anchor=None, mean: bool = False, cond=None) -> torch.Tensor:
